@@ -1,0 +1,231 @@
+"""The ``weakseg`` command line (also ``python -m WeakSegLib``).
+
+Exit codes are those of the worker (:mod:`WeakSegLib.jobs`): 0 ok, 2 bad input, 3 cancelled
+(Ctrl-C), 1 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from WeakSegLib import __version__
+from WeakSegLib.errors import CancelledError, WeakSegError
+from WeakSegLib.jobs import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_OK
+from WeakSegLib.recipes import DEFAULT_RECIPE, RECIPES
+
+
+def _axis(value: str) -> int | str:
+    if value == "auto":
+        return value
+    if value not in ("0", "1", "2"):
+        raise argparse.ArgumentTypeError("axis must be 0, 1, 2 (array order z, y, x) or 'auto' (axial)")
+    return int(value)
+
+
+def _resolve_axis(axis: int | str, path: str) -> int:
+    if axis != "auto":
+        return int(axis)
+    from WeakSegLib.volume import axial_axis, read_volume
+
+    return axial_axis(read_volume(path))
+
+
+class ProgressPrinter:
+    """Shows training/prediction events as a tqdm progress bar on stderr and, optionally, appends
+    them as JSON lines to a file."""
+
+    def __init__(self, events_path: str | None = None, quiet: bool = False) -> None:
+        self.bar = None
+        self.quiet = quiet
+        self.events_file = open(events_path, "a", encoding="utf-8") if events_path else None
+
+    def __call__(self, event: dict) -> None:
+        if self.events_file is not None and event["event"] != "batch":
+            self.events_file.write(json.dumps(event) + "\n")
+            self.events_file.flush()
+        if self.quiet:
+            return
+        from tqdm import tqdm
+
+        kind = event["event"]
+        if kind == "start":
+            self.bar = tqdm(total=event["epochs"], initial=event["first_epoch"] - 1, unit="epoch",
+                            desc=f"train {event['recipe']}", file=sys.stderr, dynamic_ncols=True)
+        elif kind == "epoch" and self.bar is not None:
+            shown = {"loss": f"{event['loss']:.4g}"}
+            if "dice" in event:
+                shown["dice"] = f"{event['dice']:.3f}"
+            self.bar.set_postfix(shown)
+            self.bar.update(1)
+        elif kind == "warning":
+            print(f"warning: {event['message']}", file=sys.stderr)
+        elif kind in ("done", "cancelled") and self.bar is not None:
+            self.bar.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.events_file is not None:
+            self.events_file.close()
+
+
+def cmd_boxes_from_mask(args: argparse.Namespace) -> int:
+    from WeakSegLib.boxes import BoxSet, boxes_from_mask, save_boxes
+    from WeakSegLib.volume import read_label_volume
+
+    mask = read_label_volume(args.mask)
+    axis = _resolve_axis(args.axis, args.mask)
+    boxes = boxes_from_mask(mask.array, args.mode, axis, args.margin, args.label, not args.per_label)
+    names = {b.label: (args.name or f"label {b.label}") for b in boxes}
+    save_boxes(BoxSet(boxes, mask.shape, names, mask.geometry()), args.out)
+    print(f"{len(boxes)} {args.mode} boxes (axis {axis}, margin {args.margin}) → {args.out}")
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from WeakSegLib.training import TrainCase, TrainConfig, train
+
+    images = args.image
+    boxes, masks, evals = args.boxes or [], args.mask or [], args.eval_mask or []
+    for name, given in (("--boxes", boxes), ("--mask", masks), ("--eval-mask", evals)):
+        if given and len(given) != len(images):
+            raise WeakSegError(f"give one {name} per --image ({len(images)} images, {len(given)} {name})")
+    if not boxes and not masks:
+        raise WeakSegError("give --boxes (box recipes) or --mask (recipe 'full') for every --image")
+    recipe = args.recipe or ("full" if masks and not boxes else DEFAULT_RECIPE)
+    cases = [TrainCase(img, boxes[i] if boxes else None, masks[i] if masks else None,
+                       evals[i] if evals else None) for i, img in enumerate(images)]
+    config = TrainConfig(recipe=recipe, network=args.network, spatial_dims=3 if args.dims == "3d" else 2,
+                         context=args.context, axis=_resolve_axis(args.axis, images[0]), epochs=args.epochs,
+                         batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
+                         normalization=args.normalization, size_bounds=tuple(args.size_bounds),
+                         band_width=args.band_width, labels=args.label)
+    printer = ProgressPrinter(args.events, args.quiet)
+    try:
+        card = train(cases, config, args.out, on_event=printer, resume=not args.no_resume)
+    finally:
+        printer.close()
+    print(f"model → {args.out}  metrics {json.dumps(card.get('metrics', {}))}")
+    return EXIT_OK
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from WeakSegLib.inference import predict_file
+
+    printer = ProgressPrinter(None, args.quiet)
+    result = predict_file(args.model, args.image, args.out, prob_out=args.prob, device=args.device, on_event=printer)
+    print(f"prediction → {result['prediction']}" + (f", probability → {result['probability']}" if args.prob else ""))
+    return EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from WeakSegLib.metrics import evaluate
+    from WeakSegLib.volume import check_same_grid, read_label_volume
+
+    pred, ref = read_label_volume(args.pred), read_label_volume(args.ref)
+    check_same_grid(ref, pred, "reference", "prediction")
+    scores = evaluate(pred.array, ref.array, pred.spacing, args.label)
+    if args.json:
+        print(json.dumps(scores))
+    else:
+        print(f"Dice {scores['dice']:.4f}   IoU {scores['iou']:.4f}   HD95 {scores['hd95']:.2f} mm")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from WeakSegLib.demo import run_demo
+
+    report = run_demo(args.out, case=args.case, epochs=args.epochs, device=args.device, quiet=args.quiet)
+    print(f"report → {report}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="weakseg", description="Train segmentation networks from bounding boxes.")
+    p.add_argument("--version", action="version", version=f"weakseg {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("boxes-from-mask", help="tight boxes around the objects of a label mask")
+    b.add_argument("mask")
+    b.add_argument("--out", required=True, help="box JSON file to write")
+    b.add_argument("--mode", choices=("slice", "3d"), default="slice")
+    b.add_argument("--axis", type=_axis, default="auto", help="slice axis in array order (z,y,x): 0, 1, 2 or auto (axial)")
+    b.add_argument("--margin", type=int, default=0, help="voxels added on each side")
+    b.add_argument("--label", type=int, action="append", help="label value(s) to box (default: all)")
+    b.add_argument("--per-label", action="store_true", help="one box per label and slice, not per connected component")
+    b.add_argument("--name", help="name of the object (stored in the box file)")
+    b.set_defaults(func=cmd_boxes_from_mask)
+
+    t = sub.add_parser("train", help="train a model from boxes (or masks for recipe 'full')")
+    t.add_argument("--image", action="append", required=True, help="training image (repeat for several)")
+    t.add_argument("--boxes", action="append", help="box JSON file, one per --image")
+    t.add_argument("--mask", action="append", help="label mask, one per --image (recipe 'full')")
+    t.add_argument("--eval-mask", action="append", help="reference mask to report Dice per epoch (not trained on)")
+    t.add_argument("--out", required=True, help="model folder to write (resumes when it holds a checkpoint)")
+    t.add_argument("--recipe", choices=RECIPES, help=f"default {DEFAULT_RECIPE} (full with --mask only)")
+    t.add_argument("--epochs", type=int, default=50)
+    t.add_argument("--network", choices=("unet", "enet"), default="unet")
+    t.add_argument("--dims", choices=("2d", "3d"), default="2d")
+    t.add_argument("--context", type=int, default=1, help="slices per input: 1 = 2D, 3 or 5 = 2.5D")
+    t.add_argument("--axis", type=_axis, default="auto")
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--lr", type=float, default=5e-4)
+    t.add_argument("--band-width", type=int, default=5)
+    t.add_argument("--size-bounds", type=float, nargs=2, default=(0.5, 0.9), metavar=("LOWER", "UPPER"))
+    t.add_argument("--normalization", choices=("percentile", "minmax", "ct-window", "none"), default="percentile")
+    t.add_argument("--label", type=int, action="append", help="train only these label values")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    t.add_argument("--events", help="append JSON-lines events to this file")
+    t.add_argument("--no-resume", action="store_true", help="ignore a checkpoint in --out")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("predict", help="predict a label volume with a model folder")
+    r.add_argument("--model", required=True)
+    r.add_argument("--image", required=True)
+    r.add_argument("--out", required=True)
+    r.add_argument("--prob", help="also write the foreground probability volume here")
+    r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=cmd_predict)
+
+    e = sub.add_parser("evaluate", help="Dice, IoU and HD95 of a prediction against a reference mask")
+    e.add_argument("--pred", required=True)
+    e.add_argument("--ref", required=True)
+    e.add_argument("--label", type=int, help="compare only this label value (default: any non-zero)")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.set_defaults(func=cmd_evaluate)
+
+    d = sub.add_parser("demo", help="the whole path on a real case: boxes → training → prediction → report")
+    d.add_argument("--out", default="weakseg-demo")
+    d.add_argument("--case", default="spine-ct")
+    d.add_argument("--epochs", type=int, default=40)
+    d.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CancelledError as exc:
+        print(f"weakseg: cancelled: {exc}", file=sys.stderr)
+        return EXIT_CANCELLED
+    except KeyboardInterrupt:
+        print("weakseg: interrupted; the last epoch's checkpoint is kept (run the same command to resume)",
+              file=sys.stderr)
+        return EXIT_CANCELLED
+    except WeakSegError as exc:
+        print(f"weakseg: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

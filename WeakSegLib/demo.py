@@ -1,0 +1,93 @@
+"""``weakseg demo``: the whole path on a real case, with the two references beside it.
+
+Boxes from the reference mask (tight, per axial slice) → the default recipe → prediction → a table
+against the filled boxes taken as the prediction and against the same network trained on the full
+masks. Writes into ``out``: ``image.nii.gz``, ``mask.nii.gz``, ``boxes.json``, one model folder per
+recipe (``model-<recipe>/``), ``prediction.nii.gz`` (default recipe), ``training_curves.png`` and
+``report.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from WeakSegLib.boxes import BoxSet, boxes_from_mask, rasterize, save_boxes
+from WeakSegLib.inference import predict_file
+from WeakSegLib.metrics import evaluate
+from WeakSegLib.recipes import DEFAULT_RECIPE
+from WeakSegLib.sample_data import CASES, materialize
+from WeakSegLib.training import TrainCase, TrainConfig, train
+from WeakSegLib.volume import read_label_volume
+
+DEMO_RECIPES = (DEFAULT_RECIPE, "box-mask", "full")
+
+
+def plot_curves(histories: dict[str, list[dict]], path: str | os.PathLike) -> Path:
+    """Validation Dice and loss per epoch for each recipe, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_d, ax_l) = plt.subplots(1, 2, figsize=(10, 4))
+    for recipe, hist in histories.items():
+        epochs = [h["epoch"] for h in hist]
+        ax_d.plot(epochs, [h.get("dice", np.nan) for h in hist], label=recipe)
+        loss = np.array([h["loss"] for h in hist])
+        ax_l.plot(epochs, (loss - loss.min()) / max(np.ptp(loss), 1e-12), label=recipe)
+    ax_d.set(xlabel="epoch", ylabel="Dice vs reference mask", ylim=(0, 1), title="Dice per epoch")
+    ax_l.set(xlabel="epoch", ylabel="loss (min–max scaled)", title="training loss")
+    ax_d.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def run_demo(out: str | os.PathLike = "weakseg-demo", case: str = "spine-ct", epochs: int = 40,
+             device: str = "auto", quiet: bool = False) -> Path:
+    """Run the demo and return the path of its markdown report."""
+    from WeakSegLib.cli import ProgressPrinter
+
+    out = Path(out)
+    sample = materialize(case, out)
+    mask = read_label_volume(sample["mask"])
+    axis = sample["axis"]
+    boxes = boxes_from_mask(mask.array, "slice", axis)
+    save_boxes(BoxSet(boxes, mask.shape, {1: sample["object"]}, mask.geometry()), out / "boxes.json")
+    rows = [("filled boxes (no training)", evaluate(rasterize(boxes, mask.shape, [1])[0], mask.array, mask.spacing), 0.0)]
+    histories = {}
+    for recipe in DEMO_RECIPES:
+        model_dir = out / f"model-{recipe}"
+        tc = TrainCase(sample["image"], boxes=str(out / "boxes.json"), mask=sample["mask"] if recipe == "full" else None,
+                       eval_mask=sample["mask"])
+        printer = ProgressPrinter(str(out / f"events-{recipe}.jsonl"), quiet)
+        began = time.perf_counter()
+        try:
+            card = train([tc], TrainConfig(recipe=recipe, epochs=epochs, axis=axis, device=device), model_dir,
+                         on_event=printer, resume=False)
+        finally:
+            printer.close()
+        seconds = time.perf_counter() - began
+        pred_path = out / ("prediction.nii.gz" if recipe == DEFAULT_RECIPE else f"prediction-{recipe}.nii.gz")
+        predict_file(model_dir, sample["image"], pred_path, device=device)
+        rows.append((recipe, evaluate(read_label_volume(pred_path).array, mask.array, mask.spacing), seconds))
+        histories[recipe] = card["history"]
+    plot_curves(histories, out / "training_curves.png")
+    lines = [f"# WeakSeg demo: {CASES[case].object_name} on `{case}`", "",
+             f"Image {mask.shape} (z, y, x) at {tuple(round(s, 2) for s in mask.spacing)} mm; "
+             f"{len(boxes)} tight boxes on axial slices (array axis {axis}); {epochs} epochs each; "
+             "scores against the reference mask on the training volume (what a user gets after boxing a scan).", "",
+             "| method | Dice | IoU | HD95 (mm) | training time (s) |", "|---|---|---|---|---|"]
+    for name, s, sec in rows:
+        lines.append(f"| {name} | {s['dice']:.3f} | {s['iou']:.3f} | {s['hd95']:.2f} | {sec:.0f} |")
+    lines += ["", "![training curves](training_curves.png)", "",
+              f"Prediction of the default recipe: `prediction.nii.gz`; model folder: `model-{DEFAULT_RECIPE}/`.", ""]
+    report = out / "report.md"
+    report.write_text("\n".join(lines), encoding="utf-8")
+    return report
