@@ -1,0 +1,52 @@
+"""Shared fixtures: real sample cases (DATA.md) written once per session, small synthetic volumes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from WeakSegLib.sample_data import materialize
+from WeakSegLib.volume import Volume, read_label_volume, write_volume
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def spine_ct(tmp_path_factory):
+    """TPTBox spine CT (73×47×73 at 1.5 mm) with its vertebrae as one object (label 1)."""
+    return materialize("spine-ct", tmp_path_factory.mktemp("spine-ct"))
+
+
+@pytest.fixture(scope="session")
+def spine_boxes(spine_ct, tmp_path_factory):
+    """Tight per-slice boxes (axial) of the spine CT's vertebrae, saved as a box file."""
+    from WeakSegLib.boxes import BoxSet, boxes_from_mask, save_boxes
+
+    mask = read_label_volume(spine_ct["mask"])
+    path = tmp_path_factory.mktemp("boxes") / "boxes.json"
+    save_boxes(BoxSet(boxes_from_mask(mask.array, "slice", spine_ct["axis"]), mask.shape, {1: "vertebrae"},
+                      mask.geometry()), path)
+    return str(path)
+
+
+def oblique_volume(array: np.ndarray) -> Volume:
+    """A volume with non-identity spacing, origin and an oblique direction."""
+    c, s = np.cos(0.3), np.sin(0.3)
+    direction = (c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0)
+    return Volume(array, (0.7, 0.9, 2.5), (-12.5, 30.25, 7.0), direction)
+
+
+@pytest.fixture
+def synthetic_case(tmp_path):
+    """A 24×40×48 image with two bright ellipsoids (labels 1 and 2) and its mask, as files."""
+    z, y, x = np.mgrid[:24, :40, :48]
+    a = ((z - 12) / 8) ** 2 + ((y - 14) / 8) ** 2 + ((x - 14) / 9) ** 2 < 1
+    b = ((z - 12) / 6) ** 2 + ((y - 26) / 7) ** 2 + ((x - 33) / 8) ** 2 < 1
+    mask = (a * 1 + b * 2).astype(np.uint8)
+    rng = np.random.default_rng(0)
+    image = (100 * (mask > 0) + rng.normal(0, 10, mask.shape)).astype(np.float32)
+    img_path, mask_path = tmp_path / "img.nrrd", tmp_path / "mask.nrrd"
+    write_volume(oblique_volume(image), img_path)
+    write_volume(oblique_volume(mask), mask_path)
+    return {"image": str(img_path), "mask": str(mask_path), "array": mask}

@@ -1,0 +1,95 @@
+"""Volumes: geometry-preserving I/O, clear errors for bad images, normalisation."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from WeakSegLib.errors import InputError
+from WeakSegLib.volume import (Volume, axial_axis, check_same_grid, normalize, read_label_volume, read_volume,
+                               write_volume)
+
+from conftest import oblique_volume
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
+def test_round_trip_keeps_values_and_geometry(tmp_path, suffix):
+    arr = np.random.default_rng(1).normal(size=(5, 6, 7)).astype(np.float32)
+    vol = oblique_volume(arr)
+    path = write_volume(vol, tmp_path / f"v{suffix}")
+    back = read_volume(path)
+    np.testing.assert_array_equal(back.array, arr)
+    assert np.allclose(back.spacing, vol.spacing) and np.allclose(back.origin, vol.origin, atol=1e-4)
+    assert np.allclose(back.direction, vol.direction, atol=1e-5)
+    check_same_grid(vol, back)
+
+
+def test_4d_image_is_refused(tmp_path):
+    img = sitk.JoinSeries([sitk.GetImageFromArray(np.zeros((3, 4, 5), np.float32))] * 2)
+    assert img.GetDimension() == 4
+    sitk.WriteImage(img, str(tmp_path / "t.nii.gz"))
+    with pytest.raises(InputError, match="4D image"):
+        read_volume(tmp_path / "t.nii.gz")
+
+
+def test_vector_image_is_refused(tmp_path):
+    img = sitk.GetImageFromArray(np.zeros((3, 4, 5, 3), np.float32), isVector=True)
+    sitk.WriteImage(img, str(tmp_path / "rgb.nrrd"))
+    with pytest.raises(InputError, match="vector image with 3 components"):
+        read_volume(tmp_path / "rgb.nrrd")
+
+
+def test_2d_image_is_refused(tmp_path):
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 5), np.float32)), str(tmp_path / "s.nrrd"))
+    with pytest.raises(InputError, match="2D image"):
+        read_volume(tmp_path / "s.nrrd")
+
+
+def test_nan_voxels_are_refused_with_count_and_position(tmp_path):
+    arr = np.zeros((3, 4, 5), np.float32)
+    arr[1, 2, 3] = np.nan
+    arr[2, 0, 0] = np.inf
+    write_volume(Volume(arr), tmp_path / "n.nrrd")
+    with pytest.raises(InputError, match=r"2 voxels are NaN or infinite \(first at index z,y,x=\(1, 2, 3\)\)"):
+        read_volume(tmp_path / "n.nrrd")
+
+
+def test_missing_and_unreadable_files(tmp_path):
+    with pytest.raises(InputError, match="file not found"):
+        read_volume(tmp_path / "none.nrrd")
+    (tmp_path / "junk.nrrd").write_bytes(b"not an image at all")
+    with pytest.raises(InputError, match="cannot be read as an image"):
+        read_volume(tmp_path / "junk.nrrd")
+
+
+def test_label_volume_must_hold_integers(tmp_path):
+    write_volume(Volume(np.full((2, 2, 2), 0.5, np.float32)), tmp_path / "m.nrrd")
+    with pytest.raises(InputError, match="non-integer"):
+        read_label_volume(tmp_path / "m.nrrd")
+
+
+def test_grid_mismatch_names_the_difference():
+    a = oblique_volume(np.zeros((3, 4, 5)))
+    with pytest.raises(InputError, match="shape"):
+        check_same_grid(a, oblique_volume(np.zeros((3, 4, 6))))
+    b = Volume(np.zeros((3, 4, 5)), (1.0, 1.0, 1.0), a.origin, a.direction)
+    with pytest.raises(InputError, match="spacing"):
+        check_same_grid(a, b)
+
+
+def test_normalisations():
+    rng = np.random.default_rng(0)
+    a = rng.normal(50, 10, size=(4, 30, 30)).astype(np.float32)
+    a[0, 0, 0] = 1e6  # an outlier the percentile clip removes
+    z = normalize(a, "percentile")
+    assert z.dtype == np.float32 and abs(float(np.median(z))) < 0.1 and z.max() < 4
+    mm = normalize(a, "minmax")
+    assert mm.min() == 0 and mm.max() == 1
+    ct = normalize(np.array([-2000, -1000, 0, 1000, 3000], np.float32), "ct-window", window=(-1000, 1000))
+    np.testing.assert_allclose(ct, [0, 0, 0.5, 1, 1])
+    with pytest.raises(InputError, match="unknown normalisation"):
+        normalize(a, "zscore-ish")
+
+
+def test_axial_axis_follows_direction(spine_ct):
+    assert axial_axis(read_volume(spine_ct["image"])) == 1  # TPTBox CT: ITK index j runs along S–I
+    assert axial_axis(Volume(np.zeros((2, 3, 4)))) == 0
