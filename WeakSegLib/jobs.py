@@ -93,6 +93,11 @@ class JobHandle:
         self.history.extend(out)
         return out
 
+    def all_events(self) -> list[dict]:
+        """Every event since the start, including those not yet fetched by :meth:`events`."""
+        self.events()
+        return list(self.history)
+
     def cancel(self, timeout: float = 30.0) -> int:
         """Ask the worker to stop (SIGTERM: it stops at the next batch, keeping its checkpoint);
         kill its process group when it has not exited after ``timeout`` seconds."""

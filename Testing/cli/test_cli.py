@@ -1,0 +1,84 @@
+"""The `weakseg` command line, run as a real subprocess (python -m WeakSegLib)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from WeakSegLib.boxes import load_boxes
+from WeakSegLib.volume import read_label_volume, read_volume
+
+
+def weakseg(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "WeakSegLib", *map(str, args)], capture_output=True, text=True,
+                          timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"weakseg {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+def test_boxes_train_predict_evaluate(spine_ct, tmp_path):
+    boxes = tmp_path / "boxes.json"
+    out = weakseg("boxes-from-mask", spine_ct["mask"], "--out", boxes, "--name", "vertebrae").stdout
+    assert "slice boxes (axis 1" in out  # auto → axial axis of this CT
+    bs = load_boxes(boxes)
+    assert bs.labels == {1: "vertebrae"} and all(b.kind == "slice" and b.axis == 1 for b in bs.boxes)
+    events = tmp_path / "events.jsonl"
+    weakseg("train", "--image", spine_ct["image"], "--boxes", boxes, "--eval-mask", spine_ct["mask"], "--out",
+            tmp_path / "model", "--epochs", 2, "--device", "cpu", "--events", events)
+    lines = [json.loads(l) for l in events.read_text().splitlines()]
+    assert [l["event"] for l in lines] == ["start", "epoch", "epoch", "done"] and "dice" in lines[1]
+    pred = tmp_path / "pred.nrrd"
+    weakseg("predict", "--model", tmp_path / "model", "--image", spine_ct["image"], "--out", pred, "--quiet")
+    assert read_label_volume(pred).shape == read_volume(spine_ct["image"]).shape
+    scores = json.loads(weakseg("evaluate", "--pred", pred, "--ref", spine_ct["mask"], "--json").stdout)
+    assert set(scores) == {"dice", "iou", "hd95"} and 0 <= scores["dice"] <= 1
+    text = weakseg("evaluate", "--pred", spine_ct["mask"], "--ref", spine_ct["mask"]).stdout
+    assert "Dice 1.0000" in text and "HD95 0.00 mm" in text
+
+
+def test_3d_boxes_with_margin_and_label(spine_ct, tmp_path):
+    weakseg("boxes-from-mask", spine_ct["mask"], "--out", tmp_path / "b.json", "--mode", "3d", "--margin", 2,
+            "--label", 1)
+    (box,) = load_boxes(tmp_path / "b.json").boxes
+    mask = read_label_volume(spine_ct["mask"]).array
+    idx = np.argwhere(mask > 0)
+    assert box.kind == "3d"
+    assert box.start == tuple(np.maximum(idx.min(0) - 2, 0))
+    assert box.stop == tuple(np.minimum(idx.max(0) + 3, mask.shape))
+
+
+def test_full_recipe_from_masks_only(spine_ct, tmp_path):
+    out = weakseg("train", "--image", spine_ct["image"], "--mask", spine_ct["mask"], "--out", tmp_path / "m",
+                  "--epochs", 1, "--quiet").stdout
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["recipe"] == "full" and "model →" in out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["evaluate", "--pred", "missing.nrrd", "--ref", "missing.nrrd"], "file not found"),
+    (["train", "--image", "IMG", "--out", "OUT"], "give --boxes"),
+    (["boxes-from-mask", "MASK", "--out", "b.json", "--label", "99"], "no object with label(s) [99]"),
+])
+def test_errors_are_one_clear_line_with_exit_code_2(args, message, spine_ct, tmp_path):
+    names = {"IMG": spine_ct["image"], "MASK": spine_ct["mask"], "OUT": tmp_path / "o"}
+    args = [names.get(a, a) for a in args]
+    proc = weakseg(*args, check=False)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_predict_with_a_missing_model_names_it(spine_ct, tmp_path):
+    proc = weakseg("predict", "--model", tmp_path / "nowhere", "--image", spine_ct["image"], "--out",
+                   tmp_path / "p.nrrd", check=False)
+    assert proc.returncode == 2 and "model folder not found" in proc.stderr
+
+
+def test_demo_writes_report_model_prediction_and_curves(tmp_path):
+    out = tmp_path / "demo"
+    weakseg("demo", "--out", out, "--epochs", 1, "--quiet")
+    report = (out / "report.md").read_text()
+    for row in ("filled boxes (no training)", "tightness+size+emptiness", "box-mask", "full"):
+        assert f"| {row} |" in report
+    assert (out / "prediction.nii.gz").exists() and (out / "model-tightness+size+emptiness" / "model.json").exists()
+    assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,95 @@
+"""The background worker as a real subprocess: events, exit codes, cancel, kill and resume."""
+
+import json
+import os
+import signal
+import sys
+import time
+
+import pytest
+import torch
+
+from WeakSegLib.jobs import (EXIT_BAD_INPUT, EXIT_BAD_JOB, EXIT_CANCELLED, EXIT_OK, start_job)
+from WeakSegLib.volume import read_label_volume
+
+
+def train_job(spine_ct, boxes, out, epochs):
+    return {"kind": "train", "out": str(out), "cases": [{"image": spine_ct["image"], "boxes": boxes}],
+            "config": {"epochs": epochs, "device": "cpu", "channels": [8, 16, 32, 64, 128], "axis": spine_ct["axis"]}}
+
+
+def wait_for(handle, kind, timeout=120):
+    end = time.time() + timeout
+    while time.time() < end:
+        for e in handle.events():
+            if e["event"] == kind:
+                return e
+        if handle.poll() is not None:
+            handle.events()
+            break
+        time.sleep(0.05)
+    raise AssertionError(f"no {kind!r} event; worker log:\n{handle.log()}")
+
+
+def test_train_then_predict_jobs(spine_ct, spine_boxes, tmp_path):
+    handle = start_job(train_job(spine_ct, spine_boxes, tmp_path / "m", 2), tmp_path / "job1")
+    assert handle.wait(300) == EXIT_OK, handle.log()
+    kinds = [e["event"] for e in handle.all_events()]
+    assert kinds.count("epoch") == 2 and kinds[-1] == "done" and handle.status == "finished"
+    job = {"kind": "predict", "model": str(tmp_path / "m"), "image": spine_ct["image"],
+           "out": str(tmp_path / "p.nii.gz"), "device": "cpu"}
+    handle = start_job(job, tmp_path / "job2")
+    assert handle.wait(120) == EXIT_OK, handle.log()
+    events = handle.events()
+    assert events[-1]["event"] == "done" and any(e["event"] == "predict" for e in events)
+    assert read_label_volume(tmp_path / "p.nii.gz").shape == read_label_volume(spine_ct["mask"]).shape
+
+
+def test_cancel_keeps_a_consistent_checkpoint_and_resumes(spine_ct, spine_boxes, tmp_path):
+    job = train_job(spine_ct, spine_boxes, tmp_path / "m", 200)
+    handle = start_job(job, tmp_path / "job")
+    wait_for(handle, "epoch")
+    assert handle.cancel(timeout=60) == EXIT_CANCELLED
+    assert any(e["event"] == "cancelled" for e in handle.all_events())
+    done = torch.load(tmp_path / "m" / "checkpoint.pt", weights_only=True)["epoch"]
+    assert 1 <= done < 200
+    job["config"]["epochs"] = done + 1
+    handle = start_job(job, tmp_path / "job")
+    assert handle.wait(300) == EXIT_OK, handle.log()
+    start = [e for e in handle.all_events() if e["event"] == "start"][0]
+    assert start["first_epoch"] == done + 1
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX SIGKILL")
+def test_killed_worker_resumes_from_last_checkpoint(spine_ct, spine_boxes, tmp_path):
+    job = train_job(spine_ct, spine_boxes, tmp_path / "m", 200)
+    handle = start_job(job, tmp_path / "job")
+    wait_for(handle, "epoch")
+    os.kill(handle.process.pid, signal.SIGKILL)
+    assert handle.wait(60) == -signal.SIGKILL
+    done = torch.load(tmp_path / "m" / "checkpoint.pt", weights_only=True)["epoch"]
+    job["config"]["epochs"] = done + 1
+    handle = start_job(job, tmp_path / "job")
+    assert handle.wait(300) == EXIT_OK, handle.log()
+    start = [e for e in handle.all_events() if e["event"] == "start"][0]
+    assert start["first_epoch"] == done + 1
+    assert "start" in handle.log()  # one log for both runs, appended
+
+
+def test_bad_input_and_bad_job_exit_codes(spine_ct, tmp_path):
+    job = {"kind": "train", "out": str(tmp_path / "m"), "cases": [{"image": spine_ct["image"],
+           "boxes": str(tmp_path / "none.json")}], "config": {"epochs": 1}}
+    handle = start_job(job, tmp_path / "a")
+    assert handle.wait(120) == EXIT_BAD_INPUT
+    error = [e for e in handle.events() if e["event"] == "error"][0]
+    assert "box file not found" in error["message"]
+    job["config"] = {"epochs": 1, "learning_speed": 3}
+    handle = start_job(job, tmp_path / "b")
+    assert handle.wait(120) == EXIT_BAD_INPUT
+    assert "unknown settings: learning_speed" in handle.events()[-1]["message"]
+    (tmp_path / "bad.json").write_text("{oops")
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "WeakSegLib.worker", str(tmp_path / "bad.json")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == EXIT_BAD_JOB and "not valid JSON" in json.loads(proc.stdout.splitlines()[-1])["message"]
