@@ -41,6 +41,12 @@ class SampleCase:
 CASES = {
     "spine-ct": SampleCase("spine-ct", "TPTBox", "tests/sample_ct/sub-ct_label-22_ct.nii.gz",
                            "tests/sample_ct/sub-ct_seg-vert_label-22_msk.nii.gz", (21, 22, 23), "vertebrae"),
+    "vertebral-body-ct": SampleCase("vertebral-body-ct", "TPTBox", "tests/sample_ct/sub-ct_label-22_ct.nii.gz",
+                                    "tests/sample_ct/sub-ct_seg-subreg_label-22_msk.nii.gz", (49, 50),
+                                    "vertebral bodies"),
+    "vertebral-body-mri": SampleCase("vertebral-body-mri", "TPTBox", "tests/sample_mri/sub-mri_label-6_T2w.nii.gz",
+                                     "tests/sample_mri/sub-mri_seg-subreg_label-6_msk.nii.gz", (49,),
+                                     "vertebral bodies"),
     "spine-mri": SampleCase("spine-mri", "TPTBox", "tests/sample_mri/sub-mri_label-6_T2w.nii.gz",
                             "tests/sample_mri/sub-mri_seg-vert_label-6_msk.nii.gz", (5, 6, 7), "vertebrae"),
     "chest-ct-spine": SampleCase("chest-ct-spine", "slicerio", "data/CTChest4.nrrd",

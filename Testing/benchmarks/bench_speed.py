@@ -1,0 +1,130 @@
+"""Speed of the box constraints (printed table + JSON; not a pass/fail test).
+
+1. One training step (forward, loss, backward, Adam) of the default recipe
+   (tightness + size + emptiness) against plain cross-entropy, same network and batch.
+2. The vectorised tightness prior (forward + backward) against the reference loop
+   (Testing/reference_losses.py) on 8 images with 3 boxes each.
+
+Each figure is the median of ``--repeats`` timings after warm-up, measured in the same run.
+
+    python Testing/benchmarks/bench_speed.py --json speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Testing/ for the reference loops
+
+from reference_losses import ref_tightness  # noqa: E402
+
+from WeakSegLib.constraints import TightnessPrior  # noqa: E402
+from WeakSegLib.devices import resolve_device  # noqa: E402
+from WeakSegLib.networks import build_network  # noqa: E402
+from WeakSegLib.recipes import RecipeLoss  # noqa: E402
+
+
+def timed(fn, repeats: int, warmup: int, device: torch.device) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def make_batch(batch: int, size: int, boxes_per_image: int, device: torch.device, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for b in range(batch):
+        for _ in range(boxes_per_image):
+            y0, x0 = (int(v) for v in torch.randint(0, size // 2, (2,), generator=g))
+            h, w = (int(v) for v in torch.randint(size // 8, size // 2, (2,), generator=g))
+            rows.append([b, 0, y0, y0 + h, x0, x0 + w])
+    boxes = torch.tensor(rows, dtype=torch.long)
+    box_mask = torch.zeros(batch, 1, size, size, dtype=torch.uint8)
+    for b, c, y0, y1, x0, x1 in rows:
+        box_mask[b, c, y0:y1, x0:x1] = 1
+    labels = box_mask[:, 0].long()
+    image = torch.randn(batch, 1, size, size, generator=g)
+    return {"image": image.to(device), "labels": labels.to(device), "box_mask": box_mask.to(device),
+            "boxes": boxes.to(device)}
+
+
+def bench_step(args, device) -> dict:
+    out = {}
+    batch = make_batch(args.batch, args.size, 3, device)
+    for recipe in ("full", "tightness+size+emptiness"):
+        torch.manual_seed(0)
+        net = build_network("unet", 2, 1, 2).to(device)
+        opt = torch.optim.Adam(net.parameters(), lr=5e-4, betas=(0.9, 0.99))
+        loss_fn = RecipeLoss(recipe)
+
+        def step():
+            loss, _ = loss_fn(net(batch["image"]), batch, 5.0)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        out[recipe] = timed(step, args.repeats, 3, device)
+    return out
+
+
+def bench_tightness(args, device) -> dict:
+    batch = make_batch(8, args.size, 3, device)
+    s = torch.rand(8, 1, args.size, args.size, device=device, requires_grad=True)
+    vec = TightnessPrior(5, 1e-4)
+
+    def fast():
+        vec(s, batch["boxes"], 5.0).backward()
+
+    def slow():
+        ref_tightness(s, batch["boxes"].cpu(), 5, 1e-4, 5.0).backward()
+
+    return {"vectorised": timed(fast, args.repeats, 3, device),
+            "reference loop": timed(slow, max(3, args.repeats // 5), 1, device)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    step = bench_step(args, device)
+    tight = bench_tightness(args, device)
+    ratio_step = step["tightness+size+emptiness"] / step["full"]
+    ratio_tight = tight["reference loop"] / tight["vectorised"]
+    print(f"device {device}, {torch.get_num_threads()} threads, batch {args.batch}×1×{args.size}×{args.size}, "
+          f"3 boxes per image, median of {args.repeats}\n")
+    print("| measurement | time (ms) | ratio |\n|---|---|---|")
+    print(f"| training step, plain CE (full) | {step['full'] * 1e3:.1f} | 1.00 |")
+    print(f"| training step, tightness+size+emptiness | {step['tightness+size+emptiness'] * 1e3:.1f} | {ratio_step:.3f}× CE |")
+    print(f"| tightness loss fwd+bwd, reference loop | {tight['reference loop'] * 1e3:.1f} | 1.00 |")
+    print(f"| tightness loss fwd+bwd, vectorised | {tight['vectorised'] * 1e3:.2f} | {ratio_tight:.0f}× faster |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": str(device), "step_seconds": step,
+                                               "tightness_seconds": tight, "step_ratio": ratio_step,
+                                               "tightness_speedup": ratio_tight}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
