@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Sequence
 
 from WeakSegLib import __version__
@@ -103,7 +102,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                          context=args.context, axis=_resolve_axis(args.axis, images[0]), epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
                          normalization=args.normalization, size_bounds=tuple(args.size_bounds),
-                         band_width=args.band_width, labels=args.label)
+                         band_width=args.band_width, labels=args.label, augment=args.augment)
     printer = ProgressPrinter(args.events, args.quiet)
     try:
         card = train(cases, config, args.out, on_event=printer, resume=not args.no_resume)
@@ -167,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-mask", action="append", help="reference mask to report Dice per epoch (not trained on)")
     t.add_argument("--out", required=True, help="model folder to write (resumes when it holds a checkpoint)")
     t.add_argument("--recipe", choices=RECIPES, help=f"default {DEFAULT_RECIPE} (full with --mask only)")
-    t.add_argument("--epochs", type=int, default=50)
+    t.add_argument("--epochs", type=int, default=100, help="default 100, as the paper (t grows ×1.1 per epoch)")
     t.add_argument("--network", choices=("unet", "enet"), default="unet")
     t.add_argument("--dims", choices=("2d", "3d"), default="2d")
     t.add_argument("--context", type=int, default=1, help="slices per input: 1 = 2D, 3 or 5 = 2.5D")
@@ -178,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--size-bounds", type=float, nargs=2, default=(0.5, 0.9), metavar=("LOWER", "UPPER"))
     t.add_argument("--normalization", choices=("percentile", "minmax", "ct-window", "none"), default="percentile")
     t.add_argument("--label", type=int, action="append", help="train only these label values")
+    t.add_argument("--augment", action="store_true", help="random mirroring of each batch (boxes follow)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     t.add_argument("--events", help="append JSON-lines events to this file")
@@ -203,8 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the whole path on a real case: boxes → training → prediction → report")
     d.add_argument("--out", default="weakseg-demo")
-    d.add_argument("--case", default="spine-ct")
-    d.add_argument("--epochs", type=int, default=40)
+    d.add_argument("--case", default="vertebral-body-ct")
+    d.add_argument("--epochs", type=int, default=100)
     d.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)

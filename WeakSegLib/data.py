@@ -84,6 +84,23 @@ class SampleSet:
                 "box_mask": self.box_mask[index], "boxes": boxes}
 
 
+def flip_batch(batch: dict[str, torch.Tensor], axes: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Mirror a batch along spatial ``axes`` (0 = first spatial axis): images, labels, box masks and
+    the box coordinates together (a box ``[lo, hi)`` on an axis of size S becomes ``[S − hi, S − lo)``)."""
+    if not axes:
+        return batch
+    out = {"image": batch["image"].flip([2 + a for a in axes]),
+           "labels": batch["labels"].flip([1 + a for a in axes]),
+           "box_mask": batch["box_mask"].flip([2 + a for a in axes])}
+    boxes = batch["boxes"].clone()
+    for a in axes:
+        size = batch["image"].shape[2 + a]
+        lo, hi = 2 + 2 * a, 3 + 2 * a
+        boxes[:, lo], boxes[:, hi] = size - batch["boxes"][:, hi], size - batch["boxes"][:, lo]
+    out["boxes"] = boxes
+    return out
+
+
 def padded_size(size: Sequence[int], multiple: int = SIZE_MULTIPLE) -> tuple[int, ...]:
     return tuple(int(math.ceil(s / multiple) * multiple) for s in size)
 

@@ -49,7 +49,7 @@ def plot_curves(histories: dict[str, list[dict]], path: str | os.PathLike) -> Pa
     return path
 
 
-def run_demo(out: str | os.PathLike = "weakseg-demo", case: str = "spine-ct", epochs: int = 40,
+def run_demo(out: str | os.PathLike = "weakseg-demo", case: str = "vertebral-body-ct", epochs: int = 100,
              device: str = "auto", quiet: bool = False) -> Path:
     """Run the demo and return the path of its markdown report."""
     from WeakSegLib.cli import ProgressPrinter

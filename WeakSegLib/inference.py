@@ -25,10 +25,11 @@ EventSink = Callable[[dict], None]
 @torch.no_grad()
 def predict_probabilities(network: torch.nn.Module, images: torch.Tensor, device: torch.device,
                           batch_size: int = 16, should_stop: Callable[[], bool] | None = None,
-                          on_batch: Callable[[int, int], None] | None = None) -> torch.Tensor:
+                          on_batch: Callable[[int, int], None] | None = None, fill: float | None = None) -> torch.Tensor:
     """Softmax of ``network`` over ``images`` ``(N, k, *S)`` in batches → ``(N, classes, *S)`` on CPU.
 
-    The spatial size is padded to a multiple of 16 for the network and cropped back.
+    The spatial size is padded at the far end to a multiple of 16 with ``fill`` (default: the
+    images' minimum, as training pads) and cropped back.
     """
     network.eval()
     spatial = tuple(images.shape[2:])
@@ -38,11 +39,12 @@ def predict_probabilities(network: torch.nn.Module, images: torch.Tensor, device
         pad += [0, t - s]
     out = []
     n = images.shape[0]
+    fill = float(images.min()) if fill is None else fill
     for i in range(0, n, batch_size):
         if should_stop is not None and should_stop():
             raise CancelledError("prediction cancelled")
         x = images[i:i + batch_size].to(device, non_blocking=True)
-        x = torch.nn.functional.pad(x, pad, mode="replicate") if any(pad) else x
+        x = torch.nn.functional.pad(x, pad, value=fill) if any(pad) else x
         p = torch.softmax(network(x), 1)
         out.append(p[(slice(None), slice(None), *[slice(0, s) for s in spatial])].float().cpu())
         if on_batch is not None:

@@ -32,7 +32,7 @@ import torch
 
 from WeakSegLib.atomic import atomic_torch_save
 from WeakSegLib.boxes import BoxSet, check_boxes_fit, load_boxes
-from WeakSegLib.data import Case, SampleSet, build_samples
+from WeakSegLib.data import Case, SampleSet, build_samples, flip_batch
 from WeakSegLib.devices import resolve_device
 from WeakSegLib.errors import CancelledError, InputError, ModelError
 from WeakSegLib.inference import predict_probabilities
@@ -62,6 +62,8 @@ class TrainConfig:
 
     ``spatial_dims`` 2 with ``context`` 1 is 2D, ``context`` k > 1 is 2.5D (k slices in), 3 is 3D.
     ``labels`` restricts training to these label values (default: all in the boxes or mask).
+    ``augment`` (off by default) mirrors each batch along each in-plane (2D) or spatial (3D) axis with probability
+    0.5 (boxes and masks with it), drawn from a generator seeded by (seed, epoch, batch).
     """
 
     recipe: str = DEFAULT_RECIPE
@@ -69,7 +71,7 @@ class TrainConfig:
     spatial_dims: int = 2
     context: int = 1
     axis: int = 0
-    epochs: int = 50
+    epochs: int = 100
     batch_size: int = 8
     lr: float = 5e-4
     betas: tuple[float, float] = (0.9, 0.99)
@@ -86,6 +88,7 @@ class TrainConfig:
     channels: tuple[int, ...] = (16, 32, 64, 128, 256)
     labels: list[int] | None = None
     eval_every: int = 1
+    augment: bool = False
 
     def validate(self) -> "TrainConfig":
         if self.recipe not in RECIPES:
@@ -273,6 +276,10 @@ def train(cases: Sequence[TrainCase], config: TrainConfig, out_dir: str | os.Pat
                 emit({"event": "cancelled", "epoch": epoch + 1, "checkpoint": str(ckpt_path) if ckpt_path.exists() else None})
                 raise CancelledError(f"training cancelled in epoch {epoch + 1}; the checkpoint of epoch {epoch} is kept")
             batch = samples.batch(order[b * config.batch_size:(b + 1) * config.batch_size])
+            if config.augment:
+                coin = torch.rand(config.spatial_dims, generator=torch.Generator().manual_seed(
+                    (config.seed * 100003 + epoch) * 10007 + b))
+                batch = flip_batch(batch, [a for a in range(config.spatial_dims) if coin[a] < 0.5])
             logits = network(batch["image"])
             loss, parts = loss_fn(logits, batch, t)
             optimizer.zero_grad(set_to_none=True)

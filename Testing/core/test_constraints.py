@@ -1,6 +1,5 @@
 """Vectorised box constraints against slow, obviously correct reference loops."""
 
-import math
 
 import pytest
 import torch

@@ -71,3 +71,23 @@ def test_3d_box_in_2d_training_is_refused():
     m[1:3, 2:5, 2:5] = 1
     with pytest.raises(InputError, match="cut 3D boxes first"):
         build_samples([Case(np.ones(m.shape, np.float32), boxes_from_mask(m, "3d"))], [1])
+
+
+@pytest.mark.parametrize("axes", [[0], [1], [0, 1]])
+def test_flip_batch_moves_boxes_with_the_image(axes):
+    from WeakSegLib.data import flip_batch
+
+    mask = np.zeros((3, 20, 30), np.uint8)
+    mask[:, 2:9, 5:21] = 1
+    mask[1, 12:19, 22:29] = 2
+    image = np.random.default_rng(0).random(mask.shape).astype(np.float32)
+    s = build_samples([Case(image, boxes_from_mask(mask, "slice", 0))], [1, 2])
+    batch = s.batch(torch.arange(3))
+    flipped = flip_batch(batch, axes)
+    rebuilt = torch.zeros_like(flipped["box_mask"])
+    for b, c, y0, y1, x0, x1 in flipped["boxes"].tolist():
+        rebuilt[b, c, y0:y1, x0:x1] = 1
+    assert torch.equal(rebuilt, flipped["box_mask"])
+    assert torch.equal(flipped["box_mask"], batch["box_mask"].flip([2 + a for a in axes]))
+    assert torch.equal(flipped["image"], batch["image"].flip([2 + a for a in axes]))
+    assert torch.equal(flip_batch(flipped, axes)["boxes"], batch["boxes"])
