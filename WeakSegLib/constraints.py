@@ -5,14 +5,14 @@ classes (softmax channel 0, background, removed), ``S`` = ``(H, W)`` in 2D or ``
 and return a scalar: the per-image value (a sum, unless said) averaged over the batch.
 
 Boxes come as one long tensor ``(N, 2 + 2·nd)``: ``[batch, class, lo_0, hi_0, lo_1, hi_1, …]`` with
-half-open voxel bounds per spatial axis. The tightness prior is computed from an integral image
-(summed-area table, float64) with one gather per corner for *all* bands of *all* boxes at once:
-no Python loop over boxes or bands, no dense per-band masks, no host synchronisation.
+half-open voxel bounds per spatial axis. The tightness prior gets the line sums of *all* boxes with
+one batched matrix product per axis (:func:`line_sums`), then the sums of *all* bands with one
+cumulative sum over those lines: no Python loop over boxes or bands, no dense per-band masks, no
+host synchronisation.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import torch
@@ -28,9 +28,8 @@ def log_barrier(z: torch.Tensor, t: float) -> torch.Tensor:
     if t <= 0:
         raise ValueError(f"barrier parameter t must be positive, got {t}")
     threshold = -1.0 / (t * t)
-    inside = z <= threshold
-    safe = torch.where(inside, z, torch.full_like(z, threshold))
-    return torch.where(inside, -torch.log(-safe) / t, t * z - math.log(1.0 / (t * t)) / t + 1.0 / t)
+    return torch.where(z <= threshold, torch.log(-z.clamp(max=threshold)) / -t,
+                       t * z - math.log(1.0 / (t * t)) / t + 1.0 / t)
 
 
 class LogBarrier(nn.Module):
@@ -50,68 +49,77 @@ def _check(s: torch.Tensor, boxes: torch.Tensor | None = None) -> int:
     return nd
 
 
-def integral_image(s: torch.Tensor) -> torch.Tensor:
-    """Summed-area table of ``s`` ``(B, C, *S)`` in float64, zero-padded in front: ``(B, C, *(S+1))``.
+def _grouped_weights(boxes: torch.Tensor, group: torch.Tensor, spatial: tuple[int, ...], axes: tuple[int, ...],
+                     groups: int, dtype: torch.dtype) -> torch.Tensor:
+    """Indicator of each box's extent over ``axes`` (outer product, flattened) placed in the row of
+    its (image, class) ``group``: ``(groups, N, prod(S[axes]))``, zero elsewhere."""
+    n = boxes.shape[0]
+    weight = None
+    for a in axes:
+        pos = torch.arange(spatial[a], device=boxes.device)
+        ind = ((pos >= boxes[:, 2 + 2 * a, None]) & (pos < boxes[:, 3 + 2 * a, None])).to(dtype)
+        weight = ind if weight is None else (weight[:, :, None] * ind[:, None, :]).reshape(n, -1)
+    grouped = torch.zeros(groups, n, weight.shape[1], dtype=dtype, device=boxes.device)
+    grouped[group, torch.arange(n, device=boxes.device)] = weight
+    return grouped
 
-    ``I[..., i, j] = Σ_{p<i, q<j} s[..., p, q]``.
-    """
-    x = s.double()
-    for d in range(2, x.dim()):
-        x = x.cumsum(d)
-    return nn.functional.pad(x, (1, 0) * (s.dim() - 2))
 
+def line_sums(s: torch.Tensor, boxes: torch.Tensor, axis: int) -> torch.Tensor:
+    """For every box, the sum of ``s`` over each line (2D) or plane (3D) perpendicular to ``axis``,
+    restricted to the box's extent on the other axes.
 
-def region_sums(integral: torch.Tensor, batch: torch.Tensor, cls: torch.Tensor,
-                lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """Sums of the original array over boxes ``[lo, hi)`` from its integral image.
+    One batched matrix product: ``s`` viewed as ``(B·C, S_axis, P)`` (P = the product of the other
+    axes) times per-box indicator weights ``(B·C, P, N)``, zero for other images and classes.
 
     Args:
-        integral: output of :func:`integral_image`, ``(B, C, *(S+1))``.
-        batch, cls: ``(M,)`` long indices of image and class.
-        lo, hi: ``(M, nd)`` long half-open bounds.
+        s: ``(B, C, *S)`` probabilities.
+        boxes: ``(N, 2 + 2·nd)`` long.
+        axis: spatial axis (0-based).
 
     Returns:
-        ``(M,)`` float64 sums (2^nd gathers; inclusion–exclusion).
+        ``(N, S_axis)``: ``[n, i]`` is the sum over box n's extent on the other axes at position i of
+        ``axis`` (the whole line; restrict to the box along ``axis`` yourself).
     """
-    nd = lo.shape[1]
-    total = torch.zeros(lo.shape[0], dtype=integral.dtype, device=integral.device)
-    for corner in itertools.product((0, 1), repeat=nd):
-        index = [hi[:, k] if c else lo[:, k] for k, c in enumerate(corner)]
-        sign = -1.0 if (nd - sum(corner)) % 2 else 1.0
-        total = total + sign * integral[(batch, cls, *index)]
-    return total
+    B, C, *spatial = s.shape
+    group = boxes[:, 0] * C + boxes[:, 1]
+    others = tuple(a for a in range(len(spatial)) if a != axis)
+    weight = _grouped_weights(boxes, group, tuple(spatial), others, B * C, s.dtype)
+    lines = s.movedim(2 + axis, 2).reshape(B * C, spatial[axis], -1)
+    per_group = torch.bmm(lines, weight.transpose(1, 2))  # (B·C, S_axis, N)
+    return per_group[group, :, torch.arange(boxes.shape[0], device=s.device)]
 
 
-def tightness_bands(boxes: torch.Tensor, spatial: tuple[int, ...], width: int):
-    """All bands of all boxes along every spatial axis.
+class _LineSums2D(torch.autograd.Function):
+    """Row and column line sums of all boxes of a 2D batch, with a backward that is one matrix
+    product (the two axes' gradients summed inside the product, no full-size addition)."""
 
-    Band k of a box along axis d covers ``[lo_d + k·w, min(lo_d + (k+1)·w, hi_d))`` on axis d and the
-    whole box on the other axes; the last band may be partial (r < w lines, bound r). The number of
-    bands per box is padded to ``ceil(S_d / w)`` (known from the image size: no host sync) and the
-    padding marked invalid.
+    @staticmethod
+    def forward(ctx, s: torch.Tensor, boxes: torch.Tensor):
+        B, C, H, W = s.shape
+        group = boxes[:, 0] * C + boxes[:, 1]
+        cols = _grouped_weights(boxes, group, (H, W), (1,), B * C, s.dtype)  # (G, N, W)
+        rows = _grouped_weights(boxes, group, (H, W), (0,), B * C, s.dtype)  # (G, N, H)
+        flat = s.reshape(B * C, H, W)
+        idx = torch.arange(boxes.shape[0], device=s.device)
+        along_rows = torch.bmm(flat, cols.transpose(1, 2))[group, :, idx]  # (N, H): Σ over box columns
+        along_cols = torch.bmm(rows, flat)[group, idx, :]  # (N, W): Σ over box rows
+        ctx.save_for_backward(group, cols, rows)
+        ctx.shape = s.shape
+        return along_rows, along_cols
 
-    Returns:
-        ``batch, cls`` ``(M,)``, ``lo, hi`` ``(M, nd)``, ``bound`` ``(M,)`` (lines in the band, 0 for
-        padding) and ``valid`` ``(M,)`` bool.
-    """
-    nd = len(spatial)
-    b, c = boxes[:, 0], boxes[:, 1]
-    blo, bhi = boxes[:, 2::2], boxes[:, 3::2]
-    out = []
-    for d in range(nd):
-        kmax = math.ceil(spatial[d] / width)
-        k = torch.arange(kmax, device=boxes.device)
-        lo = blo[:, None, :].expand(-1, kmax, -1).clone()
-        hi = bhi[:, None, :].expand(-1, kmax, -1).clone()
-        start = blo[:, None, d] + k[None, :] * width
-        stop = torch.minimum(start + width, bhi[:, None, d])
-        valid = start < bhi[:, None, d]
-        start = torch.where(valid, start, bhi[:, None, d])
-        stop = torch.where(valid, stop, bhi[:, None, d])
-        lo[..., d], hi[..., d] = start, stop
-        out.append((b[:, None].expand(-1, kmax), c[:, None].expand(-1, kmax), lo, hi, stop - start, valid))
-    cat = [torch.cat([o[i].reshape(-1, *o[i].shape[2:]) for o in out]) for i in range(6)]
-    return cat[0], cat[1], cat[2], cat[3], cat[4], cat[5]
+    @staticmethod
+    def backward(ctx, g_rows: torch.Tensor, g_cols: torch.Tensor):
+        group, cols, rows = ctx.saved_tensors
+        B, C, H, W = ctx.shape
+        G, n = B * C, group.shape[0]
+        idx = torch.arange(n, device=group.device)
+        left = torch.zeros(G, H, 2 * n, dtype=g_rows.dtype, device=g_rows.device)
+        left[group, :, idx] = g_rows
+        left[:, :, n:] = rows.transpose(1, 2)
+        right = torch.zeros(G, 2 * n, W, dtype=g_rows.dtype, device=g_rows.device)
+        right[:, :n] = cols
+        right[group, n + idx] = g_cols
+        return torch.bmm(left, right).reshape(ctx.shape), None
 
 
 class TightnessPrior(nn.Module):
@@ -128,15 +136,22 @@ class TightnessPrior(nn.Module):
 
     def forward(self, s: torch.Tensor, boxes: torch.Tensor, t: float) -> torch.Tensor:
         """``s`` ``(B, C, *S)`` probabilities, ``boxes`` ``(N, 2+2·nd)`` long; returns a scalar."""
-        _check(s, boxes)
+        nd = _check(s, boxes)
         if boxes.shape[0] == 0:
             return s.sum() * 0.0
         boxes = boxes.to(s.device)
-        batch, cls, lo, hi, bound, valid = tightness_bands(boxes, tuple(s.shape[2:]), self.width)
-        sums = region_sums(integral_image(s), batch, cls, lo, hi).to(s.dtype)
-        z = bound.to(s.dtype) - sums
-        penalty = torch.where(valid, log_barrier(z, t), torch.zeros_like(z))
-        return self.weight * penalty.sum() / s.shape[0]
+        lines = _LineSums2D.apply(s, boxes) if nd == 2 else [line_sums(s, boxes, a) for a in range(nd)]
+        z, valid = [], []
+        for axis in range(nd):  # 2 or 3 spatial axes; everything inside is batched over boxes and bands
+            cum = nn.functional.pad(lines[axis].cumsum(1), (1, 0))  # (N, S+1)
+            lo, hi = boxes[:, 2 + 2 * axis, None], boxes[:, 3 + 2 * axis, None]
+            start = lo + torch.arange(math.ceil(s.shape[2 + axis] / self.width), device=s.device) * self.width
+            valid.append((start < hi).flatten())  # (N·K,): bands past the box end are padding
+            start = torch.minimum(start, hi)
+            stop = torch.minimum(start + self.width, hi)
+            z.append(((stop - start).to(s.dtype) - (cum.gather(1, stop) - cum.gather(1, start))).flatten())
+        total = (log_barrier(torch.cat(z), t) * torch.cat(valid)).sum()
+        return self.weight * total / s.shape[0]
 
 
 class Emptiness(nn.Module):
