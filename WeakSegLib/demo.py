@@ -18,6 +18,7 @@ import numpy as np
 from WeakSegLib.boxes import BoxSet, boxes_from_mask, rasterize, save_boxes
 from WeakSegLib.inference import predict_file
 from WeakSegLib.metrics import evaluate
+from WeakSegLib.progress import ProgressPrinter
 from WeakSegLib.recipes import DEFAULT_RECIPE
 from WeakSegLib.sample_data import CASES, materialize
 from WeakSegLib.training import TrainCase, TrainConfig, train
@@ -52,8 +53,6 @@ def plot_curves(histories: dict[str, list[dict]], path: str | os.PathLike) -> Pa
 def run_demo(out: str | os.PathLike = "weakseg-demo", case: str = "vertebral-body-ct", epochs: int = 100,
              device: str = "auto", quiet: bool = False) -> Path:
     """Run the demo and return the path of its markdown report."""
-    from WeakSegLib.cli import ProgressPrinter
-
     out = Path(out)
     sample = materialize(case, out)
     mask = read_label_volume(sample["mask"])

@@ -1,0 +1,45 @@
+"""Terminal progress for training and prediction events: a tqdm bar on stderr, optional JSON lines."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+class ProgressPrinter:
+    """Shows training/prediction events as a tqdm progress bar on stderr and, optionally, appends
+    them as JSON lines to a file."""
+
+    def __init__(self, events_path: str | None = None, quiet: bool = False) -> None:
+        self.bar = None
+        self.quiet = quiet
+        self.events_file = open(events_path, "a", encoding="utf-8") if events_path else None
+
+    def __call__(self, event: dict) -> None:
+        if self.events_file is not None and event["event"] != "batch":
+            self.events_file.write(json.dumps(event) + "\n")
+            self.events_file.flush()
+        if self.quiet:
+            return
+        from tqdm import tqdm
+
+        kind = event["event"]
+        if kind == "start":
+            self.bar = tqdm(total=event["epochs"], initial=event["first_epoch"] - 1, unit="epoch",
+                            desc=f"train {event['recipe']}", file=sys.stderr, dynamic_ncols=True)
+        elif kind == "epoch" and self.bar is not None:
+            shown = {"loss": f"{event['loss']:.4g}"}
+            if "dice" in event:
+                shown["dice"] = f"{event['dice']:.3f}"
+            self.bar.set_postfix(shown)
+            self.bar.update(1)
+        elif kind == "warning":
+            print(f"warning: {event['message']}", file=sys.stderr)
+        elif kind in ("done", "cancelled") and self.bar is not None:
+            self.bar.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.events_file is not None:
+            self.events_file.close()
