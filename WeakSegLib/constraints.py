@@ -141,16 +141,17 @@ class TightnessPrior(nn.Module):
             return s.sum() * 0.0
         boxes = boxes.to(s.device)
         lines = _LineSums2D.apply(s, boxes) if nd == 2 else [line_sums(s, boxes, a) for a in range(nd)]
-        z, valid = [], []
-        for axis in range(nd):  # 2 or 3 spatial axes; everything inside is batched over boxes and bands
-            cum = nn.functional.pad(lines[axis].cumsum(1), (1, 0))  # (N, S+1)
-            lo, hi = boxes[:, 2 + 2 * axis, None], boxes[:, 3 + 2 * axis, None]
-            start = lo + torch.arange(math.ceil(s.shape[2 + axis] / self.width), device=s.device) * self.width
-            valid.append((start < hi).flatten())  # (N·K,): bands past the box end are padding
-            start = torch.minimum(start, hi)
-            stop = torch.minimum(start + self.width, hi)
-            z.append(((stop - start).to(s.dtype) - (cum.gather(1, stop) - cum.gather(1, start))).flatten())
-        total = (log_barrier(torch.cat(z), t) * torch.cat(valid)).sum()
+        size = max(s.shape[2:])
+        # all axes at once: line sums (nd, N, S_max) zero-padded, one cumulative sum, one barrier
+        lines = torch.stack([nn.functional.pad(l, (0, size - l.shape[1])) for l in lines])
+        cum = nn.functional.pad(lines.cumsum(2), (1, 0))  # (nd, N, S_max + 1)
+        lo, hi = boxes[:, 2::2].T[:, :, None], boxes[:, 3::2].T[:, :, None]  # (nd, N, 1)
+        start = lo + torch.arange(math.ceil(size / self.width), device=s.device) * self.width  # (nd, N, K)
+        valid = start < hi  # bands past the box end are padding
+        start = torch.minimum(start, hi)
+        stop = torch.minimum(start + self.width, hi)
+        z = (stop - start).to(s.dtype) - (cum.gather(2, stop) - cum.gather(2, start))
+        total = (log_barrier(z, t) * valid).sum()
         return self.weight * total / s.shape[0]
 
 
