@@ -117,7 +117,7 @@ def test_size_without_box_pushes_image_to_empty():
     s = torch.full((1, 1, 8, 8), 0.5, requires_grad=True)
     loss = BoxSize()(s, torch.zeros(1, 1, 8, 8), 5.0)
     loss.backward()
-    assert float(loss) > 0 and (s.grad > 0).all()  # bounds [0, 0]: every pixel is pushed down
+    assert float(loss.detach()) > 0 and (s.grad > 0).all()  # bounds [0, 0]: every pixel is pushed down
 
 
 def test_constraint_gradients_finite_for_saturated_probabilities():
