@@ -32,13 +32,6 @@ def log_barrier(z: torch.Tensor, t: float) -> torch.Tensor:
                        t * z - math.log(1.0 / (t * t)) / t + 1.0 / t)
 
 
-class LogBarrier(nn.Module):
-    """Module form of :func:`log_barrier`; ``t`` is passed per call (one t shared by all constraints)."""
-
-    def forward(self, z: torch.Tensor, t: float) -> torch.Tensor:
-        return log_barrier(z, t)
-
-
 def _check(s: torch.Tensor, boxes: torch.Tensor | None = None) -> int:
     if s.dim() not in (4, 5):
         raise ValueError(f"probabilities must be (B, C, H, W) or (B, C, D, H, W), got shape {tuple(s.shape)}")
