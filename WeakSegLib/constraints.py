@@ -57,12 +57,25 @@ def _grouped_weights(boxes: torch.Tensor, group: torch.Tensor, spatial: tuple[in
     return grouped
 
 
+def _contract(s: torch.Tensor, group: torch.Tensor, weight: torch.Tensor, axis: int) -> torch.Tensor:
+    """``(N, S_axis)``: ``s`` summed against each box's ``weight`` ``(B·C, N, P)`` over all spatial axes
+    but ``axis`` — one batched matrix product, with no copy of ``s`` when ``axis`` is the first or
+    the last spatial axis."""
+    groups, n = weight.shape[:2]
+    idx = torch.arange(n, device=s.device)
+    size = s.shape[2 + axis]
+    if axis == s.dim() - 3:  # last spatial axis: (G, N, P) @ (G, P, S)
+        return torch.bmm(weight, s.reshape(groups, -1, size))[group, idx]
+    lines = s.movedim(2 + axis, 2).reshape(groups, size, -1)  # (G, S, P)
+    return torch.bmm(lines, weight.transpose(1, 2))[group, :, idx]
+
+
 def line_sums(s: torch.Tensor, boxes: torch.Tensor, axis: int) -> torch.Tensor:
     """For every box, the sum of ``s`` over each line (2D) or plane (3D) perpendicular to ``axis``,
     restricted to the box's extent on the other axes.
 
-    One batched matrix product: ``s`` viewed as ``(B·C, S_axis, P)`` (P = the product of the other
-    axes) times per-box indicator weights ``(B·C, P, N)``, zero for other images and classes.
+    One batched matrix product of ``s`` with per-box indicator weights ``(B·C, N, P)`` (P = the
+    product of the other axes), zero for other images and classes.
 
     Args:
         s: ``(B, C, *S)`` probabilities.
@@ -76,15 +89,12 @@ def line_sums(s: torch.Tensor, boxes: torch.Tensor, axis: int) -> torch.Tensor:
     B, C, *spatial = s.shape
     group = boxes[:, 0] * C + boxes[:, 1]
     others = tuple(a for a in range(len(spatial)) if a != axis)
-    weight = _grouped_weights(boxes, group, tuple(spatial), others, B * C, s.dtype)
-    lines = s.movedim(2 + axis, 2).reshape(B * C, spatial[axis], -1)
-    per_group = torch.bmm(lines, weight.transpose(1, 2))  # (B·C, S_axis, N)
-    return per_group[group, :, torch.arange(boxes.shape[0], device=s.device)]
+    return _contract(s, group, _grouped_weights(boxes, group, tuple(spatial), others, B * C, s.dtype), axis)
 
 
 class _LineSums2D(torch.autograd.Function):
-    """Row and column line sums of all boxes of a 2D batch, with a backward that is one matrix
-    product (the two axes' gradients summed inside the product, no full-size addition)."""
+    """:func:`line_sums` of a 2D batch along both axes, with a backward that is one matrix product
+    (the two axes' gradients summed inside the product, no full-size addition)."""
 
     @staticmethod
     def forward(ctx, s: torch.Tensor, boxes: torch.Tensor):
@@ -92,13 +102,9 @@ class _LineSums2D(torch.autograd.Function):
         group = boxes[:, 0] * C + boxes[:, 1]
         cols = _grouped_weights(boxes, group, (H, W), (1,), B * C, s.dtype)  # (G, N, W)
         rows = _grouped_weights(boxes, group, (H, W), (0,), B * C, s.dtype)  # (G, N, H)
-        flat = s.reshape(B * C, H, W)
-        idx = torch.arange(boxes.shape[0], device=s.device)
-        along_rows = torch.bmm(flat, cols.transpose(1, 2))[group, :, idx]  # (N, H): Σ over box columns
-        along_cols = torch.bmm(rows, flat)[group, idx, :]  # (N, W): Σ over box rows
         ctx.save_for_backward(group, cols, rows)
         ctx.shape = s.shape
-        return along_rows, along_cols
+        return _contract(s, group, cols, 0), _contract(s, group, rows, 1)
 
     @staticmethod
     def backward(ctx, g_rows: torch.Tensor, g_cols: torch.Tensor):
