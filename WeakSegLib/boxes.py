@@ -35,6 +35,7 @@ from scipy import ndimage
 
 from WeakSegLib.atomic import atomic_write_json
 from WeakSegLib.errors import InputError
+from WeakSegLib.volume import geometry_differences
 
 BOX_FORMAT = "weakseg-boxes"
 BOX_FORMAT_VERSION = 1
@@ -298,12 +299,7 @@ def load_boxes(path: str | os.PathLike) -> BoxSet:
 def check_boxes_fit(boxset: BoxSet, geometry: dict, name: str = "image") -> None:
     """Raise :class:`InputError` when a box file was drawn on another grid than ``geometry``
     (a :meth:`WeakSegLib.volume.Volume.geometry` dict)."""
-    if list(boxset.shape) != list(geometry["shape"]):
-        raise InputError(f"boxes were drawn on a grid of shape {list(boxset.shape)} (z,y,x) but {name} "
-                         f"has shape {list(geometry['shape'])}: mismatched image/box geometry")
-    g = boxset.geometry or {}
-    for key in ("spacing", "origin", "direction"):
-        if key in g and not np.allclose(g[key], geometry[key], atol=1e-3 * max(1.0, float(np.abs(geometry[key]).max()))):
-            raise InputError(f"boxes' {key} {g[key]} differs from {name} {key} {geometry[key]}: "
-                             "mismatched image/box geometry")
-
+    drawn = {**(boxset.geometry or {}), "shape": list(boxset.shape)}
+    for key in geometry_differences(geometry, drawn):
+        raise InputError(f"boxes were drawn on a grid of {key} {drawn[key]} but {name} has {key} {geometry[key]}: "
+                         "mismatched image/box geometry")

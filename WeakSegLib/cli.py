@@ -26,12 +26,14 @@ def _axis(value: str) -> int | str:
     return int(value)
 
 
-def _resolve_axis(axis: int | str, path: str) -> int:
+def _resolve_axis(axis: int | str, direction) -> int:
+    """``--axis`` as given, or for ``auto`` the axial axis of ``direction`` (a callable returning
+    the direction cosines, so that they are only looked up when needed)."""
     if axis != "auto":
         return int(axis)
-    from WeakSegLib.volume import axial_axis, read_volume
+    from WeakSegLib.volume import axial_axis
 
-    return axial_axis(read_volume(path))
+    return axial_axis(direction())
 
 
 def cmd_boxes_from_mask(args: argparse.Namespace) -> int:
@@ -39,7 +41,7 @@ def cmd_boxes_from_mask(args: argparse.Namespace) -> int:
     from WeakSegLib.volume import read_label_volume
 
     mask = read_label_volume(args.mask)
-    axis = _resolve_axis(args.axis, args.mask)
+    axis = _resolve_axis(args.axis, lambda: mask.direction)
     boxes = boxes_from_mask(mask.array, args.mode, axis, args.margin, args.label, not args.per_label)
     names = {b.label: (args.name or f"label {b.label}") for b in boxes}
     save_boxes(BoxSet(boxes, mask.shape, names, mask.geometry()), args.out)
@@ -49,6 +51,7 @@ def cmd_boxes_from_mask(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from WeakSegLib.training import TrainCase, TrainConfig, train
+    from WeakSegLib.volume import read_direction
 
     images = args.image
     boxes, masks, evals = args.boxes or [], args.mask or [], args.eval_mask or []
@@ -61,7 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cases = [TrainCase(img, boxes[i] if boxes else None, masks[i] if masks else None,
                        evals[i] if evals else None) for i, img in enumerate(images)]
     config = TrainConfig(recipe=recipe, network=args.network, spatial_dims=3 if args.dims == "3d" else 2,
-                         context=args.context, axis=_resolve_axis(args.axis, images[0]), epochs=args.epochs,
+                         context=args.context, axis=_resolve_axis(args.axis, lambda: read_direction(images[0])), epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
                          normalization=args.normalization, size_bounds=tuple(args.size_bounds),
                          band_width=args.band_width, labels=args.label, augment=args.augment)

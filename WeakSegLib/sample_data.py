@@ -77,4 +77,4 @@ def materialize(name: str, folder: str | os.PathLike) -> dict:
     out_image, out_mask = folder / "image.nii.gz", folder / "mask.nii.gz"
     write_volume(image.with_array(image.array.astype(np.float32)), out_image)
     write_volume(image.with_array(obj), out_mask)
-    return {"image": str(out_image), "mask": str(out_mask), "axis": axial_axis(image), "object": case.object_name}
+    return {"image": str(out_image), "mask": str(out_mask), "axis": axial_axis(image.direction), "object": case.object_name}

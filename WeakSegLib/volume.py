@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -148,14 +148,28 @@ def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True)
     return path
 
 
-def check_same_grid(a: Volume, b: Volume, name_a: str = "image", name_b: str = "mask", atol: float = 1e-3) -> None:
+def geometry_differences(a: dict, b: dict, atol: float = 1e-3) -> list[str]:
+    """Which of shape, spacing, origin and direction differ between two geometry dicts (as
+    :meth:`Volume.geometry` gives them); a key missing from either side is not compared. Spacing,
+    origin and direction agree within ``atol`` relative to their largest magnitude (at least 1)."""
+    out = []
+    for key in ("shape", "spacing", "origin", "direction"):
+        if key not in a or key not in b:
+            continue
+        va, vb = np.asarray(a[key], dtype=float), np.asarray(b[key], dtype=float)
+        if va.shape != vb.shape or not np.allclose(va, vb, atol=atol * max(1.0, float(np.abs(va).max()))):
+            out.append(key)
+    return out
+
+
+def check_same_grid(a: Volume, b: Volume, name_a: str = "image", name_b: str = "mask") -> None:
     """Raise :class:`InputError` unless ``a`` and ``b`` share shape, spacing, origin and direction."""
-    if a.shape != b.shape:
-        raise InputError(f"{name_b} has shape {b.shape} (z,y,x) but {name_a} has {a.shape}: not the same grid")
-    for key in ("spacing", "origin", "direction"):
-        va, vb = np.asarray(getattr(a, key)), np.asarray(getattr(b, key))
-        if not np.allclose(va, vb, atol=atol * max(1.0, float(np.abs(va).max()))):
-            raise InputError(f"{name_b} {key} {tuple(vb.round(4))} differs from {name_a} {key} {tuple(va.round(4))}")
+    ga, gb = a.geometry(), b.geometry()
+    for key in geometry_differences(ga, gb):
+        if key == "shape":
+            raise InputError(f"{name_b} has shape {b.shape} (z,y,x) but {name_a} has {a.shape}: not the same grid")
+        raise InputError(f"{name_b} {key} {tuple(np.round(gb[key], 4))} differs from {name_a} {key} "
+                         f"{tuple(np.round(ga[key], 4))}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,9 +225,24 @@ def normalize(
     raise InputError(f"unknown normalisation {method!r}; choose one of {', '.join(NORMALIZATIONS)}")
 
 
-def axial_axis(volume: Volume) -> int:
+def read_direction(path: str | os.PathLike) -> tuple[float, ...]:
+    """Direction cosines of an image file from its header alone (no voxels are read)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise InputError(f"{path}: cannot be read as an image ({str(exc).strip().splitlines()[-1]})") from exc
+    return tuple(float(v) for v in reader.GetDirection())
+
+
+def axial_axis(direction: Sequence[float]) -> int:
     """Array axis (0, 1 or 2 in (z, y, x) order) whose index direction is closest to the patient's
-    superior–inferior axis: the axis to cut axial slices along."""
-    d = np.asarray(volume.direction, dtype=float).reshape(3, 3)
+    superior–inferior axis: the axis to cut axial slices along.
+
+    Args:
+        direction: 3×3 direction cosines, row-major (``Volume.direction``, :func:`read_direction`).
+    """
+    d = np.asarray(direction, dtype=float).reshape(3, 3)
     itk_index = int(np.argmax(np.abs(d[2, :])))  # column i: physical direction of ITK index i
     return 2 - itk_index

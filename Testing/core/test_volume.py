@@ -5,7 +5,7 @@ import pytest
 import SimpleITK as sitk
 
 from WeakSegLib.errors import InputError
-from WeakSegLib.volume import (Volume, axial_axis, check_same_grid, normalize, read_label_volume, read_volume,
+from WeakSegLib.volume import (Volume, axial_axis, check_same_grid, normalize, read_direction, read_label_volume, read_volume,
                                write_volume)
 
 from conftest import oblique_volume
@@ -91,5 +91,6 @@ def test_normalisations():
 
 
 def test_axial_axis_follows_direction(spine_ct):
-    assert axial_axis(read_volume(spine_ct["image"])) == 1  # TPTBox CT: ITK index j runs along S–I
-    assert axial_axis(Volume(np.zeros((2, 3, 4)))) == 0
+    assert axial_axis(read_volume(spine_ct["image"]).direction) == 1  # TPTBox CT: ITK index j runs along S–I
+    assert axial_axis(read_direction(spine_ct["image"])) == 1  # the same from the header alone
+    assert axial_axis(Volume(np.zeros((2, 3, 4))).direction) == 0
