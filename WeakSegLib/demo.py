@@ -2,7 +2,7 @@
 
 Boxes from the reference mask (tight, per axial slice) → the default recipe → prediction → a table
 against the filled boxes taken as the prediction and against the same network trained on the full
-masks. Writes into ``out``: ``image.nii.gz``, ``mask.nii.gz``, ``boxes.json``, one model folder per
+masks. :func:`compare_recipes` is that pipeline for any recipes; the accuracy benchmark uses it too. Writes into ``out``: ``image.nii.gz``, ``mask.nii.gz``, ``boxes.json``, one model folder per
 recipe (``model-<recipe>/``), ``prediction.nii.gz`` (default recipe), ``training_curves.png`` and
 ``report.md``.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -19,7 +20,7 @@ from WeakSegLib.boxes import BoxSet, boxes_from_mask, rasterize, save_boxes
 from WeakSegLib.inference import predict_file
 from WeakSegLib.metrics import evaluate
 from WeakSegLib.progress import ProgressPrinter
-from WeakSegLib.recipes import DEFAULT_RECIPE
+from WeakSegLib.recipes import DEFAULT_RECIPE, MASK_RECIPES
 from WeakSegLib.sample_data import CASES, materialize
 from WeakSegLib.training import TrainCase, TrainConfig, train
 from WeakSegLib.volume import read_label_volume
@@ -50,41 +51,65 @@ def plot_curves(histories: dict[str, list[dict]], path: str | os.PathLike) -> Pa
     return path
 
 
+FILLED = "filled boxes (no training)"
+
+
+def compare_recipes(case: str, recipes: Sequence[str], out: str | os.PathLike, *, epochs: int = 100,
+                    margin: int = 0, seed: int = 0, device: str = "auto", eval_every: int = 1,
+                    quiet: bool = True) -> dict:
+    """Train each recipe on sample ``case`` from its per-slice (axial) boxes and score it.
+
+    Writes into ``out``: the case's ``image.nii.gz``/``mask.nii.gz``, ``boxes.json`` (tight boxes
+    widened by ``margin`` voxels), ``model-<recipe>/``, ``prediction-<recipe>.nii.gz`` and
+    ``events-<recipe>.jsonl``. ``full`` trains on the mask; every recipe reports Dice per epoch
+    against it (every ``eval_every`` epochs), which no box recipe trains on.
+
+    Returns:
+        ``{"sample": materialize(...) dict, "boxes": number of boxes, "mask": the mask Volume,
+        "results": {FILLED or recipe: {"dice", "iou", "hd95", "seconds", "history"}}}``.
+    """
+    out = Path(out)
+    sample = materialize(case, out)
+    mask = read_label_volume(sample["mask"])
+    boxes = boxes_from_mask(mask.array, "slice", sample["axis"], margin=margin)
+    save_boxes(BoxSet(boxes, mask.shape, {1: sample["object"]}, mask.geometry()), out / "boxes.json")
+    filled = evaluate(rasterize(boxes, mask.shape, [1])[0], mask.array, mask.spacing)
+    results = {FILLED: {**filled, "seconds": 0.0, "history": []}}
+    for recipe in recipes:
+        tc = TrainCase(sample["image"], boxes=str(out / "boxes.json"),
+                       mask=sample["mask"] if recipe in MASK_RECIPES else None, eval_mask=sample["mask"])
+        config = TrainConfig(recipe=recipe, epochs=epochs, axis=sample["axis"], seed=seed, device=device,
+                             eval_every=eval_every)
+        printer = ProgressPrinter(str(out / f"events-{recipe}.jsonl"), quiet)
+        began = time.perf_counter()
+        try:
+            card = train([tc], config, out / f"model-{recipe}", on_event=printer, resume=False)
+        finally:
+            printer.close()
+        seconds = time.perf_counter() - began
+        pred_path = out / f"prediction-{recipe}.nii.gz"
+        predict_file(out / f"model-{recipe}", sample["image"], pred_path, device=device)
+        scores = evaluate(read_label_volume(pred_path).array, mask.array, mask.spacing)
+        results[recipe] = {**scores, "seconds": seconds, "history": card["history"]}
+    return {"sample": sample, "boxes": len(boxes), "mask": mask, "results": results}
+
+
 def run_demo(out: str | os.PathLike = "weakseg-demo", case: str = "vertebral-body-ct", epochs: int = 100,
              device: str = "auto", quiet: bool = False) -> Path:
     """Run the demo and return the path of its markdown report."""
     out = Path(out)
-    sample = materialize(case, out)
-    mask = read_label_volume(sample["mask"])
-    axis = sample["axis"]
-    boxes = boxes_from_mask(mask.array, "slice", axis)
-    save_boxes(BoxSet(boxes, mask.shape, {1: sample["object"]}, mask.geometry()), out / "boxes.json")
-    rows = [("filled boxes (no training)", evaluate(rasterize(boxes, mask.shape, [1])[0], mask.array, mask.spacing), 0.0)]
-    histories = {}
-    for recipe in DEMO_RECIPES:
-        model_dir = out / f"model-{recipe}"
-        tc = TrainCase(sample["image"], boxes=str(out / "boxes.json"), mask=sample["mask"] if recipe == "full" else None,
-                       eval_mask=sample["mask"])
-        printer = ProgressPrinter(str(out / f"events-{recipe}.jsonl"), quiet)
-        began = time.perf_counter()
-        try:
-            card = train([tc], TrainConfig(recipe=recipe, epochs=epochs, axis=axis, device=device), model_dir,
-                         on_event=printer, resume=False)
-        finally:
-            printer.close()
-        seconds = time.perf_counter() - began
-        pred_path = out / ("prediction.nii.gz" if recipe == DEFAULT_RECIPE else f"prediction-{recipe}.nii.gz")
-        predict_file(model_dir, sample["image"], pred_path, device=device)
-        rows.append((recipe, evaluate(read_label_volume(pred_path).array, mask.array, mask.spacing), seconds))
-        histories[recipe] = card["history"]
-    plot_curves(histories, out / "training_curves.png")
+    run = compare_recipes(case, DEMO_RECIPES, out, epochs=epochs, device=device, quiet=quiet)
+    os.replace(out / f"prediction-{DEFAULT_RECIPE}.nii.gz", out / "prediction.nii.gz")
+    results, mask = run["results"], run["mask"]
+    plot_curves({r: results[r]["history"] for r in DEMO_RECIPES}, out / "training_curves.png")
     lines = [f"# WeakSeg demo: {CASES[case].object_name} on `{case}`", "",
              f"Image {mask.shape} (z, y, x) at {tuple(round(s, 2) for s in mask.spacing)} mm; "
-             f"{len(boxes)} tight boxes on axial slices (array axis {axis}); {epochs} epochs each; "
+             f"{run['boxes']} tight boxes on axial slices (array axis {run['sample']['axis']}); {epochs} epochs each; "
              "scores against the reference mask on the training volume (what a user gets after boxing a scan).", "",
              "| method | Dice | IoU | HD95 (mm) | training time (s) |", "|---|---|---|---|---|"]
-    for name, s, sec in rows:
-        lines.append(f"| {name} | {s['dice']:.3f} | {s['iou']:.3f} | {s['hd95']:.2f} | {sec:.0f} |")
+    for name in (FILLED, *DEMO_RECIPES):
+        r = results[name]
+        lines.append(f"| {name} | {r['dice']:.3f} | {r['iou']:.3f} | {r['hd95']:.2f} | {r['seconds']:.0f} |")
     lines += ["", "![training curves](training_curves.png)", "",
               f"Prediction of the default recipe: `prediction.nii.gz`; model folder: `model-{DEFAULT_RECIPE}/`.", ""]
     report = out / "report.md"

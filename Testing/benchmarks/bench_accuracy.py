@@ -13,39 +13,21 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from WeakSegLib.boxes import BoxSet, boxes_from_mask, rasterize, save_boxes
-from WeakSegLib.inference import predict_volume
-from WeakSegLib.metrics import evaluate
+from WeakSegLib.demo import FILLED, compare_recipes
 from WeakSegLib.recipes import RECIPES
-from WeakSegLib.sample_data import CASES, materialize
-from WeakSegLib.training import TrainCase, TrainConfig, train
-from WeakSegLib.volume import read_label_volume, read_volume
-
-FILLED = "filled boxes (no training)"
-
+from WeakSegLib.sample_data import CASES
 
 def run_case(name: str, recipes: list[str], epochs: int, folder: Path, margin: int, seed: int) -> dict:
-    sample = materialize(name, folder)
-    mask = read_label_volume(sample["mask"])
-    image = read_volume(sample["image"])
-    boxes = boxes_from_mask(mask.array, "slice", sample["axis"], margin=margin)
-    save_boxes(BoxSet(boxes, mask.shape, {1: sample["object"]}, mask.geometry()), folder / "boxes.json")
-    out = {FILLED: {**evaluate(rasterize(boxes, mask.shape, [1])[0], mask.array, mask.spacing), "seconds": 0.0}}
+    run = compare_recipes(name, recipes, folder, epochs=epochs, margin=margin, seed=seed, eval_every=epochs)
     for recipe in recipes:
-        began = time.perf_counter()
-        tc = TrainCase(sample["image"], boxes=str(folder / "boxes.json"), mask=sample["mask"] if recipe == "full" else None)
-        train([tc], TrainConfig(recipe=recipe, epochs=epochs, axis=sample["axis"], seed=seed), folder / recipe,
-              resume=False)
-        labels, _ = predict_volume(folder / recipe, image)
-        out[recipe] = {**evaluate(labels.array, mask.array, mask.spacing), "seconds": time.perf_counter() - began}
-        print(f"  {name:16s} {recipe:28s} Dice {out[recipe]['dice']:.3f}  ({out[recipe]['seconds']:.0f} s)", flush=True)
-    return out
+        r = run["results"][recipe]
+        print(f"  {name:16s} {recipe:28s} Dice {r['dice']:.3f}  ({r['seconds']:.0f} s)", flush=True)
+    return {k: {m: v for m, v in r.items() if m != "history"} for k, r in run["results"].items()}
 
 
 def table(results: dict, rows: list[str]) -> str:
