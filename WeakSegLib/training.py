@@ -20,9 +20,7 @@ The barrier parameter of epoch e (0-based) is t₀·factor^e: one t for every co
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -30,19 +28,18 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from WeakSegLib.atomic import atomic_torch_save
 from WeakSegLib.boxes import BoxSet, check_boxes_fit, load_boxes
 from WeakSegLib.data import Case, SampleSet, build_samples, flip_batch
 from WeakSegLib.devices import resolve_device
-from WeakSegLib.errors import CancelledError, InputError, ModelError
+from WeakSegLib.errors import InputError
 from WeakSegLib.inference import predict_probabilities
-from WeakSegLib.model import CARD, build_from_card, default_color, load_state, save_model
+from WeakSegLib.loop import EventSink, LoopSettings, run_epochs
+from WeakSegLib.model import CARD, build_from_card, default_color, save_model
 from WeakSegLib.networks import NETWORKS
 from WeakSegLib.recipes import DEFAULT_RECIPE, MASK_RECIPES, RECIPES, LossSettings, RecipeLoss
 from WeakSegLib.volume import check_same_grid, normalize, read_label_volume, read_volume
 
 CHECKPOINT = "checkpoint.pt"
-EventSink = Callable[[dict], None]
 
 
 @dataclass
@@ -189,19 +186,6 @@ def per_case_dice(pred: torch.Tensor, ref: torch.Tensor, valid: torch.Tensor, ca
     return out
 
 
-def _rng_state(device: torch.device) -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 def train(cases: Sequence[TrainCase], config: TrainConfig, out_dir: str | os.PathLike, *,
           on_event: EventSink | None = None, should_stop: Callable[[], bool] | None = None,
           resume: bool = True) -> dict:
@@ -221,7 +205,6 @@ def train(cases: Sequence[TrainCase], config: TrainConfig, out_dir: str | os.Pat
     """
     config.validate()
     emit = on_event or (lambda e: None)
-    stop = should_stop or (lambda: False)
     out = Path(out_dir)
     device = resolve_device(config.device)
     data = load_training_data(cases, config)
@@ -246,61 +229,36 @@ def train(cases: Sequence[TrainCase], config: TrainConfig, out_dir: str | os.Pat
     network = build_from_card(card).to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr, betas=tuple(config.betas))
     loss_fn = RecipeLoss(config.recipe, config.loss_settings())
-    history: list[dict] = []
-    first = 0
-    ckpt_path = out / CHECKPOINT
-    if resume and ckpt_path.exists():
-        ckpt = load_state(ckpt_path)
-        if ckpt.get("config") != config.fingerprint():
-            diff = sorted(k for k, v in config.fingerprint().items() if ckpt.get("config", {}).get(k) != v)
-            raise ModelError(f"{ckpt_path} was made with other settings (differ: {', '.join(diff)}); "
-                             "use another output folder or start without resuming")
-        network.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        first, history = int(ckpt["epoch"]), list(ckpt["history"])
-        _set_rng_state(ckpt["rng"], device)
     samples = samples.to(device)
-    n = len(samples)
-    n_batches = math.ceil(n / config.batch_size)
-    emit({"event": "start", "epochs": config.epochs, "first_epoch": first + 1, "samples": n,
-          "batches": n_batches, "device": str(device), "recipe": config.recipe, "out": str(out),
-          "labels": data.label_values})
-    for epoch in range(first, config.epochs):
-        t = config.t0 * config.t_factor ** epoch
-        began = time.perf_counter()
-        network.train()
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 100003 + epoch)).to(device)
-        sums: dict[str, torch.Tensor] = {}
-        for b in range(n_batches):
-            if stop():
-                emit({"event": "cancelled", "epoch": epoch + 1, "checkpoint": str(ckpt_path) if ckpt_path.exists() else None})
-                raise CancelledError(f"training cancelled in epoch {epoch + 1}; the checkpoint of epoch {epoch} is kept")
-            batch = samples.batch(order[b * config.batch_size:(b + 1) * config.batch_size])
-            if config.augment:
-                coin = torch.rand(config.spatial_dims, generator=torch.Generator().manual_seed(
-                    (config.seed * 100003 + epoch) * 10007 + b))
-                batch = flip_batch(batch, [a for a in range(config.spatial_dims) if coin[a] < 0.5])
-            logits = network(batch["image"])
-            loss, parts = loss_fn(logits, batch, t)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            for k, v in {"loss": loss.detach(), **parts}.items():
-                sums[k] = sums.get(k, 0.0) + v
-            emit({"event": "batch", "epoch": epoch + 1, "batch": b + 1, "of": n_batches})
-        record = {"epoch": epoch + 1, "t": t, **{k: float(v) / n_batches for k, v in sums.items()}}
-        if samples.eval_labels is not None and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
+
+    def step(index: torch.Tensor, epoch: int, b: int) -> dict[str, torch.Tensor]:
+        batch = samples.batch(index)
+        if config.augment:
+            coin = torch.rand(config.spatial_dims, generator=torch.Generator().manual_seed(
+                (config.seed * 100003 + epoch) * 10007 + b))
+            batch = flip_batch(batch, [a for a in range(config.spatial_dims) if coin[a] < 0.5])
+        loss, parts = loss_fn(network(batch["image"]), batch, barrier_t(epoch))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return {"loss": loss.detach(), **parts}
+
+    def epoch_info(epoch: int, last: bool) -> dict:
+        info: dict = {"t": barrier_t(epoch)}
+        if samples.eval_labels is not None and ((epoch + 1) % config.eval_every == 0 or last):
             probs = predict_probabilities(network, samples.images, device, config.batch_size * 2)
             scores = per_case_dice(probs.argmax(1), samples.eval_labels.cpu(), samples.valid.cpu(),
                                    samples.case_index.cpu(), n_classes)
-            record["dice"] = float(np.mean(scores))
-            record["dice_per_case"] = scores
-        record["seconds"] = time.perf_counter() - began
-        history.append(record)
-        atomic_torch_save(ckpt_path, {"model": network.state_dict(), "optimizer": optimizer.state_dict(),
-                                      "epoch": epoch + 1, "history": history, "config": config.fingerprint(),
-                                      "rng": _rng_state(device)})
-        emit({"event": "epoch", "of": config.epochs, **record})
+            info.update(dice=float(np.mean(scores)), dice_per_case=scores)
+        return info
+
+    def barrier_t(epoch: int) -> float:
+        return config.t0 * config.t_factor ** epoch
+
+    history = run_epochs(network, optimizer, LoopSettings(len(samples), config.batch_size, config.epochs, config.seed),
+                         step, checkpoint=out / CHECKPOINT, fingerprint=config.fingerprint(), device=device,
+                         epoch_info=epoch_info, emit=emit, should_stop=should_stop, resume=resume,
+                         start_info={"recipe": config.recipe, "out": str(out), "labels": data.label_values})
     card["history"] = history
     last = history[-1] if history else {}
     card["metrics"] = {k: last[k] for k in ("loss", "dice") if k in last}

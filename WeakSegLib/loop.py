@@ -1,0 +1,133 @@
+"""The one epoch loop every trainer uses (segmentation recipes, the box tightener's classifier).
+
+It owns what must behave the same everywhere: the seeded sample order of each epoch, cancellation
+at batch boundaries, an atomic checkpoint after every epoch, bit-exact resume from it, and the
+events (``start``, ``batch``, ``epoch``, ``cancelled``). What a step computes is the caller's.
+
+Checkpoint (``torch.save`` dict, read with ``weights_only=True``)::
+
+    {"model": state_dict, "optimizer": state_dict, "epoch": int (epochs done), "history": [record, …],
+     "config": fingerprint (dict that must match to resume), "rng": {"torch": …, "cuda": …}}
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from WeakSegLib.atomic import atomic_torch_save
+from WeakSegLib.errors import CancelledError, ModelError
+from WeakSegLib.model import load_state
+
+EventSink = Callable[[dict], None]
+#: ``step(index, epoch, batch)`` trains on the samples ``index`` (long, on the device) of 0-based
+#: ``epoch`` and ``batch``; returns the loss terms to average over the epoch (0-dim tensors, detached).
+StepFn = Callable[[torch.Tensor, int, int], dict[str, torch.Tensor]]
+#: ``epoch_info(epoch, last)`` → extra values for the epoch record (e.g. validation scores); ``last``
+#: is True on the final epoch.
+InfoFn = Callable[[int, bool], dict]
+
+
+@dataclass
+class LoopSettings:
+    """``samples`` items, ``batch_size`` per step, ``epochs`` in all, ``seed`` of the sample order."""
+
+    samples: int
+    batch_size: int
+    epochs: int
+    seed: int = 0
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def resume_from(checkpoint: Path, network: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                fingerprint: dict, device: torch.device) -> tuple[int, list[dict]]:
+    """Load ``checkpoint`` into ``network`` and ``optimizer``; returns (epochs done, history).
+
+    Raises:
+        ModelError: corrupt checkpoint, or one made with other settings (names the settings).
+    """
+    ckpt = load_state(checkpoint)
+    if ckpt.get("config") != fingerprint:
+        saved = ckpt.get("config") or {}
+        diff = sorted(k for k in set(fingerprint) | set(saved) if saved.get(k) != fingerprint.get(k))
+        raise ModelError(f"{checkpoint} was made with other settings (differ: {', '.join(diff)}); "
+                         "use another output folder or start without resuming")
+    network.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    _set_rng_state(ckpt["rng"], device)
+    return int(ckpt["epoch"]), list(ckpt["history"])
+
+
+def run_epochs(network: torch.nn.Module, optimizer: torch.optim.Optimizer, settings: LoopSettings,
+               step: StepFn, *, checkpoint: Path, fingerprint: dict, device: torch.device,
+               epoch_info: InfoFn | None = None, emit: EventSink | None = None,
+               should_stop: Callable[[], bool] | None = None, resume: bool = True,
+               start_info: dict | None = None) -> list[dict]:
+    """Train ``network`` for ``settings.epochs`` epochs and return the history (one record per epoch).
+
+    Each epoch visits every sample once in an order drawn from ``(seed, epoch)``, so an interrupted
+    run resumed from its checkpoint continues exactly as if it had not stopped.
+
+    Args:
+        network, optimizer: trained in place (the network is put in train mode every epoch).
+        settings: sample count, batch size, epochs, seed.
+        step: one optimisation step (see :data:`StepFn`).
+        checkpoint: written atomically after every epoch; read first when ``resume`` and present.
+        fingerprint: settings that must match for a checkpoint to be resumed.
+        device: where the order tensor goes.
+        epoch_info: extra values for each epoch record (see :data:`InfoFn`).
+        emit: receives the events.
+        should_stop: polled before every batch; True stops the run (:class:`CancelledError`), keeping
+            the last complete epoch's checkpoint.
+        start_info: extra fields of the ``start`` event.
+    """
+    emit = emit or (lambda e: None)
+    stop = should_stop or (lambda: False)
+    first, history = 0, []
+    if resume and checkpoint.exists():
+        first, history = resume_from(checkpoint, network, optimizer, fingerprint, device)
+    n = settings.samples
+    n_batches = math.ceil(n / settings.batch_size)
+    emit({"event": "start", "epochs": settings.epochs, "first_epoch": first + 1, "samples": n,
+          "batches": n_batches, "device": str(device), **(start_info or {})})
+    for epoch in range(first, settings.epochs):
+        began = time.perf_counter()
+        network.train()
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(settings.seed * 100003 + epoch)).to(device)
+        sums: dict[str, torch.Tensor] = {}
+        for b in range(n_batches):
+            if stop():
+                emit({"event": "cancelled", "epoch": epoch + 1,
+                      "checkpoint": str(checkpoint) if checkpoint.exists() else None})
+                raise CancelledError(f"training cancelled in epoch {epoch + 1}; the checkpoint of epoch {epoch} is kept")
+            parts = step(order[b * settings.batch_size:(b + 1) * settings.batch_size], epoch, b)
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            emit({"event": "batch", "epoch": epoch + 1, "batch": b + 1, "of": n_batches})
+        record = {"epoch": epoch + 1, **{k: float(v) / n_batches for k, v in sums.items()}}
+        if epoch_info is not None:
+            record.update(epoch_info(epoch, epoch + 1 == settings.epochs))
+        record["seconds"] = time.perf_counter() - began
+        history.append(record)
+        atomic_torch_save(checkpoint, {"model": network.state_dict(), "optimizer": optimizer.state_dict(),
+                                       "epoch": epoch + 1, "history": history, "config": fingerprint,
+                                       "rng": _rng_state(device)})
+        emit({"event": "epoch", "of": settings.epochs, **record})
+    return history
