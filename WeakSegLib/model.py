@@ -35,6 +35,8 @@ from WeakSegLib.networks import build_network
 
 MODEL_FORMAT = "weakseg-model"
 MODEL_FORMAT_VERSION = 1
+#: card formats (a segmentation model, a box tightener: :mod:`WeakSegLib.tightening`) → required sections
+FORMATS = {MODEL_FORMAT: ("network", "input", "labels"), "weakseg-tightener": ("network", "patch", "input")}
 WEIGHTS = "model.pt"
 CARD = "model.json"
 
@@ -74,27 +76,28 @@ def load_state(path: Path, what: str = "checkpoint") -> dict:
         raise ModelError(f"{path}: {what} is corrupt or not a WeakSeg file ({type(exc).__name__}: {exc})") from exc
 
 
-def save_model(folder: str | os.PathLike, network: torch.nn.Module, card: dict) -> Path:
-    """Write weights then card, each atomically; the card is written last, so a folder with a card
-    always has matching weights."""
+def save_model(folder: str | os.PathLike, network: torch.nn.Module, card: dict, fmt: str = MODEL_FORMAT) -> Path:
+    """Write weights then card (format ``fmt``), each atomically; the card is written last, so a
+    folder with a card always has matching weights."""
     folder = Path(folder)
-    card = {"format": MODEL_FORMAT, "version": MODEL_FORMAT_VERSION, **card, "versions": versions()}
+    card = {"format": fmt, "version": MODEL_FORMAT_VERSION, **card, "versions": versions()}
     atomic_torch_save(folder / WEIGHTS, {k: v.detach().cpu() for k, v in network.state_dict().items()})
     atomic_write_json(folder / CARD, card)
     return folder
 
 
-def read_card(folder: str | os.PathLike) -> dict:
-    """Read and check a model card."""
+def read_card(folder: str | os.PathLike, fmt: str = MODEL_FORMAT) -> dict:
+    """Read and check a card of format ``fmt`` (a segmentation model by default)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelError(f"{folder}: model folder not found")
     card = read_json(folder / CARD, "model card")
-    if not isinstance(card, dict) or card.get("format") != MODEL_FORMAT:
-        raise ModelError(f"{folder / CARD}: not a WeakSeg model card (expected \"format\": \"{MODEL_FORMAT}\")")
+    if not isinstance(card, dict) or card.get("format") != fmt:
+        found = card.get("format") if isinstance(card, dict) else None
+        raise ModelError(f"{folder / CARD}: not a {fmt} card (its \"format\" is {found!r})")
     if int(card.get("version", 0)) > MODEL_FORMAT_VERSION:
         raise ModelError(f"{folder / CARD}: model card version {card['version']} is newer than this WeakSeg")
-    for key in ("network", "input", "labels"):
+    for key in FORMATS[fmt]:
         if key not in card:
             raise ModelError(f"{folder / CARD}: model card has no {key!r} section")
     return card
@@ -109,16 +112,14 @@ def build_from_card(card: dict) -> torch.nn.Module:
         raise ModelError(f"model card network section {net} is invalid ({exc})") from exc
 
 
-def load_model(folder: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
-    """Network (eval mode, CPU) and card of a model folder.
+def load_weights(folder: str | os.PathLike, network: torch.nn.Module, card: dict) -> torch.nn.Module:
+    """Load ``folder/model.pt`` into ``network`` (built from ``card``); returns it in eval mode.
 
     Raises:
-        ModelError: missing folder, card or weights; corrupt files; weights that do not fit the
-            network the card describes (e.g. another channel count).
+        ModelError: missing or corrupt weights, or weights that do not fit the network (e.g. another
+            channel count).
     """
     folder = Path(folder)
-    card = read_card(folder)
-    network = build_from_card(card)
     state = load_state(folder / WEIGHTS, "model weights")
     try:
         network.load_state_dict(state)
@@ -126,4 +127,15 @@ def load_model(folder: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
         first = str(exc).strip().splitlines()
         raise ModelError(f"{folder / WEIGHTS}: weights do not fit the network in the card "
                          f"({card['network']}): {' '.join(first[:3])}") from exc
-    return network.eval(), card
+    return network.eval()
+
+
+def load_model(folder: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
+    """Network (eval mode, CPU) and card of a segmentation model folder.
+
+    Raises:
+        ModelError: missing folder, card or weights; corrupt files; weights that do not fit the
+            network the card describes.
+    """
+    card = read_card(folder)
+    return load_weights(folder, build_from_card(card), card), card
