@@ -100,6 +100,46 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_tighten_train(args: argparse.Namespace) -> int:
+    from WeakSegLib.tightening import TightenerCase, TightenerConfig, train_tightener
+    from WeakSegLib.volume import read_direction
+
+    if len(args.mask) != len(args.image):
+        raise WeakSegError(f"give one --mask per --image ({len(args.image)} images, {len(args.mask)} masks)")
+    config = TightenerConfig(patch=args.patch_size, network=args.network, epochs=args.epochs,
+                             batch_size=args.batch_size, lr=args.lr, margin=args.margin,
+                             axis=_resolve_axis(args.axis, lambda: read_direction(args.image[0])), labels=args.label,
+                             per_component=args.per_component, normalization=args.normalization,
+                             val_fraction=args.val_fraction, seed=args.seed, device=args.device)
+    printer = ProgressPrinter(args.events, args.quiet)
+    try:
+        card = train_tightener([TightenerCase(i, m) for i, m in zip(args.image, args.mask)], config, args.out,
+                               on_event=printer, resume=not args.no_resume)
+    finally:
+        printer.close()
+    print(f"tightener → {args.out}  {card['training']['patches']['total']} patches, metrics {json.dumps(card['metrics'])}")
+    return EXIT_OK
+
+
+def cmd_tighten(args: argparse.Namespace) -> int:
+    from WeakSegLib.atomic import atomic_write_json
+    from WeakSegLib.tightening import TightenSettings, tighten_file
+
+    settings = TightenSettings(stride=args.stride, extent=args.extent, component=args.component,
+                               threshold=args.threshold, max_gap=args.max_gap, smooth=not args.no_smooth)
+    report = tighten_file(args.model, args.image, args.boxes, args.out, settings, device=args.device)
+    for w in report["warnings"]:
+        print(f"weakseg: warning: {w}", file=sys.stderr)
+    for b in report["boxes"]:
+        print(f"box #{b['box']} (label {b['label']}): {b['slices_in']} slices → {b['slices_out']} boxes "
+              f"({b['dropped_ends']} empty end slices dropped, {b['outliers']} outliers, {b['filled']} filled, "
+              f"{b['smoothed']} smoothed{', UNTIGHTENED' if b['fallback'] else ''})")
+    if args.report:
+        atomic_write_json(args.report, report)
+    print(f"boxes → {args.out}")
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from WeakSegLib.demo import run_demo
 
@@ -165,6 +205,44 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--label", type=int, help="compare only this label value (default: any non-zero)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(func=cmd_evaluate)
+
+    tt = sub.add_parser("tighten-train", help="train a box tightener (patch classifier) on fully labelled volumes")
+    tt.add_argument("--image", action="append", required=True, help="labelled training image (repeat for several)")
+    tt.add_argument("--mask", action="append", required=True, help="its label mask, one per --image")
+    tt.add_argument("--out", required=True, help="tightener folder to write (resumes when it holds a checkpoint)")
+    tt.add_argument("--patch-size", type=int, default=16, help="patch side in voxels (16 default, 32; 8 for coarse images)")
+    tt.add_argument("--network", choices=("light", "vgg16"), default="light")
+    tt.add_argument("--epochs", type=int, default=50)
+    tt.add_argument("--batch-size", type=int, default=32)
+    tt.add_argument("--lr", type=float, default=1e-4)
+    tt.add_argument("--margin", type=int, default=4, help="voxels added around each object's 3D box")
+    tt.add_argument("--axis", type=_axis, default="auto")
+    tt.add_argument("--label", type=int, action="append", help="objects of these label values only")
+    tt.add_argument("--per-component", action="store_true", help="one object per connected component")
+    tt.add_argument("--normalization", choices=("percentile", "minmax", "ct-window", "none"), default="percentile")
+    tt.add_argument("--val-fraction", type=float, default=0.2, help="slices held out for validation")
+    tt.add_argument("--seed", type=int, default=0)
+    tt.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    tt.add_argument("--events", help="append JSON-lines events to this file")
+    tt.add_argument("--no-resume", action="store_true")
+    tt.add_argument("--quiet", action="store_true")
+    tt.set_defaults(func=cmd_tighten_train)
+
+    ti = sub.add_parser("tighten", help="tighten the per-slice boxes of 3D boxes with a trained tightener")
+    ti.add_argument("--model", required=True, help="tightener folder")
+    ti.add_argument("--image", required=True)
+    ti.add_argument("--boxes", required=True, help="box JSON file (3D boxes, or slice boxes on the tightener's axis)")
+    ti.add_argument("--out", required=True, help="box JSON file of the tightened slice boxes")
+    ti.add_argument("--stride", type=int, help="patch grid stride in voxels (default: the card's, patch/4)")
+    ti.add_argument("--extent", choices=("cells", "patches"), help="bound the positive cells (default) or whole patches")
+    ti.add_argument("--component", choices=("largest", "all"), default="largest",
+                    help="keep the largest connected group of positive patches (default) or all")
+    ti.add_argument("--threshold", type=float, help="object probability threshold (default: the card's)")
+    ti.add_argument("--max-gap", type=int, default=2, help="missed slices bridged inside one object")
+    ti.add_argument("--no-smooth", action="store_true", help="no median filter across slices")
+    ti.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ti.add_argument("--report", help="write the per-box report (JSON) here")
+    ti.set_defaults(func=cmd_tighten)
 
     d = sub.add_parser("demo", help="the whole path on a real case: boxes → training → prediction → report")
     d.add_argument("--out", default="weakseg-demo")

@@ -7,6 +7,10 @@ A job is a JSON file (:func:`write_job`)::
      "config": {"recipe": "tightness+size+emptiness", "epochs": 50, ...}}       # TrainConfig fields
     {"kind": "predict", "model": "MODEL_DIR", "image": "img.nrrd", "out": "pred.nrrd",
      "prob_out": null, "device": "auto"}
+    {"kind": "tighten-train", "out": "TIGHTENER_DIR", "resume": true,
+     "cases": [{"image": "img.nrrd", "mask": "labels.nrrd"}], "config": {...}}     # TightenerConfig fields
+    {"kind": "tighten", "model": "TIGHTENER_DIR", "image": "img.nrrd", "boxes": "boxes3d.json",
+     "out": "boxes2d.json", "settings": {...}, "device": "auto"}                   # TightenSettings fields
 
 ``python -m WeakSegLib.worker JOB.json`` runs it, prints one JSON event per line on stdout
 (see :mod:`WeakSegLib.training`), logs to stderr, and exits with one of the codes below. SIGTERM
@@ -39,7 +43,7 @@ EXIT_CANCELLED = 3       # SIGTERM / cancel(): stopped at a batch boundary, chec
 EXIT_BAD_JOB = 4         # the job file is missing, unreadable or incomplete
 EXIT_CODES = {EXIT_OK: "finished", EXIT_INTERNAL_ERROR: "internal error", EXIT_BAD_INPUT: "bad input",
               EXIT_CANCELLED: "cancelled", EXIT_BAD_JOB: "bad job file"}
-JOB_KINDS = ("train", "predict")
+JOB_KINDS = ("train", "predict", "tighten-train", "tighten")
 
 
 def write_job(job: dict, path: str | os.PathLike) -> Path:

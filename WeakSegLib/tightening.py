@@ -505,7 +505,6 @@ def tighten(model: str | os.PathLike | tuple[torch.nn.Module, dict], volume: Vol
                                 **info, "fallback": fallback})
         emit({"event": "progress", "done": i + 1, "of": len(boxset.boxes)})
     result = BoxSet(out_boxes, boxset.shape, dict(boxset.labels), boxset.geometry or volume.geometry())
-    emit({"event": "done", "boxes": len(out_boxes)})
     return result.validate(), report
 
 

@@ -31,20 +31,40 @@ def read_job(path: str) -> dict:
     return job
 
 
+def _config(cls: type, job: dict, key: str = "config"):
+    """``cls(**job[key])``; unknown settings are a ValueError naming them."""
+    given = job.get(key) or {}
+    unknown = sorted(set(given) - set(cls.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"job {key} has unknown settings: {', '.join(unknown)}")
+    return cls(**given)
+
+
 def run_job(job: dict, should_stop) -> dict:
     """Run a parsed job in this process; returns the final payload."""
     if job["kind"] == "train":
         from WeakSegLib.training import TrainCase, TrainConfig, train
 
-        fields = TrainConfig.__dataclass_fields__
-        unknown = sorted(set(job.get("config", {})) - set(fields))
-        if unknown:
-            raise ValueError(f"job config has unknown settings: {', '.join(unknown)}")
-        config = TrainConfig(**job.get("config", {}))
+        config = _config(TrainConfig, job)
         cases = [TrainCase(**c) for c in job["cases"]]
         card = train(cases, config, job["out"], on_event=emit, should_stop=should_stop,
                      resume=bool(job.get("resume", True)))
         return {"model": job["out"], "metrics": card.get("metrics", {})}
+    if job["kind"] == "tighten-train":
+        from WeakSegLib.tightening import TightenerCase, TightenerConfig, train_tightener
+
+        config = _config(TightenerConfig, job)
+        card = train_tightener([TightenerCase(**c) for c in job["cases"]], config, job["out"], on_event=emit,
+                               should_stop=should_stop, resume=bool(job.get("resume", True)))
+        return {"model": job["out"], "metrics": card.get("metrics", {})}
+    if job["kind"] == "tighten":
+        from WeakSegLib.tightening import TightenSettings, tighten_file
+
+        settings = _config(TightenSettings, job, "settings")
+        report = tighten_file(job["model"], job["image"], job["boxes"], job["out"], settings,
+                              device=job.get("device", "auto"), on_event=emit, should_stop=should_stop)
+        emit({"event": "done", **report})
+        return report
     from WeakSegLib.inference import predict_file
 
     result = predict_file(job["model"], job["image"], job["out"], prob_out=job.get("prob_out"),

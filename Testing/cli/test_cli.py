@@ -82,3 +82,36 @@ def test_demo_writes_report_model_prediction_and_curves(tmp_path):
         assert f"| {row} |" in report
     assert (out / "prediction.nii.gz").exists() and (out / "model-tightness+size+emptiness" / "model.json").exists()
     assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tighten_train_then_tighten(spine_ct, tmp_path):
+    events = tmp_path / "events.jsonl"
+    out = weakseg("tighten-train", "--image", spine_ct["image"], "--mask", spine_ct["mask"], "--out",
+                  tmp_path / "tightener", "--patch-size", 8, "--epochs", 2, "--device", "cpu", "--events", events,
+                  "--quiet").stdout
+    assert "tightener →" in out and "val_accuracy" in out
+    kinds = [json.loads(line)["event"] for line in events.read_text().splitlines()]
+    assert kinds == ["start", "epoch", "epoch", "done"]
+    boxes3d = tmp_path / "boxes3d.json"
+    weakseg("boxes-from-mask", spine_ct["mask"], "--out", boxes3d, "--mode", "3d", "--margin", 3)
+    boxes2d, report = tmp_path / "boxes2d.json", tmp_path / "report.json"
+    text = weakseg("tighten", "--model", tmp_path / "tightener", "--image", spine_ct["image"], "--boxes", boxes3d,
+                   "--out", boxes2d, "--report", report).stdout
+    assert "box #0 (label 1):" in text and "boxes →" in text
+    original = load_boxes(boxes3d).boxes[0]
+    result = load_boxes(boxes2d)
+    assert result.boxes and all(b.kind == "slice" and b.axis == spine_ct["axis"] for b in result.boxes)
+    assert all(o0 <= s and t <= o1 for b in result.boxes for s, t, o0, o1 in zip(b.start, b.stop, original.start,
+                                                                                   original.stop))
+    assert json.loads(report.read_text())["boxes"][0]["slices_out"] == len(result.boxes)
+
+
+def test_tighten_with_a_segmentation_model_is_refused(spine_ct, tmp_path):
+    weakseg("train", "--image", spine_ct["image"], "--mask", spine_ct["mask"], "--out", tmp_path / "seg",
+            "--epochs", 1, "--device", "cpu", "--quiet")
+    boxes3d = tmp_path / "b.json"
+    weakseg("boxes-from-mask", spine_ct["mask"], "--out", boxes3d, "--mode", "3d")
+    proc = weakseg("tighten", "--model", tmp_path / "seg", "--image", spine_ct["image"], "--boxes", boxes3d,
+                   "--out", tmp_path / "o.json", check=False)
+    assert proc.returncode == 2 and "not a weakseg-tightener card" in proc.stderr
+    assert not (tmp_path / "o.json").exists()

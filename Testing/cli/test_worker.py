@@ -93,3 +93,36 @@ def test_bad_input_and_bad_job_exit_codes(spine_ct, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "WeakSegLib.worker", str(tmp_path / "bad.json")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == EXIT_BAD_JOB and "not valid JSON" in json.loads(proc.stdout.splitlines()[-1])["message"]
+
+
+def test_tightener_job_cancels_resumes_and_tightens(spine_ct, tmp_path):
+    job = {"kind": "tighten-train", "out": str(tmp_path / "t"),
+           "cases": [{"image": spine_ct["image"], "mask": spine_ct["mask"]}],
+           "config": {"patch": 8, "epochs": 300, "device": "cpu", "axis": spine_ct["axis"]}}
+    handle = start_job(job, tmp_path / "job")
+    wait_for(handle, "epoch")
+    assert handle.cancel(timeout=60) == EXIT_CANCELLED
+    done = torch.load(tmp_path / "t" / "checkpoint.pt", weights_only=True)["epoch"]
+    assert 1 <= done < 300
+    job["config"]["epochs"] = done + 1
+    handle = start_job(job, tmp_path / "job")
+    assert handle.wait(300) == EXIT_OK, handle.log()
+    events = handle.all_events()
+    assert [e for e in events if e["event"] == "start"][0]["first_epoch"] == done + 1
+    assert events[-1]["event"] == "done" and "val_accuracy" in events[-1]["metrics"]
+
+    from WeakSegLib.boxes import BoxSet, boxes_from_mask, load_boxes, save_boxes
+
+    mask = read_label_volume(spine_ct["mask"])
+    save_boxes(BoxSet(boxes_from_mask(mask.array, "3d", margin=2), mask.shape, {1: "vertebrae"}, mask.geometry()),
+               tmp_path / "b3.json")
+    job = {"kind": "tighten", "model": str(tmp_path / "t"), "image": spine_ct["image"],
+           "boxes": str(tmp_path / "b3.json"), "out": str(tmp_path / "b2.json"), "settings": {"stride": 2}}
+    handle = start_job(job, tmp_path / "job2")
+    assert handle.wait(120) == EXIT_OK, handle.log()
+    last = handle.all_events()[-1]
+    assert last["event"] == "done" and last["out"] == str(tmp_path / "b2.json")
+    assert len(load_boxes(tmp_path / "b2.json").boxes) == last["boxes"][0]["slices_out"]
+    job["settings"] = {"stride": 2, "bogus": 1}
+    handle = start_job(job, tmp_path / "job3")
+    assert handle.wait(60) == EXIT_BAD_INPUT and "bogus" in handle.all_events()[-1]["message"]
