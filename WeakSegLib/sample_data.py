@@ -78,3 +78,48 @@ def materialize(name: str, folder: str | os.PathLike) -> dict:
     write_volume(image.with_array(image.array.astype(np.float32)), out_image)
     write_volume(image.with_array(obj), out_mask)
     return {"image": str(out_image), "mask": str(out_mask), "axis": axial_axis(image.direction), "object": case.object_name}
+
+
+@dataclass(frozen=True)
+class ObjectSet:
+    """Several objects of one kind in one image, each with its own label: the unit of the box
+    tightener's leave-one-object-out benchmark. The object mask is ``base`` restricted to the
+    voxels where the mask of ``within`` (if any) has one of the ``within_labels``."""
+
+    name: str
+    base: str
+    labels: tuple[int, ...]
+    within: str | None = None
+    within_labels: tuple[int, ...] = ()
+
+
+OBJECT_SETS = {
+    "lungs": ObjectSet("lungs", "chest-ct-lungs", (5, 6)),
+    "vertebral-bodies-ct": ObjectSet("vertebral-bodies-ct", "spine-ct", (21, 22, 23), "vertebral-body-ct", (49, 50)),
+    "vertebral-bodies-mri": ObjectSet("vertebral-bodies-mri", "spine-mri", (5, 6, 7), "vertebral-body-mri", (49,)),
+    "vertebrae-ct": ObjectSet("vertebrae-ct", "spine-ct", (21, 22, 23)),
+    "vertebrae-mri": ObjectSet("vertebrae-mri", "spine-mri", (5, 6, 7)),
+}
+
+
+def materialize_objects(name: str, folder: str | os.PathLike) -> dict:
+    """Write ``image.nii.gz`` and ``objects.nii.gz`` (one label per object) of object set ``name``.
+
+    Returns:
+        ``{"image": path, "mask": path, "labels": [...], "axis": axial array axis}``.
+    """
+    if name not in OBJECT_SETS:
+        raise InputError(f"unknown object set {name!r}; choose one of {', '.join(OBJECT_SETS)}")
+    spec = OBJECT_SETS[name]
+    image_path, mask_path = CASES[spec.base].paths()
+    image = read_volume(image_path)
+    labels = read_label_volume(mask_path).array
+    keep = np.isin(labels, spec.labels)
+    if spec.within:
+        keep &= np.isin(read_label_volume(CASES[spec.within].paths()[1]).array, spec.within_labels)
+    folder = Path(folder)
+    out_image, out_mask = folder / "image.nii.gz", folder / "objects.nii.gz"
+    write_volume(image.with_array(image.array.astype(np.float32)), out_image)
+    write_volume(image.with_array(np.where(keep, labels, 0).astype(np.uint8)), out_mask)
+    return {"image": str(out_image), "mask": str(out_mask), "labels": list(spec.labels),
+            "axis": axial_axis(image.direction)}

@@ -14,7 +14,7 @@ from WeakSegLib.errors import CancelledError, InputError, ModelError
 from WeakSegLib.metrics import box_iou
 from WeakSegLib.patches import (extract_patches, largest_component, patch_coverage, patch_grid, patch_labels,
                                 positive_extent)
-from WeakSegLib.sample_data import CASES
+from WeakSegLib.sample_data import materialize_objects
 from WeakSegLib.tightening import (TightenerCase, TightenerConfig, TightenSettings, consistent_extents,
                                    load_tightener, tighten, train_tightener)
 from WeakSegLib.volume import Volume, read_label_volume, read_volume, write_volume
@@ -106,15 +106,11 @@ def test_consistency_drops_ends_rejects_outliers_fills_gaps_and_smooths():
 def lungs(tmp_path_factory):
     """Chest CT (slicerio) with right lung (5) and left lung (6); a mask with lung 5 only for training."""
     folder = tmp_path_factory.mktemp("lungs")
-    image_path, mask_path = CASES["chest-ct-lungs"].paths()
-    image, mask = read_volume(image_path), read_label_volume(mask_path)
-    lungs = np.where(np.isin(mask.array, (5, 6)), mask.array, 0).astype(np.uint8)
-    paths = {"image": str(folder / "ct.nii.gz"), "mask": str(folder / "lungs.nii.gz"),
-             "train_mask": str(folder / "lung5.nii.gz")}
-    write_volume(image, paths["image"])
-    write_volume(image.with_array(lungs), paths["mask"])
-    write_volume(image.with_array((lungs == 5).astype(np.uint8) * 5), paths["train_mask"])
-    return {**paths, "volume": read_volume(paths["image"]), "lungs": lungs, "axis": 0}
+    sample = materialize_objects("lungs", folder)
+    mask = read_label_volume(sample["mask"])
+    train_mask = str(folder / "lung5.nii.gz")
+    write_volume(mask.with_array(np.where(mask.array == 5, mask.array, 0).astype(np.uint8)), train_mask)
+    return {**sample, "train_mask": train_mask, "volume": read_volume(sample["image"]), "lungs": mask.array}
 
 
 def small_config(**kw):

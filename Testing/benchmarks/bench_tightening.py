@@ -1,0 +1,138 @@
+"""Box tightener on real objects it never saw in training (issue 3 figures).
+
+For each object set (several objects of one kind in one image, DATA.md) and each held-out object:
+train a tightener on the *other* objects' masks, tighten the held-out object's tight 3D box (cut
+into axial slices) and compare with its tight per-slice boxes (mean box IoU over the slices of
+either set; a missing or extra slice box scores 0). Then train the engine's default recipe on all
+objects' boxes — tight 2D boxes, raw 3D-box slices, tightened boxes (each object tightened by the
+tightener that did not see it) — and score Dice against the mask. Times: tightener training and
+tightening of one object on this machine's threads.
+
+    python Testing/benchmarks/bench_tightening.py --threads 2 --json tightening.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from WeakSegLib.boxes import BoxSet, boxes_from_mask, save_boxes, split_box
+from WeakSegLib.inference import predict_volume
+from WeakSegLib.metrics import box_iou, evaluate
+from WeakSegLib.sample_data import OBJECT_SETS, materialize_objects
+from WeakSegLib.tightening import TightenerCase, TightenerConfig, TightenSettings, tighten, train_tightener
+from WeakSegLib.training import TrainCase, TrainConfig, train
+from WeakSegLib.volume import read_label_volume, read_volume, write_volume
+
+
+def mean_iou(result, reference, axis: int) -> float:
+    a = {b.start[axis]: b for b in result}
+    b = {b.start[axis]: b for b in reference}
+    return float(np.mean([box_iou(a[k], b[k]) if k in a and k in b else 0.0 for k in set(a) | set(b)]))
+
+
+def segment(image: str, boxes: list, mask, axis: int, folder: Path, name: str, epochs: int) -> float:
+    """Dice of the default recipe trained on ``boxes`` (slice boxes) against the binary objects."""
+    path = folder / f"boxes-{name}.json"
+    save_boxes(BoxSet([dataclasses.replace(b, label=1) for b in boxes], mask.shape,
+                      {1: "object"}, mask.geometry()), path)
+    config = TrainConfig(epochs=epochs, axis=axis, device="cpu", eval_every=epochs)
+    train([TrainCase(image, boxes=str(path))], config, folder / f"model-{name}", resume=False)
+    pred, _ = predict_volume(str(folder / f"model-{name}"), read_volume(image), device="cpu")
+    return evaluate(pred.array, (mask.array > 0).astype(np.uint8), mask.spacing)["dice"]
+
+
+def run_set(name: str, patches: list[int], seg_patch: int, epochs: int, seg_epochs: int, folder: Path) -> dict:
+    sample = materialize_objects(name, folder)
+    mask = read_label_volume(sample["mask"])
+    image = read_volume(sample["image"])
+    axis = sample["axis"]
+    out: dict = {"shape": list(mask.shape), "spacing": list(mask.spacing), "objects": len(sample["labels"]),
+                 "patch": {}}
+    tight_all, raw_all, tightened_by_patch = [], [], {p: [] for p in patches}
+    for label in sample["labels"]:
+        box3d = boxes_from_mask(mask.array, "3d", axis, 0, [label], False)[0]
+        tight = boxes_from_mask(mask.array, "slice", axis, 0, [label], False)
+        raw = split_box(box3d, axis)
+        tight_all += tight
+        raw_all += raw
+        train_mask = folder / f"train-without-{label}.nii.gz"
+        write_volume(mask.with_array(np.where(mask.array != label, mask.array, 0).astype(np.uint8)), train_mask)
+        for p in patches:
+            began = time.perf_counter()
+            folder_t = folder / f"tightener-{label}-p{p}"
+            card = train_tightener([TightenerCase(sample["image"], str(train_mask))],
+                                   TightenerConfig(patch=p, axis=axis, epochs=epochs, device="cpu"), folder_t,
+                                   resume=False)
+            t_train = time.perf_counter() - began
+            began = time.perf_counter()
+            result, _ = tighten(folder_t, image, BoxSet([box3d], mask.shape, {label: "object"}, mask.geometry()),
+                                TightenSettings(), device="cpu")
+            t_use = time.perf_counter() - began
+            tightened_by_patch[p] += result.boxes
+            row = out["patch"].setdefault(p, {"raw_iou": [], "tightened_iou": [], "train_s": [], "tighten_s": [],
+                                               "val_accuracy": []})
+            row["raw_iou"].append(mean_iou(raw, tight, axis))
+            row["tightened_iou"].append(mean_iou(result.boxes, tight, axis))
+            row["train_s"].append(t_train)
+            row["tighten_s"].append(t_use)
+            row["val_accuracy"].append(card["metrics"].get("val_accuracy", float("nan")))
+            print(f"  {name:22s} object {label:3d} p={p:2d}: box IoU raw {row['raw_iou'][-1]:.3f} → tightened "
+                  f"{row['tightened_iou'][-1]:.3f}   train {t_train:.0f} s, tighten {t_use:.2f} s", flush=True)
+    if seg_epochs > 0:
+        out["dice"] = {}
+        for kind, boxes in (("tight 2D", tight_all), ("raw 3D slices", raw_all),
+                            (f"tightened (p={seg_patch})", tightened_by_patch[seg_patch])):
+            began = time.perf_counter()
+            out["dice"][kind] = segment(sample["image"], boxes, mask, axis, folder, kind.split()[0], seg_epochs)
+            print(f"  {name:22s} default recipe on {kind:18s}: Dice {out['dice'][kind]:.3f} "
+                  f"({time.perf_counter() - began:.0f} s)", flush=True)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sets", nargs="+", default=["lungs", "vertebral-bodies-ct", "vertebral-bodies-mri",
+                                                 "vertebrae-ct"], choices=list(OBJECT_SETS))
+    p.add_argument("--patches", type=int, nargs="+", default=[8, 16])
+    p.add_argument("--seg-patch", type=int, default=8, help="tightener patch size whose boxes train the segmenter")
+    p.add_argument("--epochs", type=int, default=50, help="tightener epochs (paper: 50)")
+    p.add_argument("--seg-epochs", type=int, default=100, help="segmentation epochs (0: skip Dice)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", help="write all numbers here")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.sets:
+            folder = Path(tmp) / name
+            folder.mkdir()
+            results[name] = run_set(name, args.patches, args.seg_patch, args.epochs, args.seg_epochs, folder)
+    print(f"\n## Box IoU against tight per-slice boxes, held-out objects ({args.threads} threads)\n")
+    print("| object set | p | raw 3D-box slices | tightened | tightener training (s) | tightening one object (s) |")
+    print("|---|---|---|---|---|---|")
+    for name, r in results.items():
+        for patch, row in r["patch"].items():
+            print(f"| {name} | {patch} | {np.mean(row['raw_iou']):.3f} | {np.mean(row['tightened_iou']):.3f} | "
+                  f"{np.mean(row['train_s']):.0f} | {np.mean(row['tighten_s']):.2f} |")
+    if args.seg_epochs > 0:
+        print(f"\n## Dice of the default recipe ({args.seg_epochs} epochs)\n")
+        kinds = list(next(iter(results.values()))["dice"])
+        print("| object set | " + " | ".join(kinds) + " | tightened / tight |")
+        print("|---" * (len(kinds) + 2) + "|")
+        for name, r in results.items():
+            d = list(r["dice"].values())
+            print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in d) + f" | {d[2] / d[0]:.2f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
