@@ -42,44 +42,54 @@ def _check(s: torch.Tensor, boxes: torch.Tensor | None = None) -> int:
     return nd
 
 
-def _grouped_weights(boxes: torch.Tensor, group: torch.Tensor, spatial: tuple[int, ...], axes: tuple[int, ...],
-                     groups: int, dtype: torch.dtype) -> torch.Tensor:
-    """Indicator of each box's extent over ``axes`` (outer product, flattened) placed in the row of
-    its (image, class) ``group``: ``(groups, N, prod(S[axes]))``, zero elsewhere."""
+def _slots(boxes: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Each box's (image, class) group ``b·C + c``, its rank among the boxes of that group, and the
+    largest number of boxes in one group (one host read per call)."""
+    group = boxes[:, 0] * channels + boxes[:, 1]
+    onehot = nn.functional.one_hot(group, int(group.max()) + 1)
+    rank = (onehot.cumsum(0) - 1).gather(1, group[:, None])[:, 0]
+    return group, rank, int(onehot.sum(0).max())
+
+
+def _grouped_weights(boxes: torch.Tensor, group: torch.Tensor, rank: torch.Tensor, slots: int,
+                     spatial: tuple[int, ...], axes: tuple[int, ...], groups: int, dtype: torch.dtype) -> torch.Tensor:
+    """Indicator of each box's extent over ``axes`` (outer product, flattened) placed in row ``rank``
+    of its (image, class) ``group``: ``(groups, slots, prod(S[axes]))``, zero elsewhere. Each group
+    only holds its own boxes, so a product with it costs no more than the busiest image needs."""
     n = boxes.shape[0]
     weight = None
     for a in axes:
         pos = torch.arange(spatial[a], device=boxes.device)
         ind = ((pos >= boxes[:, 2 + 2 * a, None]) & (pos < boxes[:, 3 + 2 * a, None])).to(dtype)
         weight = ind if weight is None else (weight[:, :, None] * ind[:, None, :]).reshape(n, -1)
-    grouped = torch.zeros(groups, n, weight.shape[1], dtype=dtype, device=boxes.device)
-    grouped[group, torch.arange(n, device=boxes.device)] = weight
+    grouped = torch.zeros(groups, slots, weight.shape[1], dtype=dtype, device=boxes.device)
+    grouped[group, rank] = weight
     return grouped
 
 
-def _contract(s: torch.Tensor, group: torch.Tensor, weight: torch.Tensor, axis: int) -> torch.Tensor:
-    """``(N, S_axis)``: ``s`` summed against each box's ``weight`` ``(B·C, N, P)`` over all spatial axes
-    but ``axis`` — one batched matrix product, with no copy of ``s`` when ``axis`` is the first or
-    the last spatial axis."""
-    groups, n = weight.shape[:2]
-    idx = torch.arange(n, device=s.device)
+def _contract(s: torch.Tensor, group: torch.Tensor, rank: torch.Tensor, weight: torch.Tensor,
+              axis: int) -> torch.Tensor:
+    """``(N, S_axis)``: ``s`` summed against each box's ``weight`` ``(B·C, slots, P)`` over all spatial
+    axes but ``axis`` — one batched matrix product, with no copy of ``s`` when ``axis`` is the first
+    or the last spatial axis."""
+    groups = weight.shape[0]
     size = s.shape[2 + axis]
-    if axis == s.dim() - 3:  # last spatial axis: (G, N, P) @ (G, P, S)
-        return torch.bmm(weight, s.reshape(groups, -1, size))[group, idx]
+    if axis == s.dim() - 3:  # last spatial axis: (G, M, P) @ (G, P, S)
+        return torch.bmm(weight, s.reshape(groups, -1, size))[group, rank]
     lines = s.movedim(2 + axis, 2).reshape(groups, size, -1)  # (G, S, P)
-    return torch.bmm(lines, weight.transpose(1, 2))[group, :, idx]
+    return torch.bmm(lines, weight.transpose(1, 2))[group, :, rank]
 
 
 def line_sums(s: torch.Tensor, boxes: torch.Tensor, axis: int) -> torch.Tensor:
     """For every box, the sum of ``s`` over each line (2D) or plane (3D) perpendicular to ``axis``,
     restricted to the box's extent on the other axes.
 
-    One batched matrix product of ``s`` with per-box indicator weights ``(B·C, N, P)`` (P = the
-    product of the other axes), zero for other images and classes.
+    One batched matrix product of ``s`` with per-box indicator weights ``(B·C, M, P)`` (M = most
+    boxes of one image and class, P = the product of the other axes).
 
     Args:
         s: ``(B, C, *S)`` probabilities.
-        boxes: ``(N, 2 + 2·nd)`` long.
+        boxes: ``(N, 2 + 2·nd)`` long, N ≥ 1.
         axis: spatial axis (0-based).
 
     Returns:
@@ -87,9 +97,10 @@ def line_sums(s: torch.Tensor, boxes: torch.Tensor, axis: int) -> torch.Tensor:
         ``axis`` (the whole line; restrict to the box along ``axis`` yourself).
     """
     B, C, *spatial = s.shape
-    group = boxes[:, 0] * C + boxes[:, 1]
+    group, rank, slots = _slots(boxes, C)
     others = tuple(a for a in range(len(spatial)) if a != axis)
-    return _contract(s, group, _grouped_weights(boxes, group, tuple(spatial), others, B * C, s.dtype), axis)
+    weight = _grouped_weights(boxes, group, rank, slots, tuple(spatial), others, B * C, s.dtype)
+    return _contract(s, group, rank, weight, axis)
 
 
 class _LineSums2D(torch.autograd.Function):
@@ -99,25 +110,26 @@ class _LineSums2D(torch.autograd.Function):
     @staticmethod
     def forward(ctx, s: torch.Tensor, boxes: torch.Tensor):
         B, C, H, W = s.shape
-        group = boxes[:, 0] * C + boxes[:, 1]
-        cols = _grouped_weights(boxes, group, (H, W), (1,), B * C, s.dtype)  # (G, N, W)
-        rows = _grouped_weights(boxes, group, (H, W), (0,), B * C, s.dtype)  # (G, N, H)
-        ctx.save_for_backward(group, cols, rows)
+        group, rank, slots = _slots(boxes, C)
+        cols = _grouped_weights(boxes, group, rank, slots, (H, W), (1,), B * C, s.dtype)  # (G, M, W)
+        rows = _grouped_weights(boxes, group, rank, slots, (H, W), (0,), B * C, s.dtype)  # (G, M, H)
+        ctx.save_for_backward(group, rank, cols, rows)
         ctx.shape = s.shape
-        return _contract(s, group, cols, 0), _contract(s, group, rows, 1)
+        return _contract(s, group, rank, cols, 0), _contract(s, group, rank, rows, 1)
 
     @staticmethod
     def backward(ctx, g_rows: torch.Tensor, g_cols: torch.Tensor):
-        group, cols, rows = ctx.saved_tensors
-        B, C, H, W = ctx.shape
-        G, n = B * C, group.shape[0]
-        idx = torch.arange(n, device=group.device)
-        left = torch.zeros(G, H, 2 * n, dtype=g_rows.dtype, device=g_rows.device)
-        left[group, :, idx] = g_rows
-        left[:, :, n:] = rows.transpose(1, 2)
-        right = torch.zeros(G, 2 * n, W, dtype=g_rows.dtype, device=g_rows.device)
-        right[:, :n] = cols
-        right[group, n + idx] = g_cols
+        group, rank, cols, rows = ctx.saved_tensors
+        G, m = cols.shape[:2]
+        H, W = ctx.shape[2:]
+        left = torch.empty(G, H, 2 * m, dtype=g_rows.dtype, device=g_rows.device)
+        left[:, :, :m] = 0
+        left[group, :, rank] = g_rows
+        left[:, :, m:] = rows.transpose(1, 2)
+        right = torch.empty(G, 2 * m, W, dtype=g_rows.dtype, device=g_rows.device)
+        right[:, :m] = cols
+        right[:, m:] = 0
+        right[group, m + rank] = g_cols
         return torch.bmm(left, right).reshape(ctx.shape), None
 
 
