@@ -316,7 +316,8 @@ def train_tightener(cases: Sequence[TightenerCase], config: TightenerConfig, out
     patch_counts = {"total": len(data.labels), "positive": positives, "train": len(train_idx),
                     "validation": len(val_idx)}
     history = run_epochs(network, optimizer, LoopSettings(len(train_idx), config.batch_size, config.epochs, config.seed),
-                         step, checkpoint=out / CHECKPOINT, fingerprint=config.fingerprint(), device=device,
+                         step, checkpoint=out / CHECKPOINT, device=device,
+                         fingerprint={**config.fingerprint(), "cases": [dataclasses.asdict(c) for c in cases]},
                          epoch_info=epoch_info, emit=emit, should_stop=should_stop, resume=resume,
                          start_info={"kind": "tighten-train", "out": str(out), "objects": data.objects,
                                      "patches": patch_counts})

@@ -250,3 +250,9 @@ def test_corrupt_or_wrong_model_folder(tightener, tmp_path):
     (folder / "model.pt").write_bytes(b"truncated")
     with pytest.raises(ModelError, match="corrupt"):
         load_tightener(folder)
+
+
+def test_resuming_with_other_training_cases_is_refused(lungs, tmp_path):
+    train_tightener([TightenerCase(lungs["image"], lungs["train_mask"])], small_config(epochs=1), tmp_path / "t")
+    with pytest.raises(ModelError, match="differ: cases"):
+        train_tightener([TightenerCase(lungs["image"], lungs["mask"])], small_config(epochs=2), tmp_path / "t")
