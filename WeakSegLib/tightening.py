@@ -460,35 +460,27 @@ def tighten(model: str | os.PathLike | tuple[torch.nn.Module, dict], volume: Vol
     array = normalize_like_card(volume.array, card)
     pad = float(array.min())
 
-    slices: list[list[Box]] = []
-    grids, chunks = [], []
     for i, box in enumerate(boxset.boxes):
         if box.kind == "slice" and box.axis != axis:
             raise InputError(f"box #{i} is a slice box across axis {box.axis}; the tightener works on axis {axis}")
-        slices.append(split_box(box, axis))
-        for sb in slices[-1]:
-            plane, extent = slice_plane(array, sb)
-            grid = patch_grid(extent, patch, stride)
-            grids.append((grid, extent))
-            chunks.append(extract_patches(plane, grid, pad))
-    if stop():
-        raise CancelledError("tightening cancelled")
-    emit({"event": "start", "kind": "tighten", "boxes": len(boxset.boxes), "slices": len(grids),
-          "patches": int(sum(len(c) for c in chunks))})
-    prob = classify(network, np.concatenate(chunks), dev)
-    bounds = np.cumsum([0] + [len(c) for c in chunks])
-
+    emit({"event": "start", "kind": "tighten", "boxes": len(boxset.boxes)})
     out_boxes: list[Box] = []
-    report = {"warnings": warnings, "boxes": [], "patches": int(bounds[-1])}
-    k = 0
-    for i, (box, pieces) in enumerate(zip(boxset.boxes, slices)):
-        cells = [grids[k + j] for j in range(len(pieces))]
-        positive = np.stack([(prob[bounds[k + j]:bounds[k + j + 1]] > threshold).reshape(g.shape)
-                             for j, (g, _) in enumerate(cells)])
+    report: dict = {"warnings": warnings, "boxes": [], "patches": 0}
+    for i, box in enumerate(boxset.boxes):  # one box at a time: memory ∝ the largest box
+        if stop():
+            raise CancelledError(f"tightening cancelled before box #{i}; nothing was written")
+        pieces = split_box(box, axis)
+        cells, chunks = [], []
+        for sb in pieces:
+            plane, extent = slice_plane(array, sb)
+            cells.append((patch_grid(extent, patch, stride), extent))
+            chunks.append(extract_patches(plane, cells[-1][0], pad))
+        prob = classify(network, np.concatenate(chunks), dev) > threshold
+        report["patches"] += len(prob)
+        positive = prob.reshape(len(pieces), *cells[0][0].shape)  # the slices of a box share one grid
         if settings.component == "largest":
             positive = largest_component(positive, settings.max_gap)
         extents = [positive_extent(g, pos.ravel(), extent, extent_rule) for (g, extent), pos in zip(cells, positive)]
-        k += len(pieces)
         if box.kind == "3d":
             extents, info = consistent_extents(extents, settings.max_gap, settings.smooth)
         else:
