@@ -337,7 +337,7 @@ def train_tightener(cases: Sequence[TightenerCase], config: TightenerConfig, out
         prob = classify(network, data.images[val_idx], device)
         truth = data.labels[val_idx].numpy()
         thresholds = np.round(np.arange(0.05, 0.96, 0.05), 2)
-        best = max(thresholds, key=lambda th: ((prob > th) == truth).mean() - 1e-6 * abs(th - 0.5))
+        best = max(thresholds, key=lambda th: _accuracy(prob, truth, th)["val_balanced_accuracy"] - 1e-6 * abs(th - 0.5))
         card["patch"]["threshold"] = float(best)
         card["metrics"].update({f"{k}_at_threshold": v for k, v in _accuracy(prob, truth, best).items()})
     save_model(out, network, card, TIGHTENER_FORMAT)
@@ -406,8 +406,8 @@ def consistent_extents(extents: Sequence[Extent | None], max_gap: int = 2,
 @dataclass
 class TightenSettings:
     """Use-time settings; None takes the card's value. ``threshold`` on the object probability (the
-    card's is the one with the best accuracy on the held-out slices: the class weights of training
-    shift the probabilities);
+    card's is the one with the best balanced accuracy — mean of the two classes' recalls — on the
+    held-out slices; plain accuracy would favour the far more frequent background patches);
     ``component`` ``"largest"`` keeps only the largest connected group of positive cells of a box
     (in 3D over its slices: one box holds one connected object, other groups are look-alikes such
     as a neighbouring organ or air), ``"all"`` bounds every positive cell (the paper)."""
