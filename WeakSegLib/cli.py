@@ -110,7 +110,8 @@ def cmd_tighten_train(args: argparse.Namespace) -> int:
                              batch_size=args.batch_size, lr=args.lr, margin=args.margin,
                              axis=_resolve_axis(args.axis, lambda: read_direction(args.image[0])), labels=args.label,
                              per_component=args.per_component, normalization=args.normalization,
-                             val_fraction=args.val_fraction, seed=args.seed, device=args.device)
+                             val_fraction=args.val_fraction, threshold_rule=args.threshold_rule, seed=args.seed,
+                             device=args.device)
     printer = ProgressPrinter(args.events, args.quiet)
     try:
         card = train_tightener([TightenerCase(i, m) for i, m in zip(args.image, args.mask)], config, args.out,
@@ -221,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--per-component", action="store_true", help="one object per connected component")
     tt.add_argument("--normalization", choices=("percentile", "minmax", "ct-window", "none"), default="percentile")
     tt.add_argument("--val-fraction", type=float, default=0.2, help="slices held out for validation")
+    tt.add_argument("--threshold-rule", choices=("balanced", "accuracy"), default="balanced",
+                    help="pick the probability threshold by balanced (default) or plain accuracy on held-out slices")
     tt.add_argument("--seed", type=int, default=0)
     tt.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     tt.add_argument("--events", help="append JSON-lines events to this file")

@@ -82,6 +82,9 @@ class TightenerCase:
 class TightenerConfig:
     """Tightener training settings (defaults: METHODS.md §2, with a light network for CPUs).
 
+    ``threshold_rule`` picks the use-time probability threshold on the held-out slices: best
+    ``"balanced"`` accuracy (mean of both classes' recalls) or best plain ``"accuracy"`` (tighter
+    boxes on blob-like objects, but it can silence a rare object class).
     ``margin`` voxels widen each object's 3D box on every side before it is cut into slices;
     ``labels`` restricts the objects to these label values; ``per_component`` makes one object per
     connected component instead of one per label.
@@ -101,6 +104,7 @@ class TightenerConfig:
     percentiles: tuple[float, float] = (0.5, 99.5)
     window: tuple[float, float] = (-1000.0, 1000.0)
     val_fraction: float = 0.2
+    threshold_rule: str = "balanced"
     augment: bool = True
     seed: int = 0
     device: str = "auto"
@@ -119,6 +123,8 @@ class TightenerConfig:
             raise InputError(f"axis must be 0, 1 or 2, got {self.axis}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise InputError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.threshold_rule not in ("balanced", "accuracy"):
+            raise InputError(f"threshold_rule must be 'balanced' or 'accuracy', got {self.threshold_rule!r}")
         if self.margin < 0:
             raise InputError(f"margin must be ≥ 0, got {self.margin}")
         return self
@@ -337,7 +343,8 @@ def train_tightener(cases: Sequence[TightenerCase], config: TightenerConfig, out
         prob = classify(network, data.images[val_idx], device)
         truth = data.labels[val_idx].numpy()
         thresholds = np.round(np.arange(0.05, 0.96, 0.05), 2)
-        best = max(thresholds, key=lambda th: _accuracy(prob, truth, th)["val_balanced_accuracy"] - 1e-6 * abs(th - 0.5))
+        score = "val_balanced_accuracy" if config.threshold_rule == "balanced" else "val_accuracy"
+        best = max(thresholds, key=lambda th: _accuracy(prob, truth, th)[score] - 1e-6 * abs(th - 0.5))
         card["patch"]["threshold"] = float(best)
         card["metrics"].update({f"{k}_at_threshold": v for k, v in _accuracy(prob, truth, best).items()})
     save_model(out, network, card, TIGHTENER_FORMAT)

@@ -49,7 +49,8 @@ def segment(image: str, boxes: list, mask, axis: int, folder: Path, name: str, e
     return evaluate(pred.array, (mask.array > 0).astype(np.uint8), mask.spacing)["dice"]
 
 
-def run_set(name: str, patches: list[int], seg_patch: int, epochs: int, seg_epochs: int, folder: Path) -> dict:
+def run_set(name: str, patches: list[int], seg_patch: int, epochs: int, seg_epochs: int, rule: str,
+            folder: Path) -> dict:
     sample = materialize_objects(name, folder)
     mask = read_label_volume(sample["mask"])
     image = read_volume(sample["image"])
@@ -69,7 +70,7 @@ def run_set(name: str, patches: list[int], seg_patch: int, epochs: int, seg_epoc
             began = time.perf_counter()
             folder_t = folder / f"tightener-{label}-p{p}"
             card = train_tightener([TightenerCase(sample["image"], str(train_mask))],
-                                   TightenerConfig(patch=p, axis=axis, epochs=epochs, device="cpu"), folder_t,
+                                   TightenerConfig(patch=p, axis=axis, epochs=epochs, device="cpu", threshold_rule=rule), folder_t,
                                    resume=False)
             t_train = time.perf_counter() - began
             began = time.perf_counter()
@@ -105,6 +106,7 @@ def main() -> None:
     p.add_argument("--seg-patch", type=int, default=8, help="tightener patch size whose boxes train the segmenter")
     p.add_argument("--epochs", type=int, default=50, help="tightener epochs (paper: 50)")
     p.add_argument("--seg-epochs", type=int, default=100, help="segmentation epochs (0: skip Dice)")
+    p.add_argument("--threshold-rule", choices=("balanced", "accuracy"), default="balanced")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", help="write all numbers here")
     args = p.parse_args()
@@ -114,7 +116,8 @@ def main() -> None:
         for name in args.sets:
             folder = Path(tmp) / name
             folder.mkdir()
-            results[name] = run_set(name, args.patches, args.seg_patch, args.epochs, args.seg_epochs, folder)
+            results[name] = run_set(name, args.patches, args.seg_patch, args.epochs, args.seg_epochs,
+                                    args.threshold_rule, folder)
     print(f"\n## Box IoU against tight per-slice boxes, held-out objects ({args.threads} threads)\n")
     print("| object set | p | raw 3D-box slices | tightened | tightener training (s) | tightening one object (s) |")
     print("|---|---|---|---|---|---|")

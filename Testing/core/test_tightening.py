@@ -256,3 +256,12 @@ def test_resuming_with_other_training_cases_is_refused(lungs, tmp_path):
     train_tightener([TightenerCase(lungs["image"], lungs["train_mask"])], small_config(epochs=1), tmp_path / "t")
     with pytest.raises(ModelError, match="differ: cases"):
         train_tightener([TightenerCase(lungs["image"], lungs["mask"])], small_config(epochs=2), tmp_path / "t")
+
+
+def test_config_is_checked():
+    with pytest.raises(InputError, match="threshold_rule"):
+        TightenerConfig(threshold_rule="f1").validate()
+    with pytest.raises(InputError, match="even number"):
+        TightenerConfig(patch=15).validate()
+    with pytest.raises(InputError, match="unknown patch classifier"):
+        TightenerConfig(network="resnet").validate()
