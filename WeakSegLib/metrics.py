@@ -76,6 +76,15 @@ def box_iou(a: Box, b: Box) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def slice_box_iou(result: Sequence[Box], reference: Sequence[Box], axis: int) -> float:
+    """Mean box IoU of two sets of slice boxes (one box per slice along ``axis``) over the slices of
+    either set; a slice boxed in one set only scores 0 (a dropped or an extra slice)."""
+    a = {b.start[axis]: b for b in result}
+    b = {b.start[axis]: b for b in reference}
+    slices = set(a) | set(b)
+    return float(np.mean([box_iou(a[k], b[k]) if k in a and k in b else 0.0 for k in slices])) if slices else 0.0
+
+
 def evaluate(pred: np.ndarray, ref: np.ndarray, spacing_xyz: Sequence[float], label: int | None = None) -> dict:
     """Dice, IoU and HD95 (mm) of ``pred`` against ``ref``.
 

@@ -25,17 +25,11 @@ import torch
 
 from WeakSegLib.boxes import BoxSet, boxes_from_mask, save_boxes, split_box
 from WeakSegLib.inference import predict_volume
-from WeakSegLib.metrics import box_iou, evaluate
+from WeakSegLib.metrics import evaluate, slice_box_iou
 from WeakSegLib.sample_data import OBJECT_SETS, materialize_objects
 from WeakSegLib.tightening import TightenerCase, TightenerConfig, TightenSettings, tighten, train_tightener
 from WeakSegLib.training import TrainCase, TrainConfig, train
 from WeakSegLib.volume import read_label_volume, read_volume, write_volume
-
-
-def mean_iou(result, reference, axis: int) -> float:
-    a = {b.start[axis]: b for b in result}
-    b = {b.start[axis]: b for b in reference}
-    return float(np.mean([box_iou(a[k], b[k]) if k in a and k in b else 0.0 for k in set(a) | set(b)]))
 
 
 def segment(image: str, boxes: list, mask, axis: int, folder: Path, name: str, epochs: int) -> float:
@@ -80,8 +74,8 @@ def run_set(name: str, patches: list[int], seg_patch: int, epochs: int, seg_epoc
             tightened_by_patch[p] += result.boxes
             row = out["patch"].setdefault(p, {"raw_iou": [], "tightened_iou": [], "train_s": [], "tighten_s": [],
                                                "val_accuracy": []})
-            row["raw_iou"].append(mean_iou(raw, tight, axis))
-            row["tightened_iou"].append(mean_iou(result.boxes, tight, axis))
+            row["raw_iou"].append(slice_box_iou(raw, tight, axis))
+            row["tightened_iou"].append(slice_box_iou(result.boxes, tight, axis))
             row["train_s"].append(t_train)
             row["tighten_s"].append(t_use)
             row["val_accuracy"].append(card["metrics"].get("val_accuracy", float("nan")))

@@ -60,3 +60,14 @@ def test_box_iou():
     assert box_iou(a, b) == pytest.approx(4 / 28)
     assert box_iou(a, a) == 1.0
     assert box_iou(a, Box((0, 5, 5), (1, 6, 6))) == 0.0
+
+
+def test_slice_box_iou_counts_missing_and_extra_slices():
+    from WeakSegLib.boxes import Box
+    from WeakSegLib.metrics import slice_box_iou
+
+    ref = [Box((k, 0, 0), (k + 1, 10, 10), 1, "slice", 0) for k in range(4)]
+    half = [Box((k, 0, 0), (k + 1, 10, 5), 1, "slice", 0) for k in range(1, 4)] + [Box((9, 0, 0), (10, 2, 2), 1, "slice", 0)]
+    # slices 0 (missing) and 9 (extra) score 0, slices 1-3 score 0.5 → 1.5 / 5
+    assert slice_box_iou(half, ref, 0) == pytest.approx(1.5 / 5)
+    assert slice_box_iou(ref, ref, 0) == 1.0

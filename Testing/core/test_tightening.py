@@ -11,7 +11,7 @@ import torch
 
 from WeakSegLib.boxes import Box, BoxSet, boxes_from_mask, split_box
 from WeakSegLib.errors import CancelledError, InputError, ModelError
-from WeakSegLib.metrics import box_iou
+from WeakSegLib.metrics import slice_box_iou
 from WeakSegLib.patches import (extract_patches, largest_component, patch_coverage, patch_grid, patch_labels,
                                 positive_extent)
 from WeakSegLib.sample_data import materialize_objects
@@ -124,13 +124,6 @@ def tightener(lungs, tmp_path_factory):
     return out, card
 
 
-def mean_iou(result: list[Box], reference: list[Box], axis: int) -> float:
-    """Mean box IoU over the slices of either set (a box missing on one side scores 0)."""
-    a = {b.start[axis]: b for b in result}
-    b = {b.start[axis]: b for b in reference}
-    return float(np.mean([box_iou(a[k], b[k]) if k in a and k in b else 0.0 for k in set(a) | set(b)]))
-
-
 def test_tightener_card_and_weights(tightener, lungs):
     folder, card = tightener
     network, loaded = load_tightener(folder)
@@ -149,8 +142,8 @@ def test_tightening_an_unseen_object_beats_the_raw_3d_box(tightener, lungs):
     tight = boxes_from_mask(lungs["lungs"], "slice", axis, 0, [6], False)
     result, report = tighten(folder, volume, BoxSet(box3d, volume.shape, {6: "left lung"}, volume.geometry()),
                              device="cpu")
-    raw = mean_iou(split_box(box3d[0], axis), tight, axis)
-    tightened = mean_iou(result.boxes, tight, axis)
+    raw = slice_box_iou(split_box(box3d[0], axis), tight, axis)
+    tightened = slice_box_iou(result.boxes, tight, axis)
     assert tightened > raw + 0.05, (raw, tightened)
     assert report["warnings"] == [] and report["boxes"][0]["slices_in"] == box3d[0].size[axis]
     for b in result.boxes:  # inside the original box, one voxel thick
