@@ -226,9 +226,10 @@ def training_patches(cases: Sequence[TightenerCase], config: TightenerConfig) ->
         profiles.append(intensity_profile(image.array))
         for box in boxes:
             objects += 1
+            is_object = mask.array == box.label
             for sb in split_box(box, config.axis):
                 plane, extent = slice_plane(array, sb)
-                obj, _ = slice_plane(mask.array == box.label, sb)
+                obj, _ = slice_plane(is_object, sb)
                 grid = patch_grid(extent, config.patch, config.stride)
                 images.append(extract_patches(plane, grid, pad))
                 labels.append(patch_labels(obj, grid))
