@@ -7,8 +7,8 @@ import sys
 
 
 class ProgressPrinter:
-    """Shows training/prediction events as a tqdm progress bar on stderr and, optionally, appends
-    them as JSON lines to a file."""
+    """Shows the events of any trainer in :mod:`WeakSegLib.loop` (segmentation recipes, the box
+    tightener) as a tqdm progress bar on stderr and, optionally, appends them as JSON lines to a file."""
 
     def __init__(self, events_path: str | None = None, quiet: bool = False) -> None:
         self.bar = None
@@ -26,11 +26,13 @@ class ProgressPrinter:
         kind = event["event"]
         if kind == "start":
             self.bar = tqdm(total=event["epochs"], initial=event["first_epoch"] - 1, unit="epoch",
-                            desc=f"train {event['recipe']}", file=sys.stderr, dynamic_ncols=True)
+                            desc=event.get("recipe", event.get("kind", "train")), file=sys.stderr,
+                            dynamic_ncols=True)
         elif kind == "epoch" and self.bar is not None:
             shown = {"loss": f"{event['loss']:.4g}"}
-            if "dice" in event:
-                shown["dice"] = f"{event['dice']:.3f}"
+            for key, name in (("dice", "dice"), ("val_accuracy", "val acc")):
+                if key in event:
+                    shown[name] = f"{event[key]:.3f}"
             self.bar.set_postfix(shown)
             self.bar.update(1)
         elif kind == "warning":

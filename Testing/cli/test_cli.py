@@ -115,3 +115,9 @@ def test_tighten_with_a_segmentation_model_is_refused(spine_ct, tmp_path):
                    "--out", tmp_path / "o.json", check=False)
     assert proc.returncode == 2 and "not a weakseg-tightener card" in proc.stderr
     assert not (tmp_path / "o.json").exists()
+
+
+def test_tighten_train_progress_bar(spine_ct, tmp_path):
+    proc = weakseg("tighten-train", "--image", spine_ct["image"], "--mask", spine_ct["mask"], "--out",
+                   tmp_path / "t", "--patch-size", 8, "--epochs", 1, "--device", "cpu")
+    assert "tighten-train" in proc.stderr and "val acc" in proc.stderr and "Traceback" not in proc.stderr
