@@ -231,6 +231,9 @@ def train(cases: Sequence[TrainCase], config: TrainConfig, out_dir: str | os.Pat
     loss_fn = RecipeLoss(config.recipe, config.loss_settings())
     samples = samples.to(device)
 
+    def barrier_t(epoch: int) -> float:
+        return config.t0 * config.t_factor ** epoch
+
     def step(index: torch.Tensor, epoch: int, b: int) -> dict[str, torch.Tensor]:
         batch = samples.batch(index)
         if config.augment:
@@ -251,9 +254,6 @@ def train(cases: Sequence[TrainCase], config: TrainConfig, out_dir: str | os.Pat
                                    samples.case_index.cpu(), n_classes)
             info.update(dice=float(np.mean(scores)), dice_per_case=scores)
         return info
-
-    def barrier_t(epoch: int) -> float:
-        return config.t0 * config.t_factor ** epoch
 
     history = run_epochs(network, optimizer, LoopSettings(len(samples), config.batch_size, config.epochs, config.seed),
                          step, checkpoint=out / CHECKPOINT, fingerprint=config.fingerprint(), device=device,
