@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from scipy import ndimage
 
 from WeakSegLib.atomic import atomic_write_json
 from WeakSegLib.errors import InputError
@@ -221,6 +220,8 @@ def boxes_from_mask(
         raise InputError(f"axis must be 0, 1 or 2, got {axis!r}")
     values = sorted(int(v) for v in np.unique(mask) if v != 0) if labels is None else [int(v) for v in labels]
     boxes: list[Box] = []
+    from scipy import ndimage  # noqa: PLC0415  (not needed to read, write or draw boxes)
+
     structure = ndimage.generate_binary_structure(3, 1)
     if mode == "slice":
         structure = structure.copy()

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-NETWORKS = ("unet", "enet")
+from WeakSegLib.options import NETWORKS
+
 #: spatial sizes fed to any network are padded to a multiple of this
 SIZE_MULTIPLE = 16
 

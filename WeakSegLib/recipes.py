@@ -17,11 +17,8 @@ import torch
 from torch import nn
 
 from WeakSegLib.constraints import BoxSize, Emptiness, MaskedCrossEntropy, TightnessPrior
+from WeakSegLib.options import DEFAULT_RECIPE, MASK_RECIPES, RECIPES  # noqa: F401
 
-RECIPES = ("full", "box-mask", "tightness+emptiness", "tightness+size+masked-ce", "tightness+size+emptiness")
-DEFAULT_RECIPE = "tightness+size+emptiness"
-#: recipes that need masks (not boxes) as training labels
-MASK_RECIPES = ("full",)
 
 
 @dataclass

@@ -1,5 +1,7 @@
 """One wiring of the ``slicer-core`` wheel for all MRML tests: a real scene as Slicer's startup sets it up.
 
+Also makes the module files importable (see :mod:`slicer_app_standins`).
+
 slicer-core gives the MRML and module-logic classes without the Qt application that normally wires
 them, so this fixture does what Slicer's startup does for the parts WeakSeg uses: segmentation
 converter rules, an application logic with a colour logic, and the Volumes and Segmentations module
@@ -13,6 +15,9 @@ from types import SimpleNamespace
 import pytest
 
 import slicer  # the slicer-core wheel (requirements-test.txt)
+import slicer_app_standins
+
+slicer_app_standins.install()
 
 
 def _register_converter_rules() -> None:

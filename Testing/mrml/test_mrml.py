@@ -8,6 +8,7 @@ import SimpleITK as sitk
 import vtk
 
 from WeakSegLib import mrml
+from WeakSegLib.mrml import nodes
 from WeakSegLib.boxes import Box, BoxSet
 from WeakSegLib.errors import InputError
 from WeakSegLib.volume import Volume, read_volume, write_volume
@@ -43,7 +44,7 @@ def _voxel_centres_world(node) -> np.ndarray:
 
 def _inside_roi(points: np.ndarray, roi) -> np.ndarray:
     """Whether world points lie inside the ROI (its own box coordinates), with a small tolerance."""
-    to_world = mrml._to_world(roi) @ mrml._array_from_matrix(roi.GetObjectToNodeMatrix())
+    to_world = nodes._to_world(roi) @ nodes._array_from_matrix(roi.GetObjectToNodeMatrix())
     local = (np.c_[points.reshape(-1, 3), np.ones(points[..., 0].size)] @ np.linalg.inv(to_world).T)[:, :3]
     half = np.asarray(roi.GetSize()) / 2 + 1e-6
     return (np.abs(local) <= half).all(axis=1).reshape(points.shape[:-1])
@@ -163,7 +164,7 @@ def test_user_roi_gives_the_voxels_whose_centres_it_holds(wired):
     to_node = np.eye(4)
     to_node[:3, :3] = rotation
     to_node[:3, 3] = (matrix @ [5.3, 4.1, 3.7, 1.0])[:3]
-    roi.SetAndObserveObjectToNodeMatrix(mrml._matrix_from_array(to_node))
+    roi.SetAndObserveObjectToNodeMatrix(nodes._matrix_from_array(to_node))
     roi.SetSize(4.9, 6.2, 7.7)
     box, warnings = mrml.box_from_roi(roi, node)
     assert warnings == []

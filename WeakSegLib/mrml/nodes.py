@@ -1,7 +1,4 @@
-"""MRML bridge: Slicer nodes ↔ WeakSegLib's arrays, boxes and events.
-
-This is the only module of WeakSegLib that imports :mod:`slicer`, and it imports only MRML classes
-(never Qt, never ``slicer.modules``), so it runs inside Slicer and against the ``slicer-core`` wheel.
+"""Slicer nodes ↔ WeakSegLib's arrays, boxes and events.
 
 Geometry (see DESIGN.md): arrays are ``(z, y, x)`` as ``SimpleITK.GetArrayFromImage``; a voxel index
 ``(k, j, i)`` is Slicer's IJK ``(i, j, k)`` reversed. Slicer places voxels in RAS mm through the volume's
@@ -74,6 +71,12 @@ def ijk_to_world(volume_node: Any) -> np.ndarray:
     matrix = vtk.vtkMatrix4x4()
     volume_node.GetIJKToRASMatrix(matrix)
     return _to_world(volume_node) @ _array_from_matrix(matrix)
+
+
+def world_to_index(volume_node: Any, ras: Sequence[float]) -> np.ndarray:
+    """Continuous voxel index ``(k, j, i)`` (array order) of the world RAS point ``ras`` (mm)."""
+    ijk = np.linalg.solve(ijk_to_world(volume_node), np.r_[np.asarray(ras, dtype=float)[:3], 1.0])
+    return ijk[2::-1]
 
 
 # --- volumes -----------------------------------------------------------------------------------------

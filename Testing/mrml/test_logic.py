@@ -1,0 +1,134 @@
+"""The modules' Logic classes on a real MRML scene, with real files and real worker processes."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from WeakSegLib import mrml
+from WeakSegLib.boxes import BoxSet, boxes_from_mask, load_boxes, save_boxes
+from WeakSegLib.errors import InputError, ModelError, WeakSegError
+from WeakSegLib.inference import predict_file
+from WeakSegLib.model import read_card
+from WeakSegLib.mrml.tasks import JobFailed
+from WeakSegLib.volume import read_label_volume
+from WeakSegInfer import WeakSegInferLogic
+from WeakSegTrain import VOLUME_ATTRIBUTE, WeakSegTrainLogic
+
+
+def _load(scene, path, labelmap=False):
+    """Read a file as Slicer does (archetype storage node)."""
+    node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode")
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(path))
+    assert storage.ReadData(node)
+    node.SetName(path.split("/")[-1].split(".")[0])
+    return node
+
+
+@pytest.fixture
+def spine_nodes(wired, spine_ct):
+    volume = _load(wired.scene, spine_ct["image"])
+    labels = _load(wired.scene, spine_ct["mask"], labelmap=True)
+    return volume, labels, mrml.volume_from_node(labels).array
+
+
+def test_boxes_train_and_predict_from_nodes(wired, spine_ct, spine_nodes, tmp_path):
+    volume, _, mask = spine_nodes
+    train = WeakSegTrainLogic()
+    axis = mrml.slice_axis(volume)
+    boxes = boxes_from_mask(mask, "slice", axis)
+    train.showBoxes(boxes, volume)
+    assert len(train.boxNodes(volume)) == len(boxes)
+    # The boxes the logic reads back from the ROI nodes are the boxes drawn, also through a box file.
+    assert sorted(train.boxes(volume).boxset.boxes, key=str) == sorted(boxes, key=str)
+    train.saveBoxes(volume, tmp_path / "boxes.json")
+    assert sorted(load_boxes(tmp_path / "boxes.json").boxes, key=str) == sorted(boxes, key=str)
+
+    job = train.train(volume, tmp_path / "model", config={"epochs": 2, "device": "cpu"}, referenceNode=spine_nodes[1],
+                      curves=True)
+    assert job.wait(timeout=300) == tmp_path / "model"
+    card = read_card(tmp_path / "model")
+    assert card["training"]["axis"] == axis and card["training"]["epochs"] == 2
+    rows = job.curves.rows()
+    assert rows[:, 0].tolist() == [1.0, 2.0] and np.isfinite(rows[:, 1:]).all()  # loss and Dice each epoch
+
+    infer = WeakSegInferLogic()
+    assert "tightness+size+emptiness" in infer.modelSummary(tmp_path / "model")
+    segmentation = infer.predict(tmp_path / "model", volume, wait=True)
+    segment = segmentation.GetSegmentation().GetNthSegment(0)
+    assert segment.GetName() == card["labels"][0]["name"]
+    np.testing.assert_allclose(segment.GetColor(), card["labels"][0]["color"])
+    # Reference: the same model run on the same file by the command-line path.
+    predict_file(tmp_path / "model", spine_ct["image"], tmp_path / "reference.nii.gz", device="cpu")
+    got, _ = mrml.labelmap_from_segmentation(segmentation, volume)
+    np.testing.assert_array_equal(got, read_label_volume(tmp_path / "reference.nii.gz").array)
+    # Predicting again into the same node replaces its content.
+    assert infer.predict(tmp_path / "model", volume, segmentation, wait=True) is segmentation
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == len(card["labels"])
+
+
+def test_cancelled_training_resumes_from_its_checkpoint(wired, spine_nodes, tmp_path):
+    volume, _, mask = spine_nodes
+    train = WeakSegTrainLogic()
+    train.showBoxes(boxes_from_mask(mask, "3d"), volume)
+    job = train.train(volume, tmp_path / "model", config={"epochs": 500, "device": "cpu"})
+    deadline = time.monotonic() + 300
+    while not any(e.get("event") == "epoch" for e in job.events):
+        assert time.monotonic() < deadline and not job.done, job.handle.log()
+        job.poll()
+        time.sleep(0.05)
+    job.cancel()
+    assert job.done and job.cancelled and "cancelled" in job.error
+    with pytest.raises(JobFailed, match="cancelled"):
+        job.wait()
+    epochs = max(e["epoch"] for e in job.events if e.get("event") == "epoch")
+    again = train.train(volume, tmp_path / "model", config={"epochs": epochs + 1, "device": "cpu"})
+    again.wait(timeout=300)
+    assert next(e for e in again.events if e.get("event") == "start")["first_epoch"] == epochs + 1
+
+
+def test_tightener_from_a_segmentation_then_tighten_a_3d_box(wired, spine_ct, spine_nodes, tmp_path):
+    volume, labels, mask = spine_nodes
+    segmentation = mrml.segmentation_from_labelmap(mask, volume, {1: {"name": "vertebrae", "color": [1, 1, 0]}})
+    train = WeakSegTrainLogic()
+    folder = train.trainTightener([(volume, segmentation)], tmp_path / "tightener",
+                                  {"patch": 8, "epochs": 2, "device": "cpu", "axis": spine_ct["axis"]}, wait=True)
+    assert "val_accuracy" in read_card(folder, "weakseg-tightener")["metrics"]
+    (box3d,) = train.showBoxes(boxes_from_mask(mask, "3d", margin=2), volume)
+    tightened = train.tightenBoxes(folder, volume, settings={"stride": 2}, wait=True)
+    boxes = mrml.boxes_from_roi_nodes(tightened, volume).boxset.boxes
+    assert boxes and all(b.kind == "slice" and b.axis == spine_ct["axis"] for b in boxes)
+    assert not box3d.GetDisplayNode().GetVisibility()          # the 3D box is hidden ...
+    assert box3d.GetAttribute(VOLUME_ATTRIBUTE) == ""          # ... and no longer one of the volume's boxes
+    assert {n.GetID() for n in train.boxNodes(volume)} == {n.GetID() for n in tightened}
+    # Every tightened slice box lies inside the 3D box it was cut from.
+    outer = mrml.box_from_roi(box3d, volume)[0]
+    assert all(np.all(np.array(b.start) >= outer.start) and np.all(np.array(b.stop) <= outer.stop) for b in boxes)
+
+
+def test_logic_input_errors(wired, spine_nodes, tmp_path):
+    volume, _, mask = spine_nodes
+    train, infer = WeakSegTrainLogic(), WeakSegInferLogic()
+    with pytest.raises(InputError, match="no usable box"):
+        train.train(volume, tmp_path / "model")
+    with pytest.raises(ModelError, match="model folder not found"):
+        infer.predict(tmp_path / "nowhere", volume)
+    with pytest.raises(ModelError):
+        infer.modelSummary(tmp_path)
+    train.showBoxes(boxes_from_mask(mask, "slice", mrml.slice_axis(volume)), volume)
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "model.json").write_text(json.dumps({"format": "weakseg-tightener", "network": {},
+                                                            "patch": {}, "input": {}}))
+    with pytest.raises(WeakSegError, match="3D box"):
+        train.tightenBoxes(tmp_path / "t", volume)
+    with pytest.raises(WeakSegError, match="at least one"):
+        train.trainTightener([], tmp_path / "t2")
+    geometry = mrml.volume_from_node(volume).geometry()
+    geometry["spacing"] = [9.0, 9.0, 9.0]  # boxes drawn on another grid of the same shape
+    save_boxes(BoxSet(boxes_from_mask(mask, "3d"), mask.shape, geometry=geometry), tmp_path / "other.json")
+    with pytest.raises(InputError, match="spacing"):
+        train.loadBoxes(volume, tmp_path / "other.json")

@@ -1,0 +1,270 @@
+"""Background jobs started from MRML nodes, with their results put back into nodes.
+
+Each ``start_*`` function writes its inputs (volume nodes as NRRD through SimpleITK, boxes as box JSON)
+into a work folder, starts ``python -m WeakSegLib.worker`` on them (:func:`WeakSegLib.jobs.start_job`)
+and returns a :class:`NodeJob`. The caller polls it (a Qt timer in the GUI; :meth:`NodeJob.wait` in a
+script); when the worker has finished, the job reads the worker's output back into the scene once.
+
+Work folders: training and tightener training use ``<model folder>/.job`` (stable paths, so running the
+same job again resumes from its checkpoint); tightening and prediction use a fresh temporary folder,
+removed when they succeed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from WeakSegLib.boxes import BoxSet, load_boxes, save_boxes
+from WeakSegLib.card import read_card
+from WeakSegLib.errors import WeakSegError
+from WeakSegLib.jobs import EXIT_CANCELLED, EXIT_CODES, EXIT_OK, JobHandle, start_job
+from WeakSegLib.mrml.nodes import (labelmap_from_segmentation, segmentation_from_labelmap, volume_from_node,
+                                   volume_from_node_geometry)
+from WeakSegLib.volume import Volume, read_label_volume, write_volume
+
+JOB_FOLDER = ".job"
+
+
+class JobFailed(WeakSegError):
+    """A background job ended without a result (error, cancel or killed worker); the message says why."""
+
+
+class NodeJob:
+    """A worker started from nodes. Poll it; once it has ended, ``result`` or ``error`` is set.
+
+    Attributes:
+        kind: the job kind (``train``, ``predict``, ``tighten-train``, ``tighten``).
+        events: every event seen so far (dicts, in order).
+        result: what ``finish`` made of the worker's output (a segmentation node, boxes, a model folder).
+        error: why the job gave no result, or None.
+        listeners: callables given each new event by :meth:`poll` (e.g. :meth:`TrainingCurves.add`).
+    """
+
+    def __init__(self, kind: str, handle: JobHandle, workdir: Path, finish: Callable[[], Any],
+                 cleanup: bool = False) -> None:
+        self.kind = kind
+        self.handle = handle
+        self.workdir = workdir
+        self.events: list[dict] = []
+        self.result: Any = None
+        self.error: str | None = None
+        self.listeners: list[Callable[[dict], Any]] = []
+        self._finish = finish
+        self._cleanup = cleanup
+        self._done = False
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    @property
+    def cancelled(self) -> bool:
+        return self._done and self.handle.poll() == EXIT_CANCELLED
+
+    def status(self) -> str:
+        """``running``, ``finished``, ``cancelled``, ``bad input``, …"""
+        return self.handle.status()
+
+    def then(self, step: Callable[[Any], Any]) -> "NodeJob":
+        """Run ``step(result)`` after the job's own finishing step; its return value becomes the result."""
+        finish = self._finish
+        self._finish = lambda: step(finish())
+        return self
+
+    def poll(self) -> list[dict]:
+        """New events since the last call (also given to the listeners); when the worker has exited,
+        read its output back (once)."""
+        new = self.handle.events()
+        exited = not self._done and self.handle.poll() is not None
+        if exited:
+            self.handle.wait()  # join the reader so no event is left behind
+            new += self.handle.events()
+        self.events.extend(new)
+        for event in new:
+            for listener in self.listeners:
+                listener(event)
+        if not exited:
+            return new
+        code = self.handle.poll()
+        self._done = True
+        if code == EXIT_OK:
+            try:
+                self.result = self._finish()
+            except WeakSegError as exc:
+                self.error = str(exc)
+            else:
+                if self._cleanup:
+                    shutil.rmtree(self.workdir, ignore_errors=True)
+        else:
+            messages = [e.get("message") for e in self.events if e.get("event") in ("error", "cancelled")]
+            reason = next((m for m in reversed(messages) if m), None)
+            self.error = f"{self.kind} {EXIT_CODES.get(code, f'exited with code {code}')}" + (f": {reason}" if reason
+                                                                                                else "")
+            if code not in EXIT_CODES or code == 1:
+                self.error += f"\n--- worker log ({self.handle.log_path}) ---\n{self.handle.log()[-4000:]}"
+        return new
+
+    def wait(self, timeout: float | None = None, on_event: Callable[[dict], None] | None = None,
+             interval: float = 0.2) -> Any:
+        """Block until the job ends; call ``on_event`` for each event; return ``result``.
+
+        Raises :class:`JobFailed` when the job ended without a result, :class:`TimeoutError` after
+        ``timeout`` seconds (the job keeps running; cancel it if you no longer want it).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if on_event is not None:
+            self.listeners.append(on_event)
+        while True:
+            self.poll()
+            if self._done:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{self.kind} job still running after {timeout} s")
+            time.sleep(interval)
+        if self.error is not None:
+            raise JobFailed(self.error)
+        return self.result
+
+    def cancel(self) -> None:
+        """Stop the worker (at its next batch; a training checkpoint stays) and collect its last events."""
+        self.handle.cancel()
+        self.poll()
+
+    def progress(self) -> float | None:
+        """Fraction done (0–1) from the latest epoch/batch event, or None before the first one."""
+        for event in reversed(self.events):
+            if event.get("event") == "batch" and event.get("of"):
+                epochs = next((e.get("epochs") for e in self.events if e.get("event") == "start"), None)
+                if epochs:
+                    return min(1.0, ((event["epoch"] - 1) + event["batch"] / event["of"]) / epochs)
+            if event.get("event") == "epoch" and event.get("of"):
+                return min(1.0, event["epoch"] / event["of"])
+            if event.get("event") == "progress" and event.get("of"):
+                return min(1.0, event.get("done", 0) / event["of"])
+        return None
+
+
+def _write_volume(node: Any, path: Path) -> str:
+    write_volume(volume_from_node(node), path)
+    return str(path)
+
+
+def _write_labels(node: Any, reference_node: Any, path: Path) -> tuple[str, dict[int, dict]]:
+    """A label volume node or a segmentation node as a label file on ``reference_node``'s grid."""
+    if node.IsA("vtkMRMLSegmentationNode"):
+        array, labels = labelmap_from_segmentation(node, reference_node)
+        geometry = volume_from_node_geometry(reference_node)
+        write_volume(Volume(array.astype(np.uint8 if array.max() < 256 else np.int16), geometry.spacing,
+                            geometry.origin, geometry.direction), path)
+        return str(path), labels
+    volume = volume_from_node(node)
+    write_volume(volume, path)
+    return str(path), {int(v): {"name": f"label {int(v)}"} for v in np.unique(volume.array) if v != 0}
+
+
+def _workdir(folder: str | Path | None, persistent_in: Path | None) -> tuple[Path, bool]:
+    if folder is not None:
+        return Path(folder), False
+    if persistent_in is not None:
+        return persistent_in / JOB_FOLDER, False
+    return Path(tempfile.mkdtemp(prefix="weakseg-")), True
+
+
+def start_training(volume_node: Any, boxset: BoxSet, out_folder: str | Path, config: dict | None = None,
+                   reference_node: Any = None, resume: bool = True, python: str | Sequence[str] | None = None,
+                   workdir: str | Path | None = None) -> NodeJob:
+    """Train a segmentation model from the boxes on one volume; the result is the model folder (Path).
+
+    ``config`` holds :class:`~WeakSegLib.training.TrainConfig` fields (``recipe``, ``epochs``, ...).
+    ``reference_node`` (a label volume or segmentation node, optional) is only used to report Dice per epoch.
+    """
+    out = Path(out_folder)
+    folder, _ = _workdir(workdir, out)
+    folder.mkdir(parents=True, exist_ok=True)
+    case = {"image": _write_volume(volume_node, folder / "image.nrrd"),
+            "boxes": str(save_boxes(boxset, folder / "boxes.json")), "mask": None, "eval_mask": None}
+    if reference_node is not None:
+        case["eval_mask"] = _write_labels(reference_node, volume_node, folder / "reference.nrrd")[0]
+    job = {"kind": "train", "out": str(out), "resume": bool(resume), "cases": [case], "config": dict(config or {})}
+    return NodeJob("train", start_job(job, folder, python), folder, lambda: out)
+
+
+def start_tightener_training(cases: Sequence[tuple[Any, Any]], out_folder: str | Path, config: dict | None = None,
+                             resume: bool = True, python: str | Sequence[str] | None = None,
+                             workdir: str | Path | None = None) -> NodeJob:
+    """Train a box tightener on fully labelled cases ``[(volume node, label volume or segmentation node)]``.
+
+    The result is the tightener folder (Path).
+    """
+    out = Path(out_folder)
+    folder, _ = _workdir(workdir, out)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for index, (image_node, label_node) in enumerate(cases):
+        image = _write_volume(image_node, folder / f"case{index}-image.nrrd")
+        files.append({"image": image, "mask": _write_labels(label_node, image_node, folder / f"case{index}-labels.nrrd")[0]})
+    job = {"kind": "tighten-train", "out": str(out), "resume": bool(resume), "cases": files,
+           "config": dict(config or {})}
+    return NodeJob("tighten-train", start_job(job, folder, python), folder, lambda: out)
+
+
+def start_tightening(tightener_folder: str | Path, volume_node: Any, boxset: BoxSet, settings: dict | None = None,
+                     device: str = "auto", python: str | Sequence[str] | None = None) -> NodeJob:
+    """Tighten the per-slice boxes cut from ``boxset``'s 3D boxes; the result is ``(BoxSet, report)``."""
+    read_card(tightener_folder, "weakseg-tightener")  # a wrong folder fails here, not in the worker
+    folder, temporary = _workdir(None, None)
+    job = {"kind": "tighten", "model": str(tightener_folder), "image": _write_volume(volume_node, folder / "image.nrrd"),
+           "boxes": str(save_boxes(boxset, folder / "boxes3d.json")), "out": str(folder / "boxes2d.json"),
+           "settings": dict(settings or {}), "device": device}
+    handle = start_job(job, folder, python)
+
+    def finish() -> tuple[BoxSet, dict]:
+        report = next((e for e in reversed(handle.history) if e.get("event") == "done"), {})
+        return load_boxes(folder / "boxes2d.json"), report
+
+    return NodeJob("tighten", handle, folder, finish, cleanup=temporary)
+
+
+def start_prediction(model_folder: str | Path, volume_node: Any, segmentation_node: Any = None,
+                     device: str = "auto", python: str | Sequence[str] | None = None) -> NodeJob:
+    """Predict a label map for ``volume_node`` and put it into a segmentation node (new when None).
+
+    Segments are named and coloured from the model card; the segmentation references the input
+    volume's geometry. The result is the segmentation node.
+    """
+    card = read_card(model_folder)
+    folder, temporary = _workdir(None, None)
+    job = {"kind": "predict", "model": str(model_folder), "image": _write_volume(volume_node, folder / "image.nrrd"),
+           "out": str(folder / "prediction.nrrd"), "device": device}
+    handle = start_job(job, folder, python)
+    scene = volume_node.GetScene()
+
+    def finish() -> Any:
+        labels = read_label_volume(folder / "prediction.nrrd").array
+        names = {int(entry["value"]): {"name": entry.get("name", f"label {entry['value']}"),
+                                       "color": entry.get("color", (0.5, 0.5, 0.5))} for entry in card["labels"]}
+        return segmentation_from_labelmap(labels, volume_node, names, segmentation_node,
+                                          name=f"{volume_node.GetName()} {card.get('recipe', 'WeakSeg')}", scene=scene)
+
+    return NodeJob("predict", handle, folder, finish, cleanup=temporary)
+
+
+def model_summary(folder: str | Path) -> str:
+    """A few lines describing a model folder's card (recipe, labels, input, metrics), for the GUI."""
+    card = read_card(folder)
+    labels = ", ".join(f"{e.get('value')}: {e.get('name')}" for e in card["labels"])
+    inputs = card["input"]
+    mode = inputs.get("mode", f"{card['network'].get('spatial_dims', '?')}D")
+    metrics = ", ".join(f"{k} {v:.3f}" for k, v in card.get("metrics", {}).items() if isinstance(v, (int, float)))
+    spacing = " × ".join(f"{s:.2f}" for s in inputs.get("spacing", []))
+    return "\n".join(line for line in (
+        f"recipe: {card.get('recipe', '?')}    network: {card['network'].get('name', '?')} ({mode})",
+        f"labels: {labels}",
+        f"trained on spacing {spacing} mm" if spacing else "",
+        f"metrics: {metrics}" if metrics else "") if line)

@@ -1,0 +1,441 @@
+"""WeakSegTrain: place boxes, tighten them, train a segmentation network from them in the background.
+
+All behaviour lives in :class:`WeakSegTrainLogic` (scriptable from the Python console) and in
+``WeakSegLib``; the widget only binds the panel to the logic. Nothing heavy (torch, MONAI, scikit-image)
+is imported here: the worker process imports them, after :func:`ensureDependencies` installed them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import slicer
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+from WeakSegLib import mrml
+from WeakSegLib.boxes import Box, BoxSet, load_boxes, save_boxes
+from WeakSegLib.errors import WeakSegError
+from WeakSegLib.mrml import tasks
+from WeakSegLib.options import DEFAULT_RECIPE, NETWORKS, RECIPES
+
+#: Attribute naming the volume node an ROI node is a box of.
+VOLUME_ATTRIBUTE = "WeakSeg.Volume"
+#: Training settings offered in the panel (any TrainConfig field may be given from a script).
+DEVICES = ("auto", "cpu", "cuda")
+MODES = {"2D": {"spatial_dims": 2, "context": 1}, "2.5D": {"spatial_dims": 2, "context": 3}}
+
+
+def ensureDependencies(confirm: bool = True) -> None:
+    """Make sure the worker's packages are installed in Slicer's Python; ask first when ``confirm``.
+
+    torch comes from the PyTorch extension's ``PyTorchUtils``; the rest (MONAI, SciPy, scikit-image)
+    through ``slicer.packaging.pip_ensure`` (Slicer ≥ 5.12) or ``slicer.util.pip_install`` after a
+    confirmation. Raises RuntimeError naming what is still missing when the user declines or it fails.
+    """
+    from WeakSegLib import dependencies
+
+    if dependencies.torch_missing():
+        try:
+            import PyTorchUtils
+        except ModuleNotFoundError as exc:
+            raise RuntimeError("WeakSeg needs the PyTorch extension: install 'PyTorch' from the Extensions Manager "
+                               "and restart Slicer.") from exc
+        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        if not torchLogic.torchInstalled() and torchLogic.installTorch(askConfirmation=confirm) is None:
+            raise RuntimeError("PyTorch is not installed; WeakSeg cannot train or predict without it.")
+    missing = dependencies.missing_requirements()
+    if missing:
+        if hasattr(slicer, "packaging"):
+            slicer.packaging.pip_ensure(missing, requester="WeakSeg")
+        else:
+            question = "WeakSeg needs these Python packages:\n\n" + "\n".join(missing) + "\n\nInstall them now?"
+            if confirm and not slicer.util.confirmOkCancelDisplay(question, "WeakSeg: install Python packages"):
+                raise RuntimeError("WeakSeg cannot run without: " + ", ".join(missing))
+            slicer.util.pip_install(missing)
+    still = dependencies.missing_requirements()
+    if still:
+        raise RuntimeError("These Python packages could not be installed: " + ", ".join(still))
+
+
+def workerPython() -> str | None:
+    """Interpreter for the worker: ``PythonSlicer`` inside Slicer, else this Python (None)."""
+    return shutil.which("PythonSlicer")
+
+
+class WeakSegTrain(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "WeakSeg Train"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = ["Markups", "Segmentations"]
+        self.parent.contributors = ["WeakSeg developers"]
+        self.parent.helpText = (
+            "Train a segmentation network from bounding boxes: place slice boxes or 3D boxes, optionally tighten "
+            "the per-slice boxes of a 3D box with a patch classifier, and train in a background process "
+            "(tightness prior, emptiness and box-size constraints). See the README of the WeakSeg extension.")
+        self.parent.acknowledgementText = (
+            "Methods: Kervadec et al. (MIDL 2020) bounding-box tightness prior; Kervadec et al. (MedIA 2019) "
+            "log-barrier extensions; Wang et al. box tightening by patch classification.")
+
+
+class WeakSegTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: binds widgets to :class:`WeakSegTrainLogic` and polls background jobs with a timer."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self.job = None
+        self.curves = None
+        self.timer = None
+
+    def setup(self) -> None:
+        import qt
+
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/WeakSegTrain.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = WeakSegTrainLogic()
+        self.ui.recipeComboBox.addItems(list(RECIPES))
+        self.ui.recipeComboBox.currentText = DEFAULT_RECIPE
+        self.ui.networkComboBox.addItems(list(NETWORKS))
+        self.ui.modeComboBox.addItems(list(MODES))
+        self.ui.deviceComboBox.addItems(list(DEVICES))
+        self.timer = qt.QTimer()
+        self.timer.setInterval(500)
+        self.timer.connect("timeout()", self.onTimer)
+        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateBoxTable)
+        self.ui.addSliceBoxButton.connect("clicked()", self.onAddSliceBox)
+        self.ui.add3DBoxButton.connect("clicked()", self.onAdd3DBox)
+        self.ui.deleteBoxButton.connect("clicked()", self.onDeleteBox)
+        self.ui.boxTable.connect("cellDoubleClicked(int,int)", self.onJumpToBox)
+        self.ui.saveBoxesButton.connect("clicked()", self.onSaveBoxes)
+        self.ui.loadBoxesButton.connect("clicked()", self.onLoadBoxes)
+        self.ui.addTightenerCaseButton.connect("clicked()", self.onAddTightenerCase)
+        self.ui.trainTightenerButton.connect("clicked()", self.onTrainTightener)
+        self.ui.tightenButton.connect("clicked()", self.onTighten)
+        self.ui.applyButton.connect("clicked()", self.onApply)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.updateBoxTable)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.updateBoxTable)
+        self.tightenerCases = []
+        self.updateBoxTable()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+        if self.job is not None and not self.job.done:
+            self.job.cancel()
+
+    # --- boxes ---------------------------------------------------------------------------------------
+    def _volume(self):
+        node = self.ui.inputVolumeSelector.currentNode()
+        if node is None:
+            raise WeakSegError("select an input volume first")
+        return node
+
+    def _redSliceIndex(self, volumeNode) -> int:
+        sliceNode = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
+        ras = [sliceNode.GetSliceToRAS().GetElement(r, 3) for r in range(3)]
+        return self.logic.sliceIndexAt(volumeNode, ras)
+
+    def onAddSliceBox(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Could not add a slice box.", waitCursor=True):
+            volumeNode = self._volume()
+            roi = self.logic.addBox(volumeNode, kind="slice", sliceIndex=self._redSliceIndex(volumeNode),
+                                    label=self.ui.labelSpinBox.value)
+            slicer.modules.markups.logic().JumpSlicesToLocation(*roi.GetCenter(), True)
+
+    def onAdd3DBox(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Could not add a 3D box.", waitCursor=True):
+            self.logic.addBox(self._volume(), kind="3d", label=self.ui.labelSpinBox.value)
+
+    def updateBoxTable(self, *args) -> None:
+        import qt
+
+        volumeNode = self.ui.inputVolumeSelector.currentNode()
+        nodes = self.logic.boxNodes(volumeNode) if volumeNode is not None else []
+        self.ui.boxTable.setRowCount(len(nodes))
+        for row, node in enumerate(nodes):
+            for column, text in enumerate((node.GetName(), node.GetAttribute(mrml.KIND_ATTRIBUTE) or "3d",
+                                           node.GetAttribute(mrml.LABEL_ATTRIBUTE) or "1")):
+                item = qt.QTableWidgetItem(text)
+                item.setData(qt.Qt.UserRole, node.GetID())
+                self.ui.boxTable.setItem(row, column, item)
+        self.ui.applyButton.enabled = bool(nodes) or (self.job is not None and not self.job.done)
+
+    def _selectedBoxNode(self):
+        row = self.ui.boxTable.currentRow()
+        item = self.ui.boxTable.item(row, 0) if row >= 0 else None
+        import qt
+
+        return slicer.mrmlScene.GetNodeByID(item.data(qt.Qt.UserRole)) if item is not None else None
+
+    def onDeleteBox(self) -> None:
+        node = self._selectedBoxNode()
+        if node is not None:
+            slicer.mrmlScene.RemoveNode(node)
+
+    def onJumpToBox(self, row: int, column: int) -> None:
+        node = self._selectedBoxNode()
+        if node is not None:
+            slicer.modules.markups.logic().JumpSlicesToLocation(*node.GetCenter(), True)
+
+    def onSaveBoxes(self) -> None:
+        import qt
+
+        path = qt.QFileDialog.getSaveFileName(None, "Save boxes", "", "WeakSeg boxes (*.json)")
+        if path:
+            with slicer.util.tryWithErrorDisplay("Could not save the boxes.", waitCursor=True):
+                self.logic.saveBoxes(self._volume(), path)
+
+    def onLoadBoxes(self) -> None:
+        import qt
+
+        path = qt.QFileDialog.getOpenFileName(None, "Load boxes", "", "WeakSeg boxes (*.json)")
+        if path:
+            with slicer.util.tryWithErrorDisplay("Could not load the boxes.", waitCursor=True):
+                self.logic.loadBoxes(self._volume(), path)
+
+    # --- box tightener -------------------------------------------------------------------------------
+    def onAddTightenerCase(self) -> None:
+        image, labels = self.ui.tightenerImageSelector.currentNode(), self.ui.tightenerLabelSelector.currentNode()
+        if image is None or labels is None:
+            slicer.util.errorDisplay("Pick a volume and its label map or segmentation first.")
+            return
+        self.tightenerCases.append((image, labels))
+        self.ui.tightenerCasesList.addItem(f"{image.GetName()}  ←  {labels.GetName()}")
+
+    def onTrainTightener(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Could not start training the box tightener.", waitCursor=True):
+            ensureDependencies()
+            folder = self.ui.tightenerPathLineEdit.currentPath
+            self._watch(self.logic.trainTightener(self.tightenerCases, folder, {"epochs": self.ui.epochsSpinBox.value}),
+                        "val_accuracy")
+
+    def onTighten(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Could not tighten the boxes.", waitCursor=True):
+            ensureDependencies()
+            self._watch(self.logic.tightenBoxes(self.ui.tightenerPathLineEdit.currentPath, self._volume()), None)
+
+    # --- training ------------------------------------------------------------------------------------
+    def trainingConfig(self) -> dict:
+        """The panel's training settings as TrainConfig fields."""
+        volumeNode = self._volume()
+        return {"recipe": self.ui.recipeComboBox.currentText, "epochs": self.ui.epochsSpinBox.value,
+                "network": self.ui.networkComboBox.currentText, "device": self.ui.deviceComboBox.currentText,
+                "axis": mrml.slice_axis(volumeNode), **MODES[self.ui.modeComboBox.currentText]}
+
+    def onApply(self) -> None:
+        if self.job is not None and not self.job.done:
+            self.job.cancel()
+            return
+        with slicer.util.tryWithErrorDisplay("Could not start training.", waitCursor=True):
+            ensureDependencies()
+            job = self.logic.train(self._volume(), self.ui.outputModelPathLineEdit.currentPath,
+                                   config=self.trainingConfig(), referenceNode=self.ui.referenceSelector.currentNode())
+            self._watch(job, "dice")
+
+    def _watch(self, job, metric) -> None:
+        self.job = job
+        self.ui.logTextEdit.clear()
+        if metric is not None:
+            self.curves = mrml.TrainingCurves(f"WeakSeg {job.kind}", metric=metric)
+            job.listeners.append(self.curves.add)
+            slicer.modules.plots.logic().ShowChartInLayout(self.curves.chart)
+        self.ui.applyButton.text = "Cancel"
+        self.ui.progressBar.value = 0
+        self.timer.start()
+
+    def onTimer(self) -> None:
+        for event in self.job.poll():
+            if event.get("event") in ("start", "epoch", "done", "error", "cancelled", "warning"):
+                self.ui.logTextEdit.appendPlainText(", ".join(f"{k}: {v}" for k, v in event.items()))
+        fraction = self.job.progress()
+        if fraction is not None:
+            self.ui.progressBar.value = int(100 * fraction)
+        if self.job.done:
+            self.timer.stop()
+            self.ui.applyButton.text = "Start training"
+            if self.job.error:
+                self.ui.logTextEdit.appendPlainText(self.job.error)
+                if not self.job.cancelled:
+                    slicer.util.errorDisplay(f"WeakSeg {self.job.kind} failed.", detailedText=self.job.error)
+            else:
+                self.ui.progressBar.value = 100
+                if self.job.kind == "train" and self.ui.loadPredictionCheckBox.checked:
+                    self._watch(self.logic.predict(self.job.result, self._volume()), None)
+            self.updateBoxTable()
+
+
+class WeakSegTrainLogic(ScriptedLoadableModuleLogic):
+    """Scripting API of WeakSegTrain (no Qt). Every long task runs in a worker process.
+
+    Example (Slicer Python console)::
+
+        logic = slicer.util.getModuleLogic("WeakSegTrain")
+        volume = slicer.util.getNode("CTChest")
+        logic.addBox(volume, kind="3d")                       # then drag its handles onto the organ
+        folder = logic.train(volume, "/tmp/lungs-model", config={"epochs": 50}, wait=True)
+
+    Long calls return a :class:`WeakSegLib.mrml.tasks.NodeJob` (poll it), or with ``wait=True`` block and
+    return its result.
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.python = workerPython()
+
+    # --- boxes ---------------------------------------------------------------------------------------
+    def boxNodes(self, volumeNode) -> list:
+        """ROI nodes that are boxes of ``volumeNode`` (those added by this module or tagged for it)."""
+        scene = volumeNode.GetScene()
+        return [node for node in scene.GetNodesByClass("vtkMRMLMarkupsROINode")
+                if node.GetAttribute(VOLUME_ATTRIBUTE) == volumeNode.GetID()]
+
+    def sliceIndexAt(self, volumeNode, ras) -> int:
+        """Index along the volume's slice axis of the slice through the RAS point ``ras`` (mm), clipped."""
+        ijk = mrml.world_to_index(volumeNode, ras)
+        axis = mrml.slice_axis(volumeNode)
+        shape = volumeNode.GetImageData().GetDimensions()[::-1]
+        return int(min(max(round(ijk[axis]), 0), shape[axis] - 1))
+
+    def addBox(self, volumeNode, kind: str = "3d", sliceIndex: int | None = None, label: int = 1,
+               extent: float = 0.5):
+        """Add a box ROI of ``volumeNode``: a slice box on ``sliceIndex`` or a 3D box, centred, covering
+        ``extent`` of the volume along each in-box axis (the user then drags its handles)."""
+        shape = volumeNode.GetImageData().GetDimensions()[::-1]
+        start = [int(round(n * (1 - extent) / 2)) for n in shape]
+        stop = [max(a + 1, int(round(n * (1 + extent) / 2))) for a, n in zip(start, shape)]
+        axis = None
+        if kind == "slice":
+            axis = mrml.slice_axis(volumeNode)
+            index = shape[axis] // 2 if sliceIndex is None else int(sliceIndex)
+            start[axis], stop[axis] = index, index + 1
+        box = Box(tuple(start), tuple(stop), int(label), kind, axis)
+        return self.showBoxes([box], volumeNode, name=f"{volumeNode.GetName()} box")[0]
+
+    def showBoxes(self, boxes, volumeNode, name: str = "box", color=None) -> list:
+        """Add ROI nodes for ``boxes`` (a BoxSet or a list of Box), tagged as boxes of ``volumeNode``."""
+        nodes = mrml.roi_nodes_from_boxes(boxes, volumeNode, name=name, color=color, scene=volumeNode.GetScene())
+        for node in nodes:
+            node.SetAttribute(VOLUME_ATTRIBUTE, volumeNode.GetID())
+        return nodes
+
+    def boxes(self, volumeNode, roiNodes=None, labels=None) -> mrml.RoiConversion:
+        """Boxes of ``roiNodes`` (default: :meth:`boxNodes`) on the volume's grid, with warnings."""
+        result = mrml.boxes_from_roi_nodes(self.boxNodes(volumeNode) if roiNodes is None else roiNodes,
+                                           volumeNode, labels=labels)
+        for warning in result.warnings:
+            logging.warning(warning)
+        return result
+
+    def saveBoxes(self, volumeNode, path, roiNodes=None) -> Path:
+        """Write the volume's boxes to a box JSON file (atomically)."""
+        return save_boxes(self.boxes(volumeNode, roiNodes).boxset, path)
+
+    def loadBoxes(self, volumeNode, path) -> list:
+        """Show the boxes of a box JSON file as ROI nodes of ``volumeNode`` (its grid must match)."""
+        boxset = load_boxes(path)
+        geometry = mrml.volume_from_node_geometry(volumeNode).geometry()
+        geometry["shape"] = list(volumeNode.GetImageData().GetDimensions()[::-1])
+        from WeakSegLib.boxes import check_boxes_fit
+
+        check_boxes_fit(boxset, geometry, volumeNode.GetName())
+        return self.showBoxes(boxset, volumeNode, name=f"{volumeNode.GetName()} box")
+
+    # --- box tightener -------------------------------------------------------------------------------
+    def trainTightener(self, cases, folder, config=None, wait: bool = False, resume: bool = True):
+        """Train a box tightener on ``[(volume node, label volume or segmentation node)]`` into ``folder``."""
+        if not cases:
+            raise WeakSegError("add at least one fully labelled case to train the box tightener")
+        job = tasks.start_tightener_training(cases, folder, config, resume=resume, python=self.python)
+        return job.wait() if wait else job
+
+    def tightenBoxes(self, tightenerFolder, volumeNode, roiNodes=None, settings=None, wait: bool = False):
+        """Tighten the per-slice boxes of the volume's 3D boxes; the result is the new slice-box ROI nodes.
+
+        The 3D box ROIs are hidden (kept, so the user can tighten again with other settings).
+        """
+        conversion = self.boxes(volumeNode, roiNodes)
+        boxes3d = [box for box in conversion.boxset.boxes if box.kind == "3d"]
+        if not boxes3d:
+            raise WeakSegError("tightening needs at least one 3D box")
+        boxset = BoxSet(boxes3d, conversion.boxset.shape, conversion.boxset.labels, conversion.boxset.geometry)
+        sources = [node for node in (self.boxNodes(volumeNode) if roiNodes is None else roiNodes)
+                   if (node.GetAttribute(mrml.KIND_ATTRIBUTE) or "3d") == "3d"]
+
+        def show(result):
+            tightened, report = result
+            for node in sources:
+                node.GetDisplayNode().SetVisibility(False)
+                node.SetAttribute(VOLUME_ATTRIBUTE, "")
+            return self.showBoxes(tightened, volumeNode, name=f"{volumeNode.GetName()} tightened",
+                                  color=(0.1, 0.8, 0.3))
+
+        job = tasks.start_tightening(tightenerFolder, volumeNode, boxset, settings, python=self.python).then(show)
+        return job.wait() if wait else job
+
+    # --- training ------------------------------------------------------------------------------------
+    def train(self, volumeNode, folder, roiNodes=None, config=None, referenceNode=None, wait: bool = False,
+              resume: bool = True, curves: bool = False):
+        """Train a segmentation model from the volume's boxes into ``folder`` (resumes its checkpoint).
+
+        ``config``: TrainConfig fields (``recipe``, ``epochs``, ``network``, ``spatial_dims``, ``context``,
+        ``device``, ...); ``axis`` defaults to the volume's axial axis. ``referenceNode``: optional label
+        volume or segmentation, used only to report Dice per epoch. ``curves``: show loss/Dice in a
+        table and plot chart (the job's ``curves`` attribute). The result is the model folder.
+        """
+        boxset = self.boxes(volumeNode, roiNodes).boxset
+        config = {"axis": mrml.slice_axis(volumeNode), **(config or {})}
+        job = tasks.start_training(volumeNode, boxset, folder, config, reference_node=referenceNode, resume=resume,
+                                   python=self.python)
+        if curves:
+            job.curves = mrml.TrainingCurves(f"WeakSeg training {Path(folder).name}", scene=volumeNode.GetScene())
+            job.listeners.append(job.curves.add)
+        return job.wait() if wait else job
+
+    def predict(self, folder, volumeNode, segmentationNode=None, wait: bool = False):
+        """Predict ``volumeNode`` with a trained model into a segmentation node (see WeakSegInfer)."""
+        job = tasks.start_prediction(folder, volumeNode, segmentationNode, python=self.python)
+        return job.wait() if wait else job
+
+
+class WeakSegTrainTest(ScriptedLoadableModuleTest):
+    """Self-test inside Slicer: boxes from a synthetic volume, two epochs of training, a prediction."""
+
+    def setUp(self) -> None:
+        slicer.mrmlScene.Clear()
+
+    def runTest(self) -> None:
+        self.setUp()
+        self.test_boxes_train_predict()
+
+    def test_boxes_train_predict(self) -> None:
+        import tempfile
+
+        import numpy as np
+
+        from WeakSegLib.volume import Volume
+
+        ensureDependencies(confirm=False)
+        z, y, x = np.mgrid[:16, :48, :48]
+        ball = ((z - 8) / 6) ** 2 + ((y - 24) / 12) ** 2 + ((x - 24) / 12) ** 2 < 1
+        volumeNode = mrml.add_volume_node(Volume((200.0 * ball).astype(np.float32), (1.0, 1.0, 2.0)), "ball")
+        logic = WeakSegTrainLogic()
+        from WeakSegLib.boxes import boxes_from_mask
+
+        logic.showBoxes(boxes_from_mask(ball.astype(np.uint8), "slice", 0), volumeNode)
+        self.assertEqual(len(logic.boxNodes(volumeNode)), int(ball.any(axis=(1, 2)).sum()))
+        folder = os.path.join(tempfile.mkdtemp(), "model")
+        self.assertEqual(str(logic.train(volumeNode, folder, config={"epochs": 2, "device": "cpu"}, wait=True)),
+                         folder)
+        segmentation = logic.predict(folder, volumeNode, wait=True)
+        self.assertEqual(segmentation.GetSegmentation().GetNumberOfSegments(), 1)
+        self.delayDisplay("WeakSegTrain self-test passed")
+
