@@ -4,8 +4,8 @@ Also makes the module files importable (see :mod:`slicer_app_standins`).
 
 slicer-core gives the MRML and module-logic classes without the Qt application that normally wires
 them, so this fixture does what Slicer's startup does for the parts WeakSeg uses: segmentation
-converter rules, an application logic with a colour logic, and the Volumes and Segmentations module
-logics, all kept referenced for the test's lifetime.
+converter rules, an application logic with a colour logic, and the Volumes, Segmentations and Markups
+module logics, all kept referenced for the test's lifetime.
 """
 
 from __future__ import annotations
@@ -44,11 +44,15 @@ def wired():
     volumes.SetMRMLScene(scene)
     segmentations = slicer.vtkSlicerSegmentationsModuleLogic()
     segmentations.SetMRMLScene(scene)
-    for name, logic in (("Volumes", volumes), ("Segmentations", segmentations), ("Colors", colors)):
+    markups = slicer.vtkSlicerMarkupsLogic()  # registers the markups storage nodes with the scene
+    markups.SetMRMLScene(scene)
+    for name, logic in (("Volumes", volumes), ("Segmentations", segmentations), ("Colors", colors),
+                        ("Markups", markups)):
         application.SetModuleLogic(name, logic)
         logic.SetMRMLApplicationLogic(application)
     previous = getattr(slicer, "mrmlScene", None)
     slicer.mrmlScene = scene
-    yield SimpleNamespace(scene=scene, application=application, volumes=volumes, segmentations=segmentations)
+    yield SimpleNamespace(scene=scene, application=application, volumes=volumes, segmentations=segmentations,
+                          markups=markups)
     slicer.mrmlScene = previous
     scene.Clear(True)

@@ -132,3 +132,28 @@ def test_logic_input_errors(wired, spine_nodes, tmp_path):
     save_boxes(BoxSet(boxes_from_mask(mask, "3d"), mask.shape, geometry=geometry), tmp_path / "other.json")
     with pytest.raises(InputError, match="spacing"):
         train.loadBoxes(volume, tmp_path / "other.json")
+
+
+def test_boxes_are_saved_with_the_scene(wired, spine_nodes, tmp_path):
+    """ROI boxes (with their kind, label and volume) survive a scene save and reload."""
+    volume, _, mask = spine_nodes
+    train = WeakSegTrainLogic()
+    boxes = boxes_from_mask(mask, "slice", mrml.slice_axis(volume))[:5] + boxes_from_mask(mask, "3d")
+    for node in train.showBoxes(boxes, volume):
+        storage = wired.scene.AddNewNodeByClass("vtkMRMLMarkupsROIJsonStorageNode")
+        storage.SetFileName(str(tmp_path / f"{node.GetID()}.mrk.json"))
+        node.SetAndObserveStorageNodeID(storage.GetID())
+        assert storage.WriteData(node)
+    for storage in [volume.CreateDefaultStorageNode()]:
+        wired.scene.AddNode(storage)
+        storage.SetFileName(str(tmp_path / "volume.nrrd"))
+        volume.SetAndObserveStorageNodeID(storage.GetID())
+        assert storage.WriteData(volume)
+    name = volume.GetName()
+    wired.scene.SetURL(str(tmp_path / "scene.mrml"))
+    assert wired.scene.Commit()
+    wired.scene.Clear(True)
+    wired.scene.SetURL(str(tmp_path / "scene.mrml"))
+    assert wired.scene.Connect()
+    reloaded = wired.scene.GetFirstNodeByName(name)
+    assert sorted(train.boxes(reloaded).boxset.boxes, key=str) == sorted(boxes, key=str)

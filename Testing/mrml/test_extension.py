@@ -1,0 +1,145 @@
+"""The extension's files: .ui panels (loaded with QUiLoader offscreen), module imports, CMake, catalogue."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import py_compile
+import re
+import struct
+import subprocess
+import sys
+import textwrap
+import xml.etree.ElementTree as ET
+
+import pytest
+import slicer
+
+from slicer_app_standins import MODULE_DIRS, REPO
+from WeakSegLib import dependencies
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+MODULES = [folder.name for folder in MODULE_DIRS]
+HEAVY = ("torch", "monai", "skimage", "scipy", "pydensecrf", "matplotlib")
+
+
+@pytest.fixture(scope="module")
+def ui_loader():
+    """QUiLoader with stand-in classes for the ctk/qMRML widgets the .ui files use."""
+    from PySide6.QtUiTools import QUiLoader
+    from PySide6.QtWidgets import QApplication, QComboBox, QLineEdit, QPushButton, QWidget
+
+    app = QApplication.instance() or QApplication([])
+    standins = {"qMRMLWidget": QWidget, "ctkCollapsibleButton": QPushButton, "qMRMLNodeComboBox": QComboBox,
+                "ctkPathLineEdit": QLineEdit}
+    loader = QUiLoader()
+    for name, base in standins.items():
+        loader.registerCustomWidget(type(name, (base,), {}))
+    yield loader
+    app.processEvents()
+
+
+def _load_ui(loader, module):
+    from PySide6.QtCore import QFile
+
+    file = QFile(str(REPO / module / "Resources" / "UI" / f"{module}.ui"))
+    assert file.open(QFile.ReadOnly)
+    widget = loader.load(file)
+    file.close()
+    assert widget is not None, loader.errorString()
+    return widget
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_ui_has_every_widget_the_module_uses(ui_loader, module):
+    from PySide6.QtCore import QObject
+
+    widget = _load_ui(ui_loader, module)
+    names = {child.objectName() for child in widget.findChildren(QObject)}
+    used = set(re.findall(r"self\.ui\.(\w+)", (REPO / module / f"{module}.py").read_text()))
+    assert used and not used - names, f"{module}.py uses widgets missing from its .ui: {sorted(used - names)}"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_ui_node_selectors_get_the_scene_and_name_real_mrml_classes(module):
+    root = ET.parse(REPO / module / "Resources" / "UI" / f"{module}.ui").getroot()
+    selectors = {w.get("name"): w for w in root.iter("widget") if w.get("class") == "qMRMLNodeComboBox"}
+    wired = {c.findtext("receiver") for c in root.iter("connection")
+             if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)" and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
+    assert selectors and set(selectors) == wired
+    for name, selector in selectors.items():
+        types = [s.text for p in selector.iter("property") if p.get("name") == "nodeTypes" for s in p.iter("string")]
+        assert types and all(hasattr(slicer, t) for t in types), f"{name}: {types}"
+
+
+def test_module_files_import_without_heavy_packages():
+    """Importing the modules (as Slicer does at startup) must not import torch, MONAI, scikit-image, ..."""
+    code = textwrap.dedent(f"""
+        import importlib.abc, sys
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {HEAVY!r}:
+                    raise ImportError("blocked at import time: " + name)
+        sys.meta_path.insert(0, Block())
+        sys.path.insert(0, {str(REPO / "Testing" / "mrml")!r})
+        import slicer_app_standins
+        slicer_app_standins.install()
+        import WeakSegTrain, WeakSegInfer
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_file_structure(module, tmp_path):
+    """Compiles (self-tests included) and defines the four classes Slicer looks up by name."""
+    path = REPO / module / f"{module}.py"
+    py_compile.compile(str(path), cfile=str(tmp_path / "m.pyc"), doraise=True)
+    classes = {node.name for node in ast.parse(path.read_text()).body if isinstance(node, ast.ClassDef)}
+    assert {module, f"{module}Widget", f"{module}Logic", f"{module}Test"} <= classes
+
+
+def _cmake_sets(text: str) -> dict[str, str]:
+    return {m.group(1): m.group(2) for m in re.finditer(r'set\((EXTENSION_\w+)\s+"([^"]*)"\)', text)}
+
+
+def test_extension_cmake_and_catalogue_entry():
+    top = (REPO / "CMakeLists.txt").read_text()
+    meta = _cmake_sets(top)
+    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
+                "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
+        assert meta.get(key), key
+    assert re.search(r"^project\(WeakSeg\)", top, re.M)
+    assert meta["EXTENSION_DEPENDS"] == "PyTorch" and meta["EXTENSION_CATEGORY"] == "Segmentation"
+    assert re.findall(r"add_subdirectory\((\w+)\)", top) == MODULES
+    assert "Slicer_EXTENSION_GENERATE_CONFIG" in top and "Slicer_EXTENSION_CPACK" in top
+    assert "WeakSegLib/*.py" in top  # the core package is installed with the modules
+    for url_key in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        for url in meta[url_key].split():
+            assert (REPO / url.split("/main/", 1)[1]).is_file(), f"{url_key} names {url}, a file the repo lacks"
+    entry = json.loads((REPO / "WeakSeg.json").read_text())
+    assert entry["build_dependencies"] == [meta["EXTENSION_DEPENDS"]] and entry["category"] == meta["EXTENSION_CATEGORY"]
+    assert {"$schema", "scm_url", "scm_revision", "build_subdirectory", "tier"} <= set(entry)
+    assert (REPO / "LICENSE.txt").read_text().strip()
+    width, height = struct.unpack(">II", (REPO / "Resources" / "Icons" / "WeakSeg.png").read_bytes()[16:24])
+    assert (width, height) == (128, 128)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_cmake_lists_existing_files(module):
+    text = (REPO / module / "CMakeLists.txt").read_text().replace("${MODULE_NAME}", module)
+    assert re.search(rf"set\(MODULE_NAME {module}\)", (REPO / module / "CMakeLists.txt").read_text())
+    assert "WITH_GENERIC_TESTS" in text and f"slicer_add_python_unittest(SCRIPT {module}.py)" in text
+    listed = re.findall(r"^\s+([\w/]+\.(?:py|png|ui))\s*$", text, re.M)
+    assert {f"{module}.py", f"Resources/UI/{module}.ui", f"Resources/Icons/{module}.png"} <= set(listed)
+    assert all((REPO / module / f).is_file() for f in listed)
+
+
+def test_dependency_check_matches_requirements_and_finds_missing_packages():
+    pinned = (REPO / "requirements.txt").read_text().split()
+    assert all(req in pinned for req in dependencies.REQUIREMENTS.values())
+    assert dependencies.missing_requirements() == []  # all installed here
+    assert dependencies.missing_requirements({"no_such_module_xyz": "no-such-package==1"}) == ["no-such-package==1"]
+    assert dependencies.torch_missing() is False
