@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from WeakSegLib.sample_data import materialize
-from WeakSegLib.volume import Volume, read_label_volume, write_volume
+from synthetic import oblique_volume
+from WeakSegLib.volume import read_label_volume, write_volume
 
 torch.set_num_threads(2)
 
@@ -28,13 +29,6 @@ def spine_boxes(spine_ct, tmp_path_factory):
     save_boxes(BoxSet(boxes_from_mask(mask.array, "slice", spine_ct["axis"]), mask.shape, {1: "vertebrae"},
                       mask.geometry()), path)
     return str(path)
-
-
-def oblique_volume(array: np.ndarray) -> Volume:
-    """A volume with non-identity spacing, origin and an oblique direction."""
-    c, s = np.cos(0.3), np.sin(0.3)
-    direction = (c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0)
-    return Volume(array, (0.7, 0.9, 2.5), (-12.5, 30.25, 7.0), direction)
 
 
 @pytest.fixture

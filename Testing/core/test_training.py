@@ -141,7 +141,7 @@ def trained(tmp_path_factory, synthetic_case_module):
 
 @pytest.fixture(scope="module")
 def synthetic_case_module(tmp_path_factory):
-    from conftest import oblique_volume
+    from synthetic import oblique_volume
     from WeakSegLib.volume import write_volume
 
     mask = np.zeros((6, 20, 24), np.uint8)

@@ -8,7 +8,7 @@ from WeakSegLib.errors import InputError
 from WeakSegLib.volume import (Volume, axial_axis, check_same_grid, normalize, read_direction, read_label_volume, read_volume,
                                write_volume)
 
-from conftest import oblique_volume
+from synthetic import oblique_volume
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])

@@ -7,6 +7,7 @@ import pytest
 import SimpleITK as sitk
 import vtk
 
+from synthetic import oblique_volume
 from WeakSegLib import mrml
 from WeakSegLib.mrml import nodes
 from WeakSegLib.boxes import Box, BoxSet
@@ -15,13 +16,10 @@ from WeakSegLib.volume import Volume, read_volume, write_volume
 
 
 def _oblique_volume(shape=(6, 9, 11)) -> Volume:
-    """A volume with anisotropic spacing, an offset origin and a rotated, flipped direction (LPS)."""
-    rng = np.random.default_rng(0)
-    angle = np.deg2rad(20.0)
-    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
-    direction = rotation @ np.diag([1.0, -1.0, 1.0])
-    return Volume(rng.normal(size=shape).astype(np.float32), (0.7, 1.3, 2.5), (-12.0, 30.5, 7.25),
-                  tuple(direction.reshape(-1)))
+    """Random voxels on a grid with anisotropic spacing, an offset origin and a rotated, left-handed direction."""
+    volume = oblique_volume(np.random.default_rng(0).normal(size=shape).astype(np.float32))
+    volume.direction = tuple((np.reshape(volume.direction, (3, 3)) @ np.diag([1.0, -1.0, 1.0])).reshape(-1))
+    return volume
 
 
 def _load_with_slicer(path, scene, labelmap=False):
