@@ -151,25 +151,11 @@ class WeakSegInferTest(ScriptedLoadableModuleTest):
         self.test_predict_names_segments_from_the_card()
 
     def test_predict_names_segments_from_the_card(self) -> None:
-        import os
-        import tempfile
+        from WeakSegTrain import trainSelfTestModel
 
-        import numpy as np
-
-        from WeakSegLib import mrml
-        from WeakSegLib.boxes import boxes_from_mask
-        from WeakSegLib.volume import Volume
-        from WeakSegTrain import WeakSegTrainLogic
-
-        ensureDependencies(confirm=False)
-        z, y, x = np.mgrid[:16, :48, :48]
-        ball = ((z - 8) / 6) ** 2 + ((y - 24) / 12) ** 2 + ((x - 24) / 12) ** 2 < 1
-        volumeNode = mrml.add_volume_node(Volume((200.0 * ball).astype(np.float32), (1.0, 1.0, 2.0)), "ball")
-        train = WeakSegTrainLogic()
-        train.showBoxes(boxes_from_mask(ball.astype(np.uint8), "3d"), volumeNode)
-        folder = os.path.join(tempfile.mkdtemp(), "model")
-        train.train(volumeNode, folder, config={"epochs": 2, "device": "cpu"}, wait=True)
-        self.assertIn("recipe", WeakSegInferLogic().modelSummary(folder))
-        segmentation = WeakSegInferLogic().predict(folder, volumeNode, wait=True)
+        volumeNode, folder = trainSelfTestModel("3d")
+        logic = WeakSegInferLogic()
+        self.assertIn("recipe", logic.modelSummary(folder))
+        segmentation = logic.predict(folder, volumeNode, wait=True)
         self.assertEqual(segmentation.GetSegmentation().GetNthSegment(0).GetName(), "object")
         self.delayDisplay("WeakSegInfer self-test passed")

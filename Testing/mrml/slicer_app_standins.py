@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import types
+import unittest
 from pathlib import Path
 
 import slicer
@@ -45,7 +46,7 @@ class ScriptedLoadableModuleLogic:
         return node
 
 
-class ScriptedLoadableModuleTest:
+class ScriptedLoadableModuleTest(unittest.TestCase):
     def delayDisplay(self, message: str, msec: int = 0) -> None:
         print(message)
 

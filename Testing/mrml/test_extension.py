@@ -33,10 +33,12 @@ def ui_loader():
     app = QApplication.instance() or QApplication([])
     standins = {"qMRMLWidget": QWidget, "ctkCollapsibleButton": QPushButton, "qMRMLNodeComboBox": QComboBox,
                 "ctkPathLineEdit": QLineEdit}
+    classes = [type(name, (base,), {}) for name, base in standins.items()]  # kept alive while the loader is used
     loader = QUiLoader()
-    for name, base in standins.items():
-        loader.registerCustomWidget(type(name, (base,), {}))
+    for cls in classes:
+        loader.registerCustomWidget(cls)
     yield loader
+    del classes
     app.processEvents()
 
 
@@ -143,3 +145,33 @@ def test_dependency_check_matches_requirements_and_finds_missing_packages():
     assert dependencies.missing_requirements() == []  # all installed here
     assert dependencies.missing_requirements({"no_such_module_xyz": "no-such-package==1"}) == ["no-such-package==1"]
     assert dependencies.torch_missing() is False
+
+
+def test_ensure_dependencies_installs_missing_packages_through_slicer(monkeypatch):
+    """First-Apply installation: pip_ensure gets the missing requirements; failures name what is missing."""
+    import types
+
+    import WeakSegTrain
+
+    state = {"missing": ["monai==1.6.1"], "calls": []}
+    monkeypatch.setattr(dependencies, "missing_requirements", lambda requirements=None: list(state["missing"]))
+
+    def pip_ensure(requirements, requester):
+        state["calls"].append((list(requirements), requester))
+        state["missing"] = []
+
+    monkeypatch.setattr(slicer, "packaging", types.SimpleNamespace(pip_ensure=pip_ensure), raising=False)
+    WeakSegTrain.ensureDependencies()
+    assert state["calls"] == [(["monai==1.6.1"], "WeakSeg")]
+    WeakSegTrain.ensureDependencies()  # nothing missing: nothing installed again
+    assert len(state["calls"]) == 1
+
+    state["missing"] = ["scikit-image>=0.21"]
+    monkeypatch.setattr(slicer, "packaging", types.SimpleNamespace(pip_ensure=lambda r, requester: None))
+    with pytest.raises(RuntimeError, match="scikit-image"):
+        WeakSegTrain.ensureDependencies()
+
+    monkeypatch.setattr(dependencies, "torch_missing", lambda: True)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # the PyTorch extension is not installed
+    with pytest.raises(RuntimeError, match="Extensions Manager"):
+        WeakSegTrain.ensureDependencies()

@@ -157,3 +157,13 @@ def test_boxes_are_saved_with_the_scene(wired, spine_nodes, tmp_path):
     assert wired.scene.Connect()
     reloaded = wired.scene.GetFirstNodeByName(name)
     assert sorted(train.boxes(reloaded).boxset.boxes, key=str) == sorted(boxes, key=str)
+
+
+@pytest.mark.parametrize("module", ["WeakSegTrain", "WeakSegInfer"])
+def test_module_self_tests_run(wired, module):
+    """The ScriptedLoadableModuleTest classes (run by ctest inside Slicer) also run here on slicer-core."""
+    import importlib
+
+    test = getattr(importlib.import_module(module), f"{module}Test")()
+    test.runTest()
+    assert wired.scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 1
