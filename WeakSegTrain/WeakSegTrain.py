@@ -18,7 +18,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 from WeakSegLib import mrml
-from WeakSegLib.boxes import Box, BoxSet, load_boxes, save_boxes
+from WeakSegLib.boxes import Box, BoxSet, check_boxes_fit, load_boxes, save_boxes
 from WeakSegLib.errors import WeakSegError
 from WeakSegLib.mrml import tasks
 from WeakSegLib.options import DEFAULT_RECIPE, NETWORKS, RECIPES
@@ -302,14 +302,14 @@ class WeakSegTrainLogic(ScriptedLoadableModuleLogic):
         """Index along the volume's slice axis of the slice through the RAS point ``ras`` (mm), clipped."""
         ijk = mrml.world_to_index(volumeNode, ras)
         axis = mrml.slice_axis(volumeNode)
-        shape = volumeNode.GetImageData().GetDimensions()[::-1]
+        shape = mrml.volume_shape(volumeNode)
         return int(min(max(round(ijk[axis]), 0), shape[axis] - 1))
 
     def addBox(self, volumeNode, kind: str = "3d", sliceIndex: int | None = None, label: int = 1,
                extent: float = 0.5):
         """Add a box ROI of ``volumeNode``: a slice box on ``sliceIndex`` or a 3D box, centred, covering
         ``extent`` of the volume along each in-box axis (the user then drags its handles)."""
-        shape = volumeNode.GetImageData().GetDimensions()[::-1]
+        shape = mrml.volume_shape(volumeNode)
         start = [int(round(n * (1 - extent) / 2)) for n in shape]
         stop = [max(a + 1, int(round(n * (1 + extent) / 2))) for a, n in zip(start, shape)]
         axis = None
@@ -342,11 +342,7 @@ class WeakSegTrainLogic(ScriptedLoadableModuleLogic):
     def loadBoxes(self, volumeNode, path) -> list:
         """Show the boxes of a box JSON file as ROI nodes of ``volumeNode`` (its grid must match)."""
         boxset = load_boxes(path)
-        geometry = mrml.volume_from_node_geometry(volumeNode).geometry()
-        geometry["shape"] = list(volumeNode.GetImageData().GetDimensions()[::-1])
-        from WeakSegLib.boxes import check_boxes_fit
-
-        check_boxes_fit(boxset, geometry, volumeNode.GetName())
+        check_boxes_fit(boxset, mrml.grid_geometry(volumeNode), volumeNode.GetName())
         return self.showBoxes(boxset, volumeNode, name=f"{volumeNode.GetName()} box")
 
     # --- box tightener -------------------------------------------------------------------------------

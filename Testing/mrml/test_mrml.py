@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import slicer
 import vtk
 
 from synthetic import oblique_volume
@@ -33,7 +34,7 @@ def _load_with_slicer(path, scene, labelmap=False):
 
 def _voxel_centres_world(node) -> np.ndarray:
     """World RAS of every voxel centre, shape (z, y, x, 3): the slow reference for index mapping."""
-    shape = node.GetImageData().GetDimensions()[::-1]
+    shape = mrml.volume_shape(node)
     matrix = mrml.ijk_to_world(node)
     k, j, i = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
     ijk1 = np.stack([i, j, k, np.ones_like(i)], axis=-1).astype(float)
@@ -42,7 +43,7 @@ def _voxel_centres_world(node) -> np.ndarray:
 
 def _inside_roi(points: np.ndarray, roi) -> np.ndarray:
     """Whether world points lie inside the ROI (its own box coordinates), with a small tolerance."""
-    to_world = nodes._to_world(roi) @ nodes._array_from_matrix(roi.GetObjectToNodeMatrix())
+    to_world = nodes._to_world(roi) @ slicer.util.arrayFromVTKMatrix(roi.GetObjectToNodeMatrix())
     local = (np.c_[points.reshape(-1, 3), np.ones(points[..., 0].size)] @ np.linalg.inv(to_world).T)[:, :3]
     half = np.asarray(roi.GetSize()) / 2 + 1e-6
     return (np.abs(local) <= half).all(axis=1).reshape(points.shape[:-1])
@@ -162,7 +163,7 @@ def test_user_roi_gives_the_voxels_whose_centres_it_holds(wired):
     to_node = np.eye(4)
     to_node[:3, :3] = rotation
     to_node[:3, 3] = (matrix @ [5.3, 4.1, 3.7, 1.0])[:3]
-    roi.SetAndObserveObjectToNodeMatrix(nodes._matrix_from_array(to_node))
+    roi.SetAndObserveObjectToNodeMatrix(slicer.util.vtkMatrixFromArray(to_node))
     roi.SetSize(4.9, 6.2, 7.7)
     box, warnings = mrml.box_from_roi(roi, node)
     assert warnings == []

@@ -10,12 +10,12 @@ Slicer and, for the tests, against the ``slicer-core`` wheel. Nothing here impor
 """
 
 from WeakSegLib.mrml.nodes import (KIND_ATTRIBUTE, LABEL_ATTRIBUTE, RoiConversion, TrainingCurves, add_volume_node,
-                                   box_from_roi, boxes_from_roi_nodes, ijk_to_world, labelmap_from_segmentation,
+                                   box_from_roi, boxes_from_roi_nodes, grid_geometry, ijk_to_world, labelmap_from_segmentation,
                                    roi_nodes_from_boxes, segmentation_from_labelmap, slice_axis,
                                    update_node_from_volume, volume_from_node, volume_from_node_geometry,
-                                   world_to_index)
+                                   volume_shape, world_to_index)
 
 __all__ = ["KIND_ATTRIBUTE", "LABEL_ATTRIBUTE", "RoiConversion", "TrainingCurves", "add_volume_node", "box_from_roi",
-           "boxes_from_roi_nodes", "ijk_to_world", "labelmap_from_segmentation", "roi_nodes_from_boxes",
+           "boxes_from_roi_nodes", "grid_geometry", "ijk_to_world", "labelmap_from_segmentation", "roi_nodes_from_boxes",
            "segmentation_from_labelmap", "slice_axis", "update_node_from_volume", "volume_from_node",
-           "volume_from_node_geometry", "world_to_index"]
+           "volume_from_node_geometry", "volume_shape", "world_to_index"]

@@ -36,20 +36,6 @@ def _slicer():
     return slicer
 
 
-def _array_from_matrix(matrix: Any) -> np.ndarray:
-    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)], dtype=float)
-
-
-def _matrix_from_array(array: np.ndarray) -> Any:
-    import vtk  # noqa: PLC0415
-
-    matrix = vtk.vtkMatrix4x4()
-    for r in range(4):
-        for c in range(4):
-            matrix.SetElement(r, c, float(array[r, c]))
-    return matrix
-
-
 def _to_world(node: Any) -> np.ndarray:
     """4×4 matrix from ``node``'s coordinates to world RAS; refuses non-linear parent transforms."""
     parent = node.GetParentTransformNode()
@@ -61,7 +47,7 @@ def _to_world(node: Any) -> np.ndarray:
 
     matrix = vtk.vtkMatrix4x4()
     parent.GetMatrixTransformToWorld(matrix)
-    return _array_from_matrix(matrix)
+    return _slicer().util.arrayFromVTKMatrix(matrix)
 
 
 def ijk_to_world(volume_node: Any) -> np.ndarray:
@@ -70,7 +56,7 @@ def ijk_to_world(volume_node: Any) -> np.ndarray:
 
     matrix = vtk.vtkMatrix4x4()
     volume_node.GetIJKToRASMatrix(matrix)
-    return _to_world(volume_node) @ _array_from_matrix(matrix)
+    return _to_world(volume_node) @ _slicer().util.arrayFromVTKMatrix(matrix)
 
 
 def world_to_index(volume_node: Any, ras: Sequence[float]) -> np.ndarray:
@@ -95,13 +81,8 @@ def volume_from_node(volume_node: Any) -> Volume:
     array = np.array(_slicer().util.arrayFromVolume(volume_node), copy=True)
     if np.issubdtype(array.dtype, np.floating):
         check_finite(array, volume_node.GetName())
-    matrix = ijk_to_world(volume_node)
-    linear = matrix[:3, :3]
-    spacing = np.linalg.norm(linear, axis=0)
-    direction_lps = _LPS @ (linear / spacing)
-    origin_lps = _LPS @ matrix[:3, 3]
-    return Volume(array, tuple(float(v) for v in spacing), tuple(float(v) for v in origin_lps),
-                  tuple(float(v) for v in direction_lps.reshape(-1)))
+    grid = volume_from_node_geometry(volume_node)
+    return Volume(array, grid.spacing, grid.origin, grid.direction)
 
 
 def _set_geometry(node: Any, volume: Volume) -> None:
@@ -109,7 +90,7 @@ def _set_geometry(node: Any, volume: Volume) -> None:
     matrix = np.eye(4)
     matrix[:3, :3] = direction_ras * np.asarray(volume.spacing, dtype=float)
     matrix[:3, 3] = _LPS @ np.asarray(volume.origin, dtype=float)
-    node.SetIJKToRASMatrix(_matrix_from_array(matrix))
+    node.SetIJKToRASMatrix(_slicer().util.vtkMatrixFromArray(matrix))
 
 
 def add_volume_node(volume: Volume, name: str, labelmap: bool = False, scene: Any = None) -> Any:
@@ -133,17 +114,31 @@ def slice_axis(volume_node: Any) -> int:
     return axial_axis(volume_from_node_geometry(volume_node).direction)
 
 
-def volume_from_node_geometry(volume_node: Any) -> Volume:
-    """A 1-voxel :class:`Volume` carrying only the node's geometry (cheap; no voxel copy)."""
-    matrix = ijk_to_world(volume_node)
+def _spacing_and_rotation(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Voxel size (mm) and RAS axis directions (columns) of an IJK→RAS matrix."""
     spacing = np.linalg.norm(matrix[:3, :3], axis=0)
-    direction = (_LPS @ (matrix[:3, :3] / spacing)).reshape(-1)
-    return Volume(np.zeros((1, 1, 1)), tuple(spacing), tuple(_LPS @ matrix[:3, 3]), tuple(direction))
+    return spacing, matrix[:3, :3] / spacing
 
 
-def _shape(volume_node: Any) -> tuple[int, int, int]:
+def volume_from_node_geometry(volume_node: Any) -> Volume:
+    """A 1-voxel :class:`Volume` carrying only the node's ITK geometry (cheap; no voxel copy)."""
+    matrix = ijk_to_world(volume_node)
+    spacing, rotation = _spacing_and_rotation(matrix)
+    return Volume(np.zeros((1, 1, 1)), tuple(float(v) for v in spacing),
+                  tuple(float(v) for v in _LPS @ matrix[:3, 3]), tuple(float(v) for v in (_LPS @ rotation).reshape(-1)))
+
+
+def volume_shape(volume_node: Any) -> tuple[int, int, int]:
+    """The node's voxel grid shape in array order ``(z, y, x)``."""
     dims = volume_node.GetImageData().GetDimensions()
     return int(dims[2]), int(dims[1]), int(dims[0])
+
+
+def grid_geometry(volume_node: Any) -> dict:
+    """The node's grid as :meth:`Volume.geometry` gives it (shape, spacing, origin, direction)."""
+    geometry = volume_from_node_geometry(volume_node).geometry()
+    geometry["shape"] = list(volume_shape(volume_node))
+    return geometry
 
 
 # --- ROI nodes ↔ boxes -------------------------------------------------------------------------------
@@ -161,7 +156,7 @@ def _roi_corners_world(roi: Any) -> np.ndarray:
     half = np.asarray(roi.GetSize(), dtype=float) / 2.0
     signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=float)
     corners = np.c_[signs * half, np.ones(8)]
-    to_node = _array_from_matrix(roi.GetObjectToNodeMatrix())
+    to_node = _slicer().util.arrayFromVTKMatrix(roi.GetObjectToNodeMatrix())
     return (corners @ (_to_world(roi) @ to_node).T)[:, :3]
 
 
@@ -174,7 +169,7 @@ def box_from_roi(roi: Any, volume_node: Any, axis: int | None = None) -> tuple[B
     Returns ``(None, [reason])`` when the ROI covers no voxel centre of the volume.
     """
     name = roi.GetName()
-    shape = _shape(volume_node)
+    shape = volume_shape(volume_node)
     axis = slice_axis(volume_node) if axis is None else axis
     world_to_ijk = np.linalg.inv(ijk_to_world(volume_node))
     corners = np.c_[_roi_corners_world(roi), np.ones(8)] @ world_to_ijk.T
@@ -220,14 +215,12 @@ def boxes_from_roi_nodes(roi_nodes: Iterable[Any], volume_node: Any, labels: dic
             boxes.append(box)
     if not boxes:
         raise InputError("no usable box: " + ("; ".join(warnings) if warnings else "place at least one ROI"))
-    shape = _shape(volume_node)
+    shape = volume_shape(volume_node)
     validate_boxes(boxes, shape)
     names = dict(labels or {})
     for box in boxes:
         names.setdefault(box.label, "object" if box.label == 1 else f"label {box.label}")
-    geometry = volume_from_node_geometry(volume_node).geometry()
-    geometry["shape"] = list(shape)
-    return RoiConversion(BoxSet(boxes, shape, names, geometry).validate(), warnings)
+    return RoiConversion(BoxSet(boxes, shape, names, grid_geometry(volume_node)).validate(), warnings)
 
 
 def roi_nodes_from_boxes(boxset: BoxSet | Sequence[Box], volume_node: Any, name: str = "box",
@@ -240,10 +233,9 @@ def roi_nodes_from_boxes(boxset: BoxSet | Sequence[Box], volume_node: Any, name:
     slicer = _slicer()
     scene = scene or slicer.mrmlScene
     boxes = boxset.boxes if isinstance(boxset, BoxSet) else list(boxset)
-    validate_boxes(boxes, _shape(volume_node))
+    validate_boxes(boxes, volume_shape(volume_node))
     matrix = ijk_to_world(volume_node)
-    spacing = np.linalg.norm(matrix[:3, :3], axis=0)
-    rotation = matrix[:3, :3] / spacing
+    spacing, rotation = _spacing_and_rotation(matrix)
     nodes = []
     for index, box in enumerate(boxes):
         low_ijk = np.asarray(box.start[::-1], dtype=float) - 0.5
@@ -253,7 +245,7 @@ def roi_nodes_from_boxes(boxset: BoxSet | Sequence[Box], volume_node: Any, name:
         to_node[:3, :3] = rotation
         to_node[:3, 3] = centre[:3]
         roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", scene.GenerateUniqueName(f"{name}_{index + 1}"))
-        roi.SetAndObserveObjectToNodeMatrix(_matrix_from_array(to_node))
+        roi.SetAndObserveObjectToNodeMatrix(slicer.util.vtkMatrixFromArray(to_node))
         roi.SetSize(*((high_ijk - low_ijk) * spacing))
         roi.SetAttribute(KIND_ATTRIBUTE, box.kind)
         roi.SetAttribute(LABEL_ATTRIBUTE, str(int(box.label)))
@@ -286,9 +278,9 @@ def segmentation_from_labelmap(labelmap: np.ndarray, reference_node: Any, labels
     slicer = _slicer()
     scene = scene or slicer.mrmlScene
     labelmap = np.asarray(labelmap)
-    if labelmap.shape != _shape(reference_node):
+    if labelmap.shape != volume_shape(reference_node):
         raise InputError(f"label array of shape {labelmap.shape} does not fit '{reference_node.GetName()}' "
-                         f"of shape {_shape(reference_node)}")
+                         f"of shape {volume_shape(reference_node)}")
     unknown = sorted(set(np.unique(labelmap).tolist()) - set(labels) - {0})
     if unknown:
         raise InputError(f"label values {unknown} have no name in {sorted(labels)}")

@@ -120,13 +120,17 @@ class NodeJob:
         deadline = None if timeout is None else time.monotonic() + timeout
         if on_event is not None:
             self.listeners.append(on_event)
-        while True:
-            self.poll()
-            if self._done:
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"{self.kind} job still running after {timeout} s")
-            time.sleep(interval)
+        try:
+            while not self._done:
+                self.poll()
+                if self._done:
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"{self.kind} job still running after {timeout} s")
+                time.sleep(interval)
+        finally:
+            if on_event is not None:
+                self.listeners.remove(on_event)
         if self.error is not None:
             raise JobFailed(self.error)
         return self.result
@@ -155,25 +159,22 @@ def _write_volume(node: Any, path: Path) -> str:
     return str(path)
 
 
-def _write_labels(node: Any, reference_node: Any, path: Path) -> tuple[str, dict[int, dict]]:
-    """A label volume node or a segmentation node as a label file on ``reference_node``'s grid."""
-    if node.IsA("vtkMRMLSegmentationNode"):
-        array, labels = labelmap_from_segmentation(node, reference_node)
-        geometry = volume_from_node_geometry(reference_node)
-        write_volume(Volume(array.astype(np.uint8 if array.max() < 256 else np.int16), geometry.spacing,
-                            geometry.origin, geometry.direction), path)
-        return str(path), labels
-    volume = volume_from_node(node)
-    write_volume(volume, path)
-    return str(path), {int(v): {"name": f"label {int(v)}"} for v in np.unique(volume.array) if v != 0}
+def _write_labels(node: Any, reference_node: Any, path: Path) -> str:
+    """A label volume node, or a segmentation node exported on ``reference_node``'s grid, as a label file."""
+    if not node.IsA("vtkMRMLSegmentationNode"):
+        return _write_volume(node, path)
+    array, _ = labelmap_from_segmentation(node, reference_node)
+    grid = volume_from_node_geometry(reference_node)
+    write_volume(Volume(array.astype(np.uint8 if array.max() < 256 else np.int16), grid.spacing, grid.origin,
+                        grid.direction), path)
+    return str(path)
 
 
-def _workdir(folder: str | Path | None, persistent_in: Path | None) -> tuple[Path, bool]:
-    if folder is not None:
-        return Path(folder), False
-    if persistent_in is not None:
-        return persistent_in / JOB_FOLDER, False
-    return Path(tempfile.mkdtemp(prefix="weakseg-")), True
+def _job_folder(workdir: str | Path | None, model_folder: Path) -> Path:
+    """``workdir``, or the model folder's stable job folder (so a job run again resumes); created."""
+    folder = Path(workdir) if workdir is not None else model_folder / JOB_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def start_training(volume_node: Any, boxset: BoxSet, out_folder: str | Path, config: dict | None = None,
@@ -185,12 +186,11 @@ def start_training(volume_node: Any, boxset: BoxSet, out_folder: str | Path, con
     ``reference_node`` (a label volume or segmentation node, optional) is only used to report Dice per epoch.
     """
     out = Path(out_folder)
-    folder, _ = _workdir(workdir, out)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _job_folder(workdir, out)
     case = {"image": _write_volume(volume_node, folder / "image.nrrd"),
             "boxes": str(save_boxes(boxset, folder / "boxes.json")), "mask": None, "eval_mask": None}
     if reference_node is not None:
-        case["eval_mask"] = _write_labels(reference_node, volume_node, folder / "reference.nrrd")[0]
+        case["eval_mask"] = _write_labels(reference_node, volume_node, folder / "reference.nrrd")
     job = {"kind": "train", "out": str(out), "resume": bool(resume), "cases": [case], "config": dict(config or {})}
     return NodeJob("train", start_job(job, folder, python), folder, lambda: out)
 
@@ -203,12 +203,11 @@ def start_tightener_training(cases: Sequence[tuple[Any, Any]], out_folder: str |
     The result is the tightener folder (Path).
     """
     out = Path(out_folder)
-    folder, _ = _workdir(workdir, out)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _job_folder(workdir, out)
     files = []
     for index, (image_node, label_node) in enumerate(cases):
         image = _write_volume(image_node, folder / f"case{index}-image.nrrd")
-        files.append({"image": image, "mask": _write_labels(label_node, image_node, folder / f"case{index}-labels.nrrd")[0]})
+        files.append({"image": image, "mask": _write_labels(label_node, image_node, folder / f"case{index}-labels.nrrd")})
     job = {"kind": "tighten-train", "out": str(out), "resume": bool(resume), "cases": files,
            "config": dict(config or {})}
     return NodeJob("tighten-train", start_job(job, folder, python), folder, lambda: out)
@@ -218,7 +217,7 @@ def start_tightening(tightener_folder: str | Path, volume_node: Any, boxset: Box
                      device: str = "auto", python: str | Sequence[str] | None = None) -> NodeJob:
     """Tighten the per-slice boxes cut from ``boxset``'s 3D boxes; the result is ``(BoxSet, report)``."""
     read_card(tightener_folder, "weakseg-tightener")  # a wrong folder fails here, not in the worker
-    folder, temporary = _workdir(None, None)
+    folder = Path(tempfile.mkdtemp(prefix="weakseg-"))
     job = {"kind": "tighten", "model": str(tightener_folder), "image": _write_volume(volume_node, folder / "image.nrrd"),
            "boxes": str(save_boxes(boxset, folder / "boxes3d.json")), "out": str(folder / "boxes2d.json"),
            "settings": dict(settings or {}), "device": device}
@@ -228,7 +227,7 @@ def start_tightening(tightener_folder: str | Path, volume_node: Any, boxset: Box
         report = next((e for e in reversed(handle.history) if e.get("event") == "done"), {})
         return load_boxes(folder / "boxes2d.json"), report
 
-    return NodeJob("tighten", handle, folder, finish, cleanup=temporary)
+    return NodeJob("tighten", handle, folder, finish, cleanup=True)
 
 
 def start_prediction(model_folder: str | Path, volume_node: Any, segmentation_node: Any = None,
@@ -239,7 +238,7 @@ def start_prediction(model_folder: str | Path, volume_node: Any, segmentation_no
     volume's geometry. The result is the segmentation node.
     """
     card = read_card(model_folder)
-    folder, temporary = _workdir(None, None)
+    folder = Path(tempfile.mkdtemp(prefix="weakseg-"))
     job = {"kind": "predict", "model": str(model_folder), "image": _write_volume(volume_node, folder / "image.nrrd"),
            "out": str(folder / "prediction.nrrd"), "device": device}
     handle = start_job(job, folder, python)
@@ -252,7 +251,7 @@ def start_prediction(model_folder: str | Path, volume_node: Any, segmentation_no
         return segmentation_from_labelmap(labels, volume_node, names, segmentation_node,
                                           name=f"{volume_node.GetName()} {card.get('recipe', 'WeakSeg')}", scene=scene)
 
-    return NodeJob("predict", handle, folder, finish, cleanup=temporary)
+    return NodeJob("predict", handle, folder, finish, cleanup=True)
 
 
 def model_summary(folder: str | Path) -> str:
