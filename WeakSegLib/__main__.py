@@ -4,4 +4,5 @@ import sys
 
 from WeakSegLib.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # DeepCut's CRF worker processes re-import the main module
+    sys.exit(main())

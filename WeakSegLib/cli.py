@@ -61,13 +61,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not boxes and not masks:
         raise WeakSegError("give --boxes (box recipes) or --mask (recipe 'full') for every --image")
     recipe = args.recipe or ("full" if masks and not boxes else DEFAULT_RECIPE)
-    cases = [TrainCase(img, boxes[i] if boxes else None, masks[i] if masks else None,
-                       evals[i] if evals else None) for i, img in enumerate(images)]
+
+    def given(files: list[str], i: int) -> str | None:
+        return files[i] if files and files[i] != "-" else None
+
+    cases = [TrainCase(img, given(boxes, i), given(masks, i), given(evals, i)) for i, img in enumerate(images)]
     config = TrainConfig(recipe=recipe, network=args.network, spatial_dims=3 if args.dims == "3d" else 2,
                          context=args.context, axis=_resolve_axis(args.axis, lambda: read_direction(images[0])), epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
                          normalization=args.normalization, size_bounds=tuple(args.size_bounds),
-                         band_width=args.band_width, labels=args.label, augment=args.augment)
+                         band_width=args.band_width, labels=args.label, augment=args.augment,
+                         proposal_every=args.proposal_every, processes=args.processes, boxsup_k=args.boxsup_k,
+                         boxsup_weight=args.boxsup_weight)
     printer = ProgressPrinter(args.events, args.quiet)
     try:
         card = train(cases, config, args.out, on_event=printer, resume=not args.no_resume)
@@ -167,8 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model from boxes (or masks for recipe 'full')")
     t.add_argument("--image", action="append", required=True, help="training image (repeat for several)")
-    t.add_argument("--boxes", action="append", help="box JSON file, one per --image")
-    t.add_argument("--mask", action="append", help="label mask, one per --image (recipe 'full')")
+    t.add_argument("--boxes", action="append", help="box JSON file, one per --image ('-' for none)")
+    t.add_argument("--mask", action="append",
+                   help="label mask, one per --image ('-' for none): recipe 'full'; with 'boxsup', images given "
+                        "a mask and no boxes train on the mask (semi-supervised)")
     t.add_argument("--eval-mask", action="append", help="reference mask to report Dice per epoch (not trained on)")
     t.add_argument("--out", required=True, help="model folder to write (resumes when it holds a checkpoint)")
     t.add_argument("--recipe", choices=RECIPES, help=f"default {DEFAULT_RECIPE} (full with --mask only)")
@@ -184,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--normalization", choices=("percentile", "minmax", "ct-window", "none"), default="percentile")
     t.add_argument("--label", type=int, action="append", help="train only these label values")
     t.add_argument("--augment", action="store_true", help="random mirroring of each batch (boxes follow)")
+    t.add_argument("--proposal-every", type=int, default=10, help="deepcut: epochs between CRF label revisions (k)")
+    t.add_argument("--processes", type=int, default=2, help="deepcut: CRF worker processes")
+    t.add_argument("--boxsup-k", type=int, default=5, help="boxsup: draw among the k cheapest candidates")
+    t.add_argument("--boxsup-weight", type=float, default=1.0, help="boxsup: λ of the network-disagreement cost")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     t.add_argument("--events", help="append JSON-lines events to this file")

@@ -10,6 +10,13 @@ import importlib.util
 
 #: import name → pip requirement (versions as in requirements.txt)
 REQUIREMENTS = {"monai": "monai==1.6.1", "scipy": "scipy>=1.10", "skimage": "scikit-image>=0.21"}
+#: what single recipes need on top (compiled from source where no wheel exists, so asked for only when used)
+RECIPE_REQUIREMENTS = {"deepcut": {"pydensecrf": "pydensecrf2==1.1"}}
+
+
+def requirements_for(recipe: str | None = None) -> dict[str, str]:
+    """:data:`REQUIREMENTS` plus what ``recipe`` needs (import name → pip requirement)."""
+    return {**REQUIREMENTS, **RECIPE_REQUIREMENTS.get(recipe or "", {})}
 
 
 def torch_missing() -> bool:

@@ -7,7 +7,8 @@ events (``start``, ``batch``, ``epoch``, ``cancelled``). What a step computes is
 Checkpoint (``torch.save`` dict, read with ``weights_only=True``)::
 
     {"model": state_dict, "optimizer": state_dict, "epoch": int (epochs done), "history": [record, …],
-     "config": fingerprint (dict that must match to resume), "rng": {"torch": …, "cuda": …}}
+     "config": fingerprint (dict that must match to resume), "rng": {"torch": …, "cuda": …},
+     "hooks": the hooks' state_dict() (recipes that change their labels while training)}
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 
@@ -31,6 +32,22 @@ StepFn = Callable[[torch.Tensor, int, int], dict[str, torch.Tensor]]
 #: ``epoch_info(epoch, last)`` → extra values for the epoch record (e.g. validation scores); ``last``
 #: is True on the final epoch.
 InfoFn = Callable[[int, bool], dict]
+
+
+class EpochHooks(Protocol):
+    """What a recipe that revises its training labels between epochs (DeepCut, BoxSup) plugs in.
+
+    ``before_epoch(epoch)`` runs at the start of every 0-based epoch, after a resume too, and may
+    change labels or re-initialise the network; what it returns joins that epoch's record.
+    ``state_dict()`` goes into every checkpoint and ``load_state_dict`` gets it back on resume, so a
+    resumed run continues with the labels it had.
+    """
+
+    def before_epoch(self, epoch: int) -> dict | None: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 @dataclass
@@ -57,7 +74,7 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 
 
 def resume_from(checkpoint: Path, network: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                fingerprint: dict, device: torch.device) -> tuple[int, list[dict]]:
+                fingerprint: dict, device: torch.device, hooks: EpochHooks | None = None) -> tuple[int, list[dict]]:
     """Load ``checkpoint`` into ``network`` and ``optimizer``; returns (epochs done, history).
 
     Raises:
@@ -72,6 +89,10 @@ def resume_from(checkpoint: Path, network: torch.nn.Module, optimizer: torch.opt
     network.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     _set_rng_state(ckpt["rng"], device)
+    if hooks is not None:
+        if "hooks" not in ckpt:
+            raise ModelError(f"{checkpoint} holds no label state for this recipe; start without resuming")
+        hooks.load_state_dict(ckpt["hooks"])
     return int(ckpt["epoch"]), list(ckpt["history"])
 
 
@@ -79,7 +100,7 @@ def run_epochs(network: torch.nn.Module, optimizer: torch.optim.Optimizer, setti
                step: StepFn, *, checkpoint: Path, fingerprint: dict, device: torch.device,
                epoch_info: InfoFn | None = None, emit: EventSink | None = None,
                should_stop: Callable[[], bool] | None = None, resume: bool = True,
-               start_info: dict | None = None) -> list[dict]:
+               start_info: dict | None = None, hooks: EpochHooks | None = None) -> list[dict]:
     """Train ``network`` for ``settings.epochs`` epochs and return the history (one record per epoch).
 
     Each epoch visits every sample once in an order drawn from ``(seed, epoch)``, so an interrupted
@@ -97,18 +118,20 @@ def run_epochs(network: torch.nn.Module, optimizer: torch.optim.Optimizer, setti
         should_stop: polled before every batch; True stops the run (:class:`CancelledError`), keeping
             the last complete epoch's checkpoint.
         start_info: extra fields of the ``start`` event.
+        hooks: label revisions between epochs, saved with the checkpoint (see :class:`EpochHooks`).
     """
     emit = emit or (lambda e: None)
     stop = should_stop or (lambda: False)
     first, history = 0, []
     if resume and checkpoint.exists():
-        first, history = resume_from(checkpoint, network, optimizer, fingerprint, device)
+        first, history = resume_from(checkpoint, network, optimizer, fingerprint, device, hooks)
     n = settings.samples
     n_batches = math.ceil(n / settings.batch_size)
     emit({"event": "start", "epochs": settings.epochs, "first_epoch": first + 1, "samples": n,
           "batches": n_batches, "device": str(device), **(start_info or {})})
     for epoch in range(first, settings.epochs):
         began = time.perf_counter()
+        revised = hooks.before_epoch(epoch) if hooks is not None else None
         network.train()
         order = torch.randperm(n, generator=torch.Generator().manual_seed(settings.seed * 100003 + epoch)).to(device)
         sums: dict[str, torch.Tensor] = {}
@@ -121,13 +144,14 @@ def run_epochs(network: torch.nn.Module, optimizer: torch.optim.Optimizer, setti
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             emit({"event": "batch", "epoch": epoch + 1, "batch": b + 1, "of": n_batches})
-        record = {"epoch": epoch + 1, **{k: float(v) / n_batches for k, v in sums.items()}}
+        record = {"epoch": epoch + 1, **{k: float(v) / n_batches for k, v in sums.items()}, **(revised or {})}
         if epoch_info is not None:
             record.update(epoch_info(epoch, epoch + 1 == settings.epochs))
         record["seconds"] = time.perf_counter() - began
         history.append(record)
         atomic_torch_save(checkpoint, {"model": network.state_dict(), "optimizer": optimizer.state_dict(),
                                        "epoch": epoch + 1, "history": history, "config": fingerprint,
-                                       "rng": _rng_state(device)})
+                                       "rng": _rng_state(device),
+                                       **({"hooks": hooks.state_dict()} if hooks is not None else {})})
         emit({"event": "epoch", "of": settings.epochs, **record})
     return history

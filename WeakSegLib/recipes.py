@@ -6,7 +6,11 @@
 ``tightness+emptiness``        tightness prior + background emptiness
 ``tightness+size+masked-ce``   tightness prior + box-size bounds + masked CE outside the boxes
 ``tightness+size+emptiness``   tightness prior + box-size bounds + emptiness (default)
+``deepcut``                    cross-entropy on filled boxes revised by a dense CRF every k epochs
+``boxsup``                     cross-entropy on region-proposal candidates chosen every epoch
 =============================  ==============================================================
+
+The last two revise their labels while training (:mod:`WeakSegLib.proposals`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import torch
 from torch import nn
 
 from WeakSegLib.constraints import BoxSize, Emptiness, MaskedCrossEntropy, TightnessPrior
-from WeakSegLib.options import DEFAULT_RECIPE, MASK_RECIPES, RECIPES  # noqa: F401
+from WeakSegLib.options import DEFAULT_RECIPE, LABEL_RECIPES, MASK_RECIPES, PROPOSAL_RECIPES, RECIPES  # noqa: F401
 
 
 
@@ -50,7 +54,7 @@ class RecipeLoss(nn.Module):
         s = settings or LossSettings()
         self.recipe = recipe
         self.terms = nn.ModuleDict()
-        if recipe in ("full", "box-mask"):
+        if recipe in LABEL_RECIPES:
             self.terms["ce"] = nn.CrossEntropyLoss()
             return
         self.terms["tightness"] = TightnessPrior(s.band_width, s.tightness_weight)

@@ -36,7 +36,8 @@ from WeakSegLib.inference import predict_probabilities
 from WeakSegLib.loop import EventSink, LoopSettings, run_epochs
 from WeakSegLib.model import CARD, build_from_card, default_color, save_model
 from WeakSegLib.networks import NETWORKS
-from WeakSegLib.recipes import DEFAULT_RECIPE, MASK_RECIPES, RECIPES, LossSettings, RecipeLoss
+from WeakSegLib.proposals import BoxSup, DeepCut
+from WeakSegLib.recipes import DEFAULT_RECIPE, MASK_RECIPES, PROPOSAL_RECIPES, RECIPES, LossSettings, RecipeLoss
 from WeakSegLib.volume import check_same_grid, normalize, read_label_volume, read_volume
 
 CHECKPOINT = "checkpoint.pt"
@@ -45,7 +46,8 @@ CHECKPOINT = "checkpoint.pt"
 @dataclass
 class TrainCase:
     """File paths of one training volume. ``boxes`` for box recipes, ``mask`` for ``full``;
-    ``eval_mask`` (optional) only reports Dice per epoch."""
+    ``eval_mask`` (optional) only reports Dice per epoch. ``boxsup`` takes either: volumes given with
+    a mask (and no boxes) train on it as is (semi-supervised)."""
 
     image: str
     boxes: str | None = None
@@ -59,6 +61,9 @@ class TrainConfig:
 
     ``spatial_dims`` 2 with ``context`` 1 is 2D, ``context`` k > 1 is 2.5D (k slices in), 3 is 3D.
     ``labels`` restricts training to these label values (default: all in the boxes or mask).
+    ``proposal_every`` (DeepCut's k: epochs between CRF revisions), ``processes`` (its CRF worker
+    processes), ``boxsup_k`` and ``boxsup_weight`` (BoxSup's k cheapest candidates and λ) only
+    matter for those recipes.
     ``augment`` (off by default) mirrors each batch along each in-plane (2D) or spatial (3D) axis with probability
     0.5 (boxes and masks with it), drawn from a generator seeded by (seed, epoch, batch).
     """
@@ -86,6 +91,10 @@ class TrainConfig:
     labels: list[int] | None = None
     eval_every: int = 1
     augment: bool = False
+    proposal_every: int = 10
+    processes: int = 2
+    boxsup_k: int = 5
+    boxsup_weight: float = 1.0
 
     def validate(self) -> "TrainConfig":
         if self.recipe not in RECIPES:
@@ -100,6 +109,10 @@ class TrainConfig:
             raise InputError("epochs and batch_size must be ≥ 1")
         if self.axis not in (0, 1, 2):
             raise InputError(f"axis must be 0, 1 or 2, got {self.axis}")
+        if self.recipe in PROPOSAL_RECIPES and self.spatial_dims != 2:
+            raise InputError(f"recipe {self.recipe!r} revises 2D slice labels: use a 2D or 2.5D network")
+        if self.proposal_every < 1 or self.processes < 1 or self.boxsup_k < 1:
+            raise InputError("proposal_every, processes and boxsup_k must be ≥ 1")
         return self
 
     def loss_settings(self) -> LossSettings:
@@ -108,7 +121,7 @@ class TrainConfig:
     def fingerprint(self) -> dict:
         """Settings that must match for a checkpoint to be resumed (all but epochs and device)."""
         d = dataclasses.asdict(self)
-        for key in ("epochs", "device", "eval_every"):
+        for key in ("epochs", "device", "eval_every", "processes"):
             d.pop(key)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
@@ -134,7 +147,7 @@ def load_training_data(cases: Sequence[TrainCase], config: TrainConfig) -> Loade
         image = read_volume(tc.image)
         spacing = spacing or list(image.spacing)
         mask = eval_mask = boxes = None
-        if mask_recipe:
+        if mask_recipe or (config.recipe == "boxsup" and tc.mask is not None and tc.boxes is None):
             if tc.mask is None:
                 raise InputError(f"recipe {config.recipe!r} trains on masks: give --mask for {tc.image}")
             mvol = read_label_volume(tc.mask)
@@ -184,6 +197,30 @@ def per_case_dice(pred: torch.Tensor, ref: torch.Tensor, valid: torch.Tensor, ca
             scores.append(1.0 if denom == 0 else 2.0 * int((pk & rk).sum()) / denom)
         out.append(float(np.mean(scores)))
     return out
+
+
+def label_revision(config: TrainConfig, card: dict, samples: SampleSet, network: torch.nn.Module,
+                   optimizer: torch.optim.Optimizer, device: torch.device) -> DeepCut | BoxSup | None:
+    """The label revision of a proposal recipe (:mod:`WeakSegLib.proposals`), None for the others.
+
+    DeepCut's re-initialisation of round r draws fresh weights from seed ``config.seed + r`` (without
+    touching the global RNG) and clears Adam's moments.
+    """
+    if config.recipe == "boxsup":
+        return BoxSup(samples, network, device, k=config.boxsup_k, weight=config.boxsup_weight, seed=config.seed,
+                      batch_size=config.batch_size * 2)
+    if config.recipe != "deepcut":
+        return None
+
+    def reinit(round_: int) -> None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed + round_)
+            fresh = build_from_card(card)
+        network.load_state_dict(fresh.state_dict())
+        optimizer.state.clear()
+
+    return DeepCut(samples, network, device, reinit=reinit, every=config.proposal_every,
+                   processes=config.processes, batch_size=config.batch_size * 2)
 
 
 def train(cases: Sequence[TrainCase], config: TrainConfig, out_dir: str | os.PathLike, *,
@@ -255,10 +292,18 @@ def train(cases: Sequence[TrainCase], config: TrainConfig, out_dir: str | os.Pat
             info.update(dice=float(np.mean(scores)), dice_per_case=scores)
         return info
 
-    history = run_epochs(network, optimizer, LoopSettings(len(samples), config.batch_size, config.epochs, config.seed),
-                         step, checkpoint=out / CHECKPOINT, fingerprint=config.fingerprint(), device=device,
-                         epoch_info=epoch_info, emit=emit, should_stop=should_stop, resume=resume,
-                         start_info={"recipe": config.recipe, "out": str(out), "labels": data.label_values})
+    hooks = label_revision(config, card, samples, network, optimizer, device)
+    start_info = {"recipe": config.recipe, "out": str(out), "labels": data.label_values}
+    if isinstance(hooks, BoxSup):
+        start_info.update(proposal_seconds=hooks.proposal_seconds, fallback_boxes=hooks.fallback_boxes)
+    try:
+        history = run_epochs(network, optimizer, LoopSettings(len(samples), config.batch_size, config.epochs, config.seed),
+                             step, checkpoint=out / CHECKPOINT, fingerprint=config.fingerprint(), device=device,
+                             epoch_info=epoch_info, emit=emit, should_stop=should_stop, resume=resume,
+                             start_info=start_info, hooks=hooks)
+    finally:
+        if hooks is not None:
+            hooks.close()
     card["history"] = history
     last = history[-1] if history else {}
     card["metrics"] = {k: last[k] for k in ("loss", "dice") if k in last}

@@ -30,7 +30,7 @@ DEVICES = ("auto", "cpu", "cuda")
 MODES = {"2D": {"spatial_dims": 2, "context": 1}, "2.5D": {"spatial_dims": 2, "context": 3}}
 
 
-def ensureDependencies(confirm: bool = True) -> None:
+def ensureDependencies(confirm: bool = True, recipe: str | None = None) -> None:
     """Make sure the worker's packages are installed in Slicer's Python; ask first when ``confirm``.
 
     torch comes from the PyTorch extension's ``PyTorchUtils``; the rest (MONAI, SciPy, scikit-image)
@@ -48,7 +48,8 @@ def ensureDependencies(confirm: bool = True) -> None:
         torchLogic = PyTorchUtils.PyTorchUtilsLogic()
         if not torchLogic.torchInstalled() and torchLogic.installTorch(askConfirmation=confirm) is None:
             raise RuntimeError("PyTorch is not installed; WeakSeg cannot train or predict without it.")
-    missing = dependencies.missing_requirements()
+    wanted = dependencies.requirements_for(recipe)
+    missing = dependencies.missing_requirements(wanted)
     if missing:
         if hasattr(slicer, "packaging"):
             slicer.packaging.pip_ensure(missing, requester="WeakSeg")
@@ -57,7 +58,7 @@ def ensureDependencies(confirm: bool = True) -> None:
             if confirm and not slicer.util.confirmOkCancelDisplay(question, "WeakSeg: install Python packages"):
                 raise RuntimeError("WeakSeg cannot run without: " + ", ".join(missing))
             slicer.util.pip_install(missing)
-    still = dependencies.missing_requirements()
+    still = dependencies.missing_requirements(wanted)
     if still:
         raise RuntimeError("These Python packages could not be installed: " + ", ".join(still))
 
@@ -236,7 +237,7 @@ class WeakSegTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.job.cancel()
             return
         with slicer.util.tryWithErrorDisplay("Could not start training.", waitCursor=True):
-            ensureDependencies()
+            ensureDependencies(recipe=self.ui.recipeComboBox.currentText)
             job = self.logic.train(self._volume(), self.ui.outputModelPathLineEdit.currentPath,
                                    config=self.trainingConfig(), referenceNode=self.ui.referenceSelector.currentNode())
             self._watch(job, "dice")

@@ -56,6 +56,22 @@ def test_full_recipe_from_masks_only(spine_ct, tmp_path):
     assert json.loads((tmp_path / "m" / "model.json").read_text())["recipe"] == "full" and "model →" in out
 
 
+def test_deepcut_and_semi_supervised_boxsup_from_the_command_line(spine_ct, spine_boxes, tmp_path):
+    """DeepCut's CRF pool starts worker processes under `python -m WeakSegLib`; BoxSup mixes a boxed
+    volume with a masked one ('-' marks a missing file)."""
+    events = tmp_path / "deepcut.jsonl"
+    weakseg("train", "--image", spine_ct["image"], "--boxes", spine_boxes, "--out", tmp_path / "dc", "--recipe",
+            "deepcut", "--epochs", 2, "--proposal-every", 1, "--processes", 2, "--quiet", "--events", events)
+    epochs = [json.loads(l) for l in events.read_text().splitlines() if '"epoch"' in l]
+    assert epochs[-1]["proposal_update"] == 1 and epochs[-1]["crf_seconds"] > 0
+    assert json.loads((tmp_path / "dc" / "model.json").read_text())["recipe"] == "deepcut"
+    out = weakseg("train", "--image", spine_ct["image"], "--boxes", spine_boxes, "--mask", "-",
+                  "--image", spine_ct["image"], "--boxes", "-", "--mask", spine_ct["mask"],
+                  "--out", tmp_path / "bs", "--recipe", "boxsup", "--epochs", 1, "--boxsup-k", 3, "--quiet").stdout
+    card = json.loads((tmp_path / "bs" / "model.json").read_text())
+    assert "model →" in out and card["training"]["boxsup_k"] == 3 and len(card["training"]["cases"]) == 2
+
+
 @pytest.mark.parametrize("args,message", [
     (["evaluate", "--pred", "missing.nrrd", "--ref", "missing.nrrd"], "file not found"),
     (["train", "--image", "IMG", "--out", "OUT"], "give --boxes"),

@@ -142,9 +142,23 @@ def test_module_cmake_lists_existing_files(module):
 def test_dependency_check_matches_requirements_and_finds_missing_packages():
     pinned = (REPO / "requirements.txt").read_text().split()
     assert all(req in pinned for req in dependencies.REQUIREMENTS.values())
+    for extra in dependencies.RECIPE_REQUIREMENTS.values():
+        assert all(req in pinned for req in extra.values())
     assert dependencies.missing_requirements() == []  # all installed here
     assert dependencies.missing_requirements({"no_such_module_xyz": "no-such-package==1"}) == ["no-such-package==1"]
     assert dependencies.torch_missing() is False
+
+
+def test_the_crf_package_is_asked_for_only_when_deepcut_is_chosen(monkeypatch):
+    import WeakSegTrain
+
+    asked = []
+    monkeypatch.setattr(dependencies, "missing_requirements",
+                        lambda requirements=None: asked.append(dict(requirements or {})) or [])
+    WeakSegTrain.ensureDependencies(recipe="tightness+size+emptiness")
+    WeakSegTrain.ensureDependencies(recipe="deepcut")
+    assert "pydensecrf" not in asked[0] and asked[-1]["pydensecrf"] == "pydensecrf2==1.1"
+    assert set(dependencies.REQUIREMENTS) < set(asked[-1])
 
 
 def test_ensure_dependencies_installs_missing_packages_through_slicer(monkeypatch):

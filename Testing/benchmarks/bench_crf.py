@@ -1,0 +1,81 @@
+"""DeepCut's proposal step: dense CRF over a stack of real CT slices with 1 process (in this process)
+and with N worker processes over shared memory, same inputs, after a warm-up (worker start-up is
+not timed). Prints a table and optionally JSON.
+
+The stack: the axial slices of the slicerio chest CT resized to 256×256 (a clinical slice size),
+with box-like probabilities for the lungs (the filled tight boxes, smoothed, plus noise): what
+DeepCut's first revision sees.
+
+    python Testing/benchmarks/bench_crf.py --processes 1 2 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from WeakSegLib.boxes import boxes_from_mask, rasterize
+from WeakSegLib.crf import CRFPool, to_crf_intensity
+from WeakSegLib.sample_data import materialize
+from WeakSegLib.volume import read_label_volume, read_volume
+
+
+def slice_stack(size: int, copies: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(images, probs, allowed)`` for the chest CT's axial slices at ``size``², ``copies`` times over."""
+    from scipy import ndimage
+    from skimage.transform import resize
+
+    with tempfile.TemporaryDirectory() as tmp:
+        s = materialize("chest-ct-lungs", tmp)
+        image, mask = read_volume(s["image"]).array, read_label_volume(s["mask"]).array
+    boxes = rasterize(boxes_from_mask(mask, "slice", s["axis"]), mask.shape, [1])[0]
+    image, boxes = np.moveaxis(image, s["axis"], 0), np.moveaxis(boxes, s["axis"], 0)
+    n = image.shape[0]
+    image = resize(image, (n, size, size), order=1, preserve_range=True).astype(np.float32)
+    boxes = resize(boxes.astype(float), (n, size, size), order=0) > 0.5
+    rng = np.random.default_rng(0)
+    p = np.clip(ndimage.gaussian_filter(boxes * 0.7 + 0.15, (0, 3, 3)) + rng.normal(0, 0.05, boxes.shape), 0, 1)
+    probs = np.stack([1 - p, p], 1).astype(np.float32)
+    allowed = np.stack([np.ones_like(boxes), boxes], 1)
+    tile = (copies, 1, 1)
+    return (to_crf_intensity(np.tile(image, tile)), np.tile(probs, (copies, 1, 1, 1)),
+            np.tile(allowed, (copies, 1, 1, 1)))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--processes", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--copies", type=int, default=2, help="stack the 34 slices this many times")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args()
+    images, probs, allowed = slice_stack(args.size, args.copies)
+    every = range(len(images))
+    results, reference = {}, None
+    for n in args.processes:
+        with CRFPool(images, 2, processes=n) as pool:
+            labels, _ = pool.refine(probs, allowed, every)  # warm-up: workers started, modules imported
+            times = [pool.refine(probs, allowed, every)[1] for _ in range(args.repeats)]
+        reference = labels if reference is None else reference
+        results[n] = {"median_s": statistics.median(times), "times_s": times,
+                      "same_labels": bool(np.array_equal(labels, reference))}
+    base = results[args.processes[0]]["median_s"]
+    print(f"dense CRF, {len(images)} slices {args.size}×{args.size}, 2 classes, 5 iterations, "
+          f"median of {args.repeats}:\n")
+    print("| processes | time per revision (s) | per slice (ms) | speed-up | labels identical |")
+    print("|---|---|---|---|---|")
+    for n, r in results.items():
+        print(f"| {n} | {r['median_s']:.2f} | {1000 * r['median_s'] / len(images):.1f} | "
+              f"{base / r['median_s']:.2f}× | {r['same_labels']} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"slices": len(images), "size": args.size, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
