@@ -26,6 +26,14 @@ def _axis(value: str) -> int | str:
     return int(value)
 
 
+def _setting(value: str) -> tuple[str, float]:
+    name, sep, number = value.partition("=")
+    try:
+        return name.strip(), (int(number) if name.strip() == "iterations" else float(number))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=NUMBER, got {value!r}") from None
+
+
 def _resolve_axis(axis: int | str, direction) -> int:
     """``--axis`` as given, or for ``auto`` the axial axis of ``direction`` (a callable returning
     the direction cosines, so that they are only looked up when needed)."""
@@ -71,7 +79,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                          batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
                          normalization=args.normalization, size_bounds=tuple(args.size_bounds),
                          band_width=args.band_width, labels=args.label, augment=args.augment,
-                         proposal_every=args.proposal_every, processes=args.processes, boxsup_k=args.boxsup_k,
+                         proposal_every=args.proposal_every, processes=args.processes, crf=dict(args.crf),
+                         boxsup_k=args.boxsup_k,
                          boxsup_weight=args.boxsup_weight)
     printer = ProgressPrinter(args.events, args.quiet)
     try:
@@ -193,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--augment", action="store_true", help="random mirroring of each batch (boxes follow)")
     t.add_argument("--proposal-every", type=int, default=10, help="deepcut: epochs between CRF label revisions (k)")
     t.add_argument("--processes", type=int, default=2, help="deepcut: CRF worker processes")
+    t.add_argument("--crf", action="append", type=_setting, default=[], metavar="NAME=VALUE",
+                   help="deepcut: CRF setting (bilateral_sxy, bilateral_srgb, bilateral_compat, gauss_sxy, "
+                        "gauss_compat, iterations, eps); default METHODS.md §6")
     t.add_argument("--boxsup-k", type=int, default=5, help="boxsup: draw among the k cheapest candidates")
     t.add_argument("--boxsup-weight", type=float, default=1.0, help="boxsup: λ of the network-disagreement cost")
     t.add_argument("--seed", type=int, default=0)

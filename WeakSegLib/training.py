@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from WeakSegLib.boxes import BoxSet, check_boxes_fit, load_boxes
+from WeakSegLib.crf import CRFParams
 from WeakSegLib.data import Case, SampleSet, build_samples, flip_batch
 from WeakSegLib.devices import resolve_device
 from WeakSegLib.errors import InputError
@@ -62,7 +63,7 @@ class TrainConfig:
     ``spatial_dims`` 2 with ``context`` 1 is 2D, ``context`` k > 1 is 2.5D (k slices in), 3 is 3D.
     ``labels`` restricts training to these label values (default: all in the boxes or mask).
     ``proposal_every`` (DeepCut's k: epochs between CRF revisions), ``processes`` (its CRF worker
-    processes), ``boxsup_k`` and ``boxsup_weight`` (BoxSup's k cheapest candidates and λ) only
+    processes), ``crf`` (overrides of :class:`WeakSegLib.crf.CRFParams`), ``boxsup_k`` and ``boxsup_weight`` (BoxSup's k cheapest candidates and λ) only
     matter for those recipes.
     ``augment`` (off by default) mirrors each batch along each in-plane (2D) or spatial (3D) axis with probability
     0.5 (boxes and masks with it), drawn from a generator seeded by (seed, epoch, batch).
@@ -95,6 +96,7 @@ class TrainConfig:
     processes: int = 2
     boxsup_k: int = 5
     boxsup_weight: float = 1.0
+    crf: dict = field(default_factory=dict)
 
     def validate(self) -> "TrainConfig":
         if self.recipe not in RECIPES:
@@ -113,7 +115,16 @@ class TrainConfig:
             raise InputError(f"recipe {self.recipe!r} revises 2D slice labels: use a 2D or 2.5D network")
         if self.proposal_every < 1 or self.processes < 1 or self.boxsup_k < 1:
             raise InputError("proposal_every, processes and boxsup_k must be ≥ 1")
+        self.crf_params()
         return self
+
+    def crf_params(self) -> CRFParams:
+        """DeepCut's CRF settings: METHODS.md §6 with the overrides of ``crf`` (field name → value)."""
+        known = {f.name for f in dataclasses.fields(CRFParams)}
+        unknown = sorted(set(self.crf) - known)
+        if unknown:
+            raise InputError(f"unknown CRF setting(s) {', '.join(unknown)}; choose from {', '.join(sorted(known))}")
+        return dataclasses.replace(CRFParams(), **self.crf)
 
     def loss_settings(self) -> LossSettings:
         return LossSettings(self.band_width, self.tightness_weight, tuple(self.size_bounds))
@@ -220,7 +231,7 @@ def label_revision(config: TrainConfig, card: dict, samples: SampleSet, network:
         optimizer.state.clear()
 
     return DeepCut(samples, network, device, reinit=reinit, every=config.proposal_every,
-                   processes=config.processes, batch_size=config.batch_size * 2)
+                   processes=config.processes, params=config.crf_params(), batch_size=config.batch_size * 2)
 
 
 def train(cases: Sequence[TrainCase], config: TrainConfig, out_dir: str | os.PathLike, *,

@@ -327,3 +327,10 @@ def test_crf_parameters_default_to_deepcut():
     p = CRFParams()
     assert (p.gauss_sxy, p.gauss_compat, p.bilateral_sxy, p.bilateral_srgb, p.bilateral_compat, p.iterations) == \
         (1.0, 3.0, 10.0, 20.0, 10.0, 5)
+
+
+def test_crf_settings_can_be_overridden_and_unknown_ones_are_refused():
+    params = quick(recipe="deepcut", crf={"bilateral_sxy": 5.0, "iterations": 3}).crf_params()
+    assert (params.bilateral_sxy, params.iterations, params.bilateral_compat) == (5.0, 3, 10.0)
+    with pytest.raises(InputError, match="unknown CRF setting.*sxy"):
+        quick(recipe="deepcut", crf={"sxy": 1.0}).validate()
