@@ -7,6 +7,9 @@ no box recipe sees). Prints markdown tables (Dice per case, mean ± sd over case
 writes JSON and a plot of the Dice per epoch (DeepCut's re-initialisations show there).
 
     python Testing/benchmarks/bench_baselines.py --epochs 100 --json baselines.json --plot baselines.png
+
+``--candidates`` prints only how well BoxSup's candidates can fit the objects (no training): per box,
+the IoU with the object of the best candidate vs of the filled box, averaged over boxes.
 """
 
 from __future__ import annotations
@@ -84,6 +87,34 @@ def plot(results: dict, margins: list[int], path: str) -> None:
     plt.close(fig)
 
 
+def candidate_quality(cases: list[str], margins: list[int]) -> None:
+    from WeakSegLib.boxes import boxes_from_mask
+    from WeakSegLib.crf import to_crf_intensity
+    from WeakSegLib.regions import box_candidates
+    from WeakSegLib.sample_data import materialize
+    from WeakSegLib.volume import normalize, read_label_volume, read_volume
+
+    print("| case | margin | boxes | candidates per box | IoU best candidate | IoU filled box |")
+    print("|---|---|---|---|---|---|")
+    for case in cases:
+        with tempfile.TemporaryDirectory() as tmp:
+            s = materialize(case, tmp)
+            image = np.moveaxis(normalize(read_volume(s["image"]).array, "percentile"), s["axis"], 0)
+            mask = read_label_volume(s["mask"]).array
+        slices, ref = to_crf_intensity(image) / 255.0, np.moveaxis(mask > 0, s["axis"], 0)
+        for margin in margins:
+            best, filled, count = [], [], []
+            for box in boxes_from_mask(mask, "slice", s["axis"], margin=margin):
+                lo, hi = list(box.start), list(box.stop)
+                del lo[s["axis"]], hi[s["axis"]]
+                cand = box_candidates(slices[box.slice_index], (lo[0], hi[0], lo[1], hi[1]))
+                obj = ref[box.slice_index, lo[0]:hi[0], lo[1]:hi[1]]
+                best.append(((cand.masks & obj).sum((1, 2)) / (cand.masks | obj).sum((1, 2))).max())
+                filled.append(obj.mean())
+                count.append(len(cand.masks))
+            print(f"| {case} | {margin} | {len(best)} | {np.mean(count):.1f} | {np.mean(best):.3f} | {np.mean(filled):.3f} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", nargs="+", default=["vertebral-body-ct", "vertebral-body-mri", "chest-ct-lungs"],
@@ -94,7 +125,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", help="write the results here")
     p.add_argument("--plot", help="write the Dice-per-epoch plot here (PNG)")
+    p.add_argument("--candidates", action="store_true", help="only the quality of BoxSup's candidates")
     args = p.parse_args()
+    if args.candidates:
+        return candidate_quality(args.cases, args.margins)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         results = run(args.cases, args.margins, args.epochs, args.seed, Path(tmp))
