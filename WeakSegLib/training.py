@@ -63,8 +63,8 @@ class TrainConfig:
     ``spatial_dims`` 2 with ``context`` 1 is 2D, ``context`` k > 1 is 2.5D (k slices in), 3 is 3D.
     ``labels`` restricts training to these label values (default: all in the boxes or mask).
     ``proposal_every`` (DeepCut's k: epochs between CRF revisions), ``processes`` (its CRF worker
-    processes), ``crf`` (overrides of :class:`WeakSegLib.crf.CRFParams`), ``boxsup_k`` and ``boxsup_weight`` (BoxSup's k cheapest candidates and λ) only
-    matter for those recipes.
+    processes), ``crf`` (overrides of :class:`WeakSegLib.crf.CRFParams`), ``boxsup_k`` and
+    ``boxsup_weight`` (BoxSup's k cheapest candidates and λ) only matter for those recipes.
     ``augment`` (off by default) mirrors each batch along each in-plane (2D) or spatial (3D) axis with probability
     0.5 (boxes and masks with it), drawn from a generator seeded by (seed, epoch, batch).
     """
