@@ -65,6 +65,14 @@ class Box:
             raise InputError("slice_index asked of a 3D box")
         return int(self.start[self.axis])
 
+    def in_plane(self) -> tuple[int, int, int, int]:
+        """A slice box's bounds on its slice, ``(r0, r1, c0, c1)`` half-open: the two array axes other
+        than ``axis``, in array order (rows, then columns of the slice)."""
+        if self.kind != "slice" or self.axis is None:
+            raise InputError("in_plane asked of a 3D box")
+        (r0, c0), (r1, c1) = ([v for a, v in enumerate(p) if a != self.axis] for p in (self.start, self.stop))
+        return int(r0), int(r1), int(c0), int(c1)
+
     def slices(self) -> tuple[slice, slice, slice]:
         return tuple(slice(a, b) for a, b in zip(self.start, self.stop))  # type: ignore[return-value]
 

@@ -155,20 +155,16 @@ def build_samples(cases: Sequence[Case], label_values: Sequence[int], *, spatial
         ev = None if case.eval_mask is None else labels_from_mask(case.eval_mask, label_values)
         box_rows = []
         for box in case.boxes or []:
-            lo, hi = list(box.start), list(box.stop)
             if spatial_dims == 2:
-                k = box.slice_index if box.kind == "slice" else None
-                if k is None or box.axis != axis:
+                if box.kind != "slice" or box.axis != axis:
                     raise InputError(f"{case.name}: 2D training needs slice boxes along axis {axis}; "
                                      f"got {box.to_dict()} (cut 3D boxes first)")
-                del lo[axis], hi[axis]
-                sample = k
+                bounds = list(box.in_plane())
+                sample = box.slice_index
             else:
+                bounds = [v for a, b in zip(box.start, box.stop) for v in (a, b)]
                 sample = 0
-            row = [sample, label_values.index(box.label)]
-            for a, b in zip(lo, hi):
-                row += [a, b]
-            box_rows.append(row)
+            box_rows.append([sample, label_values.index(box.label), *bounds])
         if spatial_dims == 2:
             img = stack_context(np.moveaxis(case.image, axis, 0), context)
             lab, bm = np.moveaxis(labels, axis, 0), np.moveaxis(box_mask, axis + 1, 0)

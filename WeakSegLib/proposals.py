@@ -71,6 +71,13 @@ class _Revision:
     def state_dict(self) -> dict:
         return {"labels": self.samples.labels.cpu()}
 
+    def start_info(self) -> dict:
+        """Fields for the run's ``start`` event."""
+        return {}
+
+    def close(self) -> None:
+        """Release what the revision holds (DeepCut: its CRF workers)."""
+
     def load_state_dict(self, state: dict) -> None:
         labels = state["labels"]
         if labels.shape != self.samples.labels.shape:
@@ -149,6 +156,9 @@ class BoxSup(_Revision):
     def fallback_boxes(self) -> int:
         return sum(c.fallback for c in self.candidates)
 
+    def start_info(self) -> dict:
+        return {"proposal_seconds": self.proposal_seconds, "fallback_boxes": self.fallback_boxes}
+
     def before_epoch(self, epoch: int) -> dict:
         pred = self.predict().argmax(1) if epoch > 0 else None
         rng = np.random.default_rng([self.seed, epoch])
@@ -162,6 +172,3 @@ class BoxSup(_Revision):
             costs.append(cost)
         self.set_labels(labels)
         return {"proposal_cost": float(np.mean(costs)), "fallback_boxes": self.fallback_boxes}
-
-    def close(self) -> None:
-        pass

@@ -139,10 +139,7 @@ class TightenerConfig:
 def slice_plane(array: np.ndarray, box: Box) -> tuple[np.ndarray, Extent]:
     """The 2D slice of ``array`` (z, y, x) a slice box lies on, and the box in that plane as
     ``(r0, r1, c0, c1)`` (rows, columns = the two other axes in array order)."""
-    axis = box.axis
-    plane = np.take(array, box.start[axis], axis=axis)
-    a, b = (ax for ax in range(3) if ax != axis)
-    return plane, (box.start[a], box.stop[a], box.start[b], box.stop[b])
+    return np.take(array, box.slice_index, axis=box.axis), box.in_plane()
 
 
 def box_from_extent(box: Box, extent: Extent) -> Box:

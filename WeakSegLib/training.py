@@ -304,9 +304,8 @@ def train(cases: Sequence[TrainCase], config: TrainConfig, out_dir: str | os.Pat
         return info
 
     hooks = label_revision(config, card, samples, network, optimizer, device)
-    start_info = {"recipe": config.recipe, "out": str(out), "labels": data.label_values}
-    if isinstance(hooks, BoxSup):
-        start_info.update(proposal_seconds=hooks.proposal_seconds, fallback_boxes=hooks.fallback_boxes)
+    start_info = {"recipe": config.recipe, "out": str(out), "labels": data.label_values,
+                  **(hooks.start_info() if hooks is not None else {})}
     try:
         history = run_epochs(network, optimizer, LoopSettings(len(samples), config.batch_size, config.epochs, config.seed),
                              step, checkpoint=out / CHECKPOINT, fingerprint=config.fingerprint(), device=device,

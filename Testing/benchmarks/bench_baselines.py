@@ -105,10 +105,9 @@ def candidate_quality(cases: list[str], margins: list[int]) -> None:
         for margin in margins:
             best, filled, count = [], [], []
             for box in boxes_from_mask(mask, "slice", s["axis"], margin=margin):
-                lo, hi = list(box.start), list(box.stop)
-                del lo[s["axis"]], hi[s["axis"]]
-                cand = box_candidates(slices[box.slice_index], (lo[0], hi[0], lo[1], hi[1]))
-                obj = ref[box.slice_index, lo[0]:hi[0], lo[1]:hi[1]]
+                r0, r1, c0, c1 = box.in_plane()
+                cand = box_candidates(slices[box.slice_index], (r0, r1, c0, c1))
+                obj = ref[box.slice_index, r0:r1, c0:c1]
                 best.append(((cand.masks & obj).sum((1, 2)) / (cand.masks | obj).sum((1, 2))).max())
                 filled.append(obj.mean())
                 count.append(len(cand.masks))

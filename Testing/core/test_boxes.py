@@ -164,3 +164,13 @@ def test_slice_boxes_across_another_axis_are_refused():
     bs = BoxSet([Box((0, 0, 0), (2, 1, 2), 1, "slice", 1)], (2, 4, 4), {1: "a"})
     with pytest.raises(InputError, match="not the training axis"):
         bs.slice_boxes(0)
+
+
+
+@pytest.mark.parametrize("axis, expect", [(0, (2, 5, 3, 9)), (1, (1, 2, 3, 9)), (2, (1, 2, 2, 5))])
+def test_in_plane_bounds_of_slice_boxes(axis, expect):
+    start, stop = [1, 2, 3], [2, 5, 9]
+    start[axis], stop[axis] = 4, 5
+    assert Box(tuple(start), tuple(stop), 1, "slice", axis).in_plane() == expect
+    with pytest.raises(InputError, match="3D box"):
+        Box((0, 0, 0), (2, 2, 2)).in_plane()

@@ -185,10 +185,9 @@ def test_candidates_on_real_slices_fit_the_object_better_than_the_box(tmp_path):
     slices = to_crf_intensity(image) / 255.0
     best, filled = [], []
     for box in boxes_from_mask(mask.astype(np.uint8), "slice", s["axis"])[::3]:
-        k, lo, hi = box.slice_index, list(box.start), list(box.stop)
-        del lo[s["axis"]], hi[s["axis"]]
-        cand = box_candidates(slices[k], (lo[0], hi[0], lo[1], hi[1]))
-        ref = np.moveaxis(mask, s["axis"], 0)[k, lo[0]:hi[0], lo[1]:hi[1]]
+        k, (r0, r1, c0, c1) = box.slice_index, box.in_plane()
+        cand = box_candidates(slices[k], (r0, r1, c0, c1))
+        ref = np.moveaxis(mask, s["axis"], 0)[k, r0:r1, c0:c1]
         assert cand.masks.shape[1:] == ref.shape and not cand.fallback and cand.masks.any((1, 2)).all()
         best.append(((cand.masks & ref).sum((1, 2)) / (cand.masks | ref).sum((1, 2))).max())
         filled.append(ref.mean())
