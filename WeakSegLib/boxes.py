@@ -275,27 +275,38 @@ def save_boxes(boxset: BoxSet, path: str | os.PathLike) -> Path:
     return atomic_write_json(path, boxset.to_dict())
 
 
+def read_annotation_json(path: str | os.PathLike, fmt: str, version: int, what: str) -> dict:
+    """Read a versioned WeakSeg JSON annotation file (boxes, sizes) and check its format, version and
+    geometry shape.
+
+    Raises:
+        InputError: missing file, invalid JSON, another format, a newer version, no geometry.shape.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: {what} file not found")
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not a valid JSON {what} file ({exc})") from exc
+    if not isinstance(d, dict) or d.get("format") != fmt:
+        raise InputError(f"{path}: not a WeakSeg {what} file (expected \"format\": \"{fmt}\")")
+    if int(d.get("version", 0)) > version:
+        raise InputError(f"{path}: {what} file version {d.get('version')} is newer than this WeakSeg "
+                         f"(reads version ≤ {version}); update WeakSeg")
+    if "shape" not in (d.get("geometry") or {}):
+        raise InputError(f"{path}: {what} file has no geometry.shape")
+    return d
+
+
 def load_boxes(path: str | os.PathLike) -> BoxSet:
     """Read and validate a box file.
 
     Raises:
         InputError: missing file, invalid JSON, another format or a newer version, bad boxes.
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: box file not found")
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not a valid JSON box file ({exc})") from exc
-    if not isinstance(d, dict) or d.get("format") != BOX_FORMAT:
-        raise InputError(f"{path}: not a WeakSeg box file (expected \"format\": \"{BOX_FORMAT}\")")
-    if int(d.get("version", 0)) > BOX_FORMAT_VERSION:
-        raise InputError(f"{path}: box file version {d.get('version')} is newer than this WeakSeg "
-                         f"(reads version ≤ {BOX_FORMAT_VERSION}); update WeakSeg")
-    geometry = d.get("geometry") or {}
-    if "shape" not in geometry:
-        raise InputError(f"{path}: box file has no geometry.shape")
+    d = read_annotation_json(path, BOX_FORMAT, BOX_FORMAT_VERSION, "box")
+    geometry = d["geometry"]
     shape = tuple(int(v) for v in geometry["shape"])
     labels = {int(k): str(v) for k, v in (d.get("labels") or {"1": "object"}).items()}
     boxes = [Box.from_dict(b, f"{path}: box #{i}") for i, b in enumerate(d.get("boxes", []))]
@@ -305,10 +316,14 @@ def load_boxes(path: str | os.PathLike) -> BoxSet:
         raise InputError(f"{path}: {exc}") from exc
 
 
-def check_boxes_fit(boxset: BoxSet, geometry: dict, name: str = "image") -> None:
-    """Raise :class:`InputError` when a box file was drawn on another grid than ``geometry``
-    (a :meth:`WeakSegLib.volume.Volume.geometry` dict)."""
-    drawn = {**(boxset.geometry or {}), "shape": list(boxset.shape)}
+def check_drawn_grid(drawn: dict, geometry: dict, what: str, name: str = "image") -> None:
+    """Raise :class:`InputError` when annotations (``what``: "box", "size") made on the grid ``drawn``
+    are used with an image of another grid ``geometry`` (:meth:`WeakSegLib.volume.Volume.geometry`)."""
     for key in geometry_differences(geometry, drawn):
-        raise InputError(f"boxes were drawn on a grid of {key} {drawn[key]} but {name} has {key} {geometry[key]}: "
-                         "mismatched image/box geometry")
+        raise InputError(f"{what} labels were drawn on a grid of {key} {drawn[key]} but {name} has {key} {geometry[key]}: "
+                         f"mismatched image/{what} geometry")
+
+
+def check_boxes_fit(boxset: BoxSet, geometry: dict, name: str = "image") -> None:
+    """Raise :class:`InputError` when a box file was drawn on another grid than ``geometry``."""
+    check_drawn_grid({**(boxset.geometry or {}), "shape": list(boxset.shape)}, geometry, "box", name)

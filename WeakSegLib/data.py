@@ -4,6 +4,11 @@
 boxes take part: their size bounds are [0, 0]). A sample's image holds ``context`` neighbouring
 slices as channels (edge slices repeated at the volume border). 3D: every case is one sample.
 
+Training labels are class indices with :data:`IGNORE` where nothing is known (no loss there):
+masks and filled boxes label every pixel; partial labels (:mod:`WeakSegLib.partial`) only their
+scribbles; a size-labelled case (:mod:`WeakSegLib.sizes`) labels the slices its mask covers and the
+outside of its boxes, and carries per (slice, class) sizes for the size loss.
+
 Spatial sizes are padded at the far end (bottom/right/back) to a common multiple of
 :data:`WeakSegLib.networks.SIZE_MULTIPLE`, so box indices need no shift; the padding is outside
 every box and holds the volume's minimum intensity.
@@ -21,6 +26,13 @@ import torch
 from WeakSegLib.boxes import Box, rasterize
 from WeakSegLib.errors import InputError
 from WeakSegLib.networks import SIZE_MULTIPLE
+from WeakSegLib.partial import PARTIAL_BACKGROUND
+from WeakSegLib.sizes import SizeLabel
+
+#: training label of pixels without a label (cross-entropy's ignore_index)
+IGNORE = 255
+#: the spatial axes of each batch entry start at this dimension (``boxes`` and ``sizes`` have none)
+_SPATIAL_START = {"image": 2, "labels": 1, "box_mask": 2, "valid": 1, "reference": 1}
 
 
 @dataclass
@@ -33,6 +45,11 @@ class Case:
         mask: ``(z, y, x)`` integer label volume (training labels for ``full``), or None.
         eval_mask: ``(z, y, x)`` reference labels used only to report Dice, never in a loss.
         name: shown in messages and reports.
+        sizes: per-slice size labels along the training axis (recipe ``size``); with them, ``mask``
+            labels only the slices where it holds an object, and ``boxes`` mark background outside them.
+        partial: ``(z, y, x)`` partial label volume (:mod:`WeakSegLib.partial`).
+        reference: ``(z, y, x)`` reference masks for ACCL (any grid with the same in-plane size or
+            smaller; the image's own grid for paired references).
     """
 
     image: np.ndarray
@@ -40,6 +57,9 @@ class Case:
     mask: np.ndarray | None = None
     eval_mask: np.ndarray | None = None
     name: str = "case"
+    sizes: list[SizeLabel] | None = None
+    partial: np.ndarray | None = None
+    reference: np.ndarray | None = None
 
 
 @dataclass
@@ -48,12 +68,14 @@ class SampleSet:
 
     Attributes:
         images: ``(N, k, *S)`` float32.
-        labels: ``(N, *S)`` uint8 class indices (0 = background) from masks or filled boxes.
+        labels: ``(N, *S)`` uint8 class indices (0 = background, :data:`IGNORE` = unknown).
         box_mask: ``(N, C, *S)`` uint8, 1 inside any box of the class.
         boxes: ``(M, 2 + 2·nd)`` long ``[sample, class, lo_0, hi_0, …]``.
         eval_labels: ``(N, *S)`` uint8 reference class indices or None.
         valid: ``(N, *S)`` bool, False on padding.
         case_index: ``(N,)`` long, the case each sample comes from.
+        sizes: ``(N, C)`` float32 size labels in pixels (< 0: none), or None without size labels.
+        references: ``(R, *S)`` uint8 reference masks (class indices) for ACCL, or None.
     """
 
     images: torch.Tensor
@@ -63,6 +85,8 @@ class SampleSet:
     eval_labels: torch.Tensor | None
     valid: torch.Tensor
     case_index: torch.Tensor
+    sizes: torch.Tensor | None = None
+    references: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -71,27 +95,33 @@ class SampleSet:
         """All tensors on ``device`` (done once, so a training step moves nothing)."""
         return SampleSet(*[None if v is None else v.to(device) for v in
                            (self.images, self.labels, self.box_mask, self.boxes, self.eval_labels, self.valid,
-                            self.case_index)])
+                            self.case_index, self.sizes, self.references)])
 
     def batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Rows ``index`` (long, CPU) with their boxes renumbered 0..len(index)-1."""
+        """Rows ``index`` (long, on the samples' device) with their boxes renumbered 0..len(index)-1;
+        ``sizes`` when the set has size labels."""
         remap = torch.full((len(self),), -1, dtype=torch.long, device=index.device)
         remap[index] = torch.arange(len(index), device=index.device)
         rows = remap[self.boxes[:, 0]]
         boxes = self.boxes[rows >= 0].clone()
         boxes[:, 0] = rows[rows >= 0]
-        return {"image": self.images[index], "labels": self.labels[index].long(),
-                "box_mask": self.box_mask[index], "boxes": boxes}
+        out = {"image": self.images[index], "labels": self.labels[index].long(),
+               "box_mask": self.box_mask[index], "boxes": boxes, "valid": self.valid[index]}
+        if self.sizes is not None:
+            out["sizes"] = self.sizes[index]
+        return out
+
+    def labelled(self) -> torch.Tensor:
+        """``(N,)`` bool: samples with at least one labelled pixel (padding not counted)."""
+        return ((self.labels != IGNORE) & self.valid).flatten(1).any(1)
 
 
 def flip_batch(batch: dict[str, torch.Tensor], axes: Sequence[int]) -> dict[str, torch.Tensor]:
-    """Mirror a batch along spatial ``axes`` (0 = first spatial axis): images, labels, box masks and
-    the box coordinates together (a box ``[lo, hi)`` on an axis of size S becomes ``[S − hi, S − lo)``)."""
+    """Mirror a batch along spatial ``axes`` (0 = first spatial axis): every spatial entry and the box
+    coordinates together (a box ``[lo, hi)`` on an axis of size S becomes ``[S − hi, S − lo)``)."""
     if not axes:
         return batch
-    out = {"image": batch["image"].flip([2 + a for a in axes]),
-           "labels": batch["labels"].flip([1 + a for a in axes]),
-           "box_mask": batch["box_mask"].flip([2 + a for a in axes])}
+    out = {k: v.flip([_SPATIAL_START[k] + a for a in axes]) if k in _SPATIAL_START else v for k, v in batch.items()}
     boxes = batch["boxes"].clone()
     for a in axes:
         size = batch["image"].shape[2 + a]
@@ -123,6 +153,60 @@ def labels_from_mask(mask: np.ndarray, label_values: Sequence[int]) -> np.ndarra
     return lut[mask]
 
 
+def partial_to_labels(partial: np.ndarray, label_values: Sequence[int]) -> np.ndarray:
+    """Partial label volume (0 unknown, label values, :data:`PARTIAL_BACKGROUND`) → class indices with
+    :data:`IGNORE` for unknown voxels and objects of other labels."""
+    labels = np.full(partial.shape, IGNORE, np.uint8)
+    labels[partial == PARTIAL_BACKGROUND] = 0
+    for i, v in enumerate(label_values):
+        labels[partial == v] = i + 1
+    return labels
+
+
+def _size_case_labels(case: Case, label_values: Sequence[int], axis: int,
+                      box_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and ``(slices, C)`` sizes of a size-labelled case (see :class:`Case`).
+
+    Raises:
+        InputError: a slice with both a mask and a size label, or a size label of a class on a slice
+            whose boxes are all of other classes.
+    """
+    C = len(label_values)
+    shape = case.image.shape
+    labels = np.full(shape, IGNORE, np.uint8)
+    sizes = np.full((shape[axis], C), -1.0, np.float32)
+    lab = np.moveaxis(labels, axis, 0)  # a view: writes reach ``labels``
+    boxed = np.moveaxis(box_mask, axis + 1, 1).reshape(C, shape[axis], -1).any(2)  # (C, slices)
+    lab[boxed.any(0)] = 0  # boxed slices: background outside the boxes, unknown inside
+    labels[box_mask.any(0)] = IGNORE
+    masked = np.zeros(shape[axis], bool)
+    if case.mask is not None:
+        planes = np.moveaxis(labels_from_mask(case.mask, label_values), axis, 0)
+        masked = planes.reshape(shape[axis], -1).any(1)
+        lab[masked] = planes[masked]
+    for s in case.sizes or []:
+        if s.label not in label_values:
+            continue
+        c = label_values.index(s.label)
+        if masked[s.slice]:
+            raise InputError(f"{case.name}: slice {s.slice} has both a mask and a size label; give each slice one")
+        if boxed[:, s.slice].any() and not boxed[c, s.slice]:
+            others = [label_values[k] for k in range(C) if boxed[k, s.slice]]
+            raise InputError(f"{case.name}: size label of label {s.label} on slice {s.slice}, whose boxes are "
+                             f"of label(s) {others}: box the object the size measures")
+        sizes[s.slice, c] = s.size
+    return labels, sizes
+
+
+def _reference_slices(case: Case, label_values: Sequence[int], axis: int, target: Sequence[int]) -> np.ndarray:
+    """A case's reference masks as padded 2D class-index slices ``(n, *target)``."""
+    ref = np.moveaxis(labels_from_mask(case.reference, label_values), axis, 0)
+    if any(s > t for s, t in zip(ref.shape[1:], target)):
+        raise InputError(f"{case.name}: reference masks have slices of shape {ref.shape[1:]}, larger than "
+                         f"the training slices {tuple(target)}: give reference masks of the training shape")
+    return np.pad(ref, [(0, 0)] + [(0, t - s) for t, s in zip(target, ref.shape[1:])])
+
+
 def build_samples(cases: Sequence[Case], label_values: Sequence[int], *, spatial_dims: int = 2,
                   axis: int = 0, context: int = 1, pad_to: Sequence[int] | None = None) -> SampleSet:
     """Turn cases into padded sample tensors (see module docstring).
@@ -143,15 +227,21 @@ def build_samples(cases: Sequence[Case], label_values: Sequence[int], *, spatial
     views = []
     for case in cases:
         shape = case.image.shape
-        labels = (labels_from_mask(case.mask, label_values) if case.mask is not None
-                  else np.zeros(shape, np.uint8))
-        if case.boxes is not None:
-            box_mask = rasterize(case.boxes, shape, label_values)
-            if case.mask is None:  # filled boxes as labels (box-mask recipe)
-                for c in range(C):
-                    labels[box_mask[c] > 0] = c + 1
-        else:
-            box_mask = np.zeros((C, *shape), np.uint8)
+        box_mask = (rasterize(case.boxes, shape, label_values) if case.boxes is not None
+                    else np.zeros((C, *shape), np.uint8))
+        sizes = None
+        if case.sizes is not None:
+            if spatial_dims != 2:
+                raise InputError("size labels are per slice: train a 2D or 2.5D network")
+            labels, sizes = _size_case_labels(case, label_values, axis, box_mask)
+        elif case.partial is not None:
+            labels = partial_to_labels(case.partial, label_values)
+        elif case.mask is not None:
+            labels = labels_from_mask(case.mask, label_values)
+        else:  # filled boxes as labels (box-mask recipe)
+            labels = np.zeros(shape, np.uint8)
+            for c in range(C):
+                labels[box_mask[c] > 0] = c + 1
         ev = None if case.eval_mask is None else labels_from_mask(case.eval_mask, label_values)
         box_rows = []
         for box in case.boxes or []:
@@ -175,13 +265,15 @@ def build_samples(cases: Sequence[Case], label_values: Sequence[int], *, spatial
         boxes = np.asarray(box_rows, dtype=np.int64).reshape(-1, 2 + 2 * spatial_dims)
         boxes[:, 0] += offset
         offset += img.shape[0]
-        views.append((img, lab, bm, ev, boxes, float(case.image.min())))
+        if sizes is None and any(c.sizes is not None for c in cases):
+            sizes = np.full((img.shape[0], C), -1.0, np.float32)
+        views.append((img, lab, bm, ev, boxes, float(case.image.min()), sizes))
     spatial = np.max([v[0].shape[2:] for v in views], axis=0)
     target = tuple(int(s) for s in (pad_to or padded_size(spatial)))
     if any(t < s for t, s in zip(target, spatial)):
         raise InputError(f"pad_to {target} is smaller than the largest sample {tuple(spatial)}")
     has_eval = all(v[3] is not None for v in views)
-    for i, (img, lab, bm, ev, boxes, fill) in enumerate(views):
+    for i, (img, lab, bm, ev, boxes, fill, _) in enumerate(views):
         per_case.append(np.full(img.shape[0], i, dtype=np.int64))
         pad = [(0, 0), (0, 0)] + [(0, t - s) for t, s in zip(target, img.shape[2:])]
         per_images.append(np.pad(img, pad, constant_values=fill))
@@ -193,6 +285,10 @@ def build_samples(cases: Sequence[Case], label_values: Sequence[int], *, spatial
         if has_eval:
             per_eval.append(np.pad(ev, pad[1:]))
         per_boxes.append(boxes)
+    with_refs = [c for c in cases if c.reference is not None]
+    if with_refs and spatial_dims != 2:
+        raise InputError("reference masks are used slice by slice: train a 2D or 2.5D network")
+    references = [_reference_slices(c, label_values, axis, target) for c in with_refs]
     return SampleSet(
         images=torch.from_numpy(np.concatenate(per_images).astype(np.float32)),
         labels=torch.from_numpy(np.concatenate(per_labels)),
@@ -201,4 +297,6 @@ def build_samples(cases: Sequence[Case], label_values: Sequence[int], *, spatial
         eval_labels=torch.from_numpy(np.concatenate(per_eval)) if has_eval else None,
         valid=torch.from_numpy(np.concatenate(per_valid)),
         case_index=torch.from_numpy(np.concatenate(per_case)),
+        sizes=torch.from_numpy(np.concatenate([v[6] for v in views])) if views[0][6] is not None else None,
+        references=torch.from_numpy(np.concatenate(references)) if references else None,
     )

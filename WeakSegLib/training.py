@@ -28,7 +28,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from WeakSegLib.boxes import BoxSet, check_boxes_fit, load_boxes
+from WeakSegLib.adversarial import Adversary
+from WeakSegLib.boxes import BoxSet, check_boxes_fit, check_drawn_grid, load_boxes
 from WeakSegLib.crf import CRFParams
 from WeakSegLib.data import Case, SampleSet, build_samples, flip_batch
 from WeakSegLib.devices import resolve_device
@@ -38,8 +39,12 @@ from WeakSegLib.loop import EventSink, LoopSettings, run_epochs
 from WeakSegLib.model import CARD, build_from_card, default_color, save_model
 from WeakSegLib.networks import NETWORKS
 from WeakSegLib.proposals import BoxSup, DeepCut
+from WeakSegLib.label_losses import sccl_bounds
+from WeakSegLib.options import ADVERSARIAL_RECIPES, PARTIAL_RECIPES, SIZE_RECIPES
+from WeakSegLib.partial import PARTIAL_BACKGROUND
 from WeakSegLib.recipes import DEFAULT_RECIPE, MASK_RECIPES, PROPOSAL_RECIPES, RECIPES, LossSettings, RecipeLoss
-from WeakSegLib.volume import check_same_grid, normalize, read_label_volume, read_volume
+from WeakSegLib.sizes import load_sizes
+from WeakSegLib.volume import Volume, check_same_grid, normalize, read_label_volume, read_volume
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -48,12 +53,23 @@ CHECKPOINT = "checkpoint.pt"
 class TrainCase:
     """File paths of one training volume. ``boxes`` for box recipes, ``mask`` for ``full``;
     ``eval_mask`` (optional) only reports Dice per epoch. ``boxsup`` takes either: volumes given with
-    a mask (and no boxes) train on it as is (semi-supervised)."""
+    a mask (and no boxes) train on it as is (semi-supervised).
+
+    Recipe ``size``: ``sizes`` (a size file) and/or ``mask`` — the mask labels the slices where it
+    holds an object, the size file the slices it lists (:class:`WeakSegLib.data.Case`); optional
+    ``boxes`` mark background outside them. Partial-label recipes: ``partial`` (a partial label
+    volume, :mod:`WeakSegLib.partial`); ``reference`` masks for ``accl-unpaired`` (any volume whose
+    slices are no larger than the training slices), ``accl-paired`` (this image's true mask) and
+    ``sccl`` (to derive its size bounds).
+    """
 
     image: str
     boxes: str | None = None
     mask: str | None = None
     eval_mask: str | None = None
+    sizes: str | None = None
+    partial: str | None = None
+    reference: str | None = None
 
 
 @dataclass
@@ -65,6 +81,11 @@ class TrainConfig:
     ``proposal_every`` (DeepCut's k: epochs between CRF revisions), ``processes`` (its CRF worker
     processes), ``crf`` (overrides of :class:`WeakSegLib.crf.CRFParams`), ``boxsup_k`` and
     ``boxsup_weight`` (BoxSup's k cheapest candidates and λ) only matter for those recipes.
+    Recipe ``size``: ``pretrain_epochs`` first epochs train on the mask slices only, then the size loss
+    (weight ``size_weight``, ``size_samples`` masks drawn per slice) joins. ``sccl_weight`` and
+    ``sccl_bounds`` (``[[lo, hi], …]`` pixels per class; default 0.9·min / 1.1·max of the reference
+    masks' per-slice sizes) for ``sccl``; ``adv_weight`` (λ_a, default by reference kind) and ``adv_lr``
+    (the discriminator's Adam) for ``accl-*``.
     ``augment`` (off by default) mirrors each batch along each in-plane (2D) or spatial (3D) axis with probability
     0.5 (boxes and masks with it), drawn from a generator seeded by (seed, epoch, batch).
     """
@@ -97,6 +118,13 @@ class TrainConfig:
     boxsup_k: int = 5
     boxsup_weight: float = 1.0
     crf: dict = field(default_factory=dict)
+    pretrain_epochs: int = 0
+    size_weight: float = 1.0
+    size_samples: int = 1
+    sccl_weight: float = 0.01
+    sccl_bounds: list | None = None
+    adv_weight: float | None = None
+    adv_lr: float = 2e-4
 
     def validate(self) -> "TrainConfig":
         if self.recipe not in RECIPES:
@@ -113,8 +141,12 @@ class TrainConfig:
             raise InputError(f"axis must be 0, 1 or 2, got {self.axis}")
         if self.recipe in PROPOSAL_RECIPES and self.spatial_dims != 2:
             raise InputError(f"recipe {self.recipe!r} revises 2D slice labels: use a 2D or 2.5D network")
-        if self.proposal_every < 1 or self.processes < 1 or self.boxsup_k < 1:
-            raise InputError("proposal_every, processes and boxsup_k must be ≥ 1")
+        if self.proposal_every < 1 or self.processes < 1 or self.boxsup_k < 1 or self.size_samples < 1:
+            raise InputError("proposal_every, processes, boxsup_k and size_samples must be ≥ 1")
+        if self.recipe in SIZE_RECIPES + PARTIAL_RECIPES and self.spatial_dims != 2:
+            raise InputError(f"recipe {self.recipe!r} learns from per-slice labels: use a 2D or 2.5D network")
+        if self.pretrain_epochs < 0:
+            raise InputError(f"pretrain_epochs must be ≥ 0, got {self.pretrain_epochs}")
         self.crf_params()
         return self
 
@@ -127,7 +159,8 @@ class TrainConfig:
         return dataclasses.replace(CRFParams(), **self.crf)
 
     def loss_settings(self) -> LossSettings:
-        return LossSettings(self.band_width, self.tightness_weight, tuple(self.size_bounds))
+        return LossSettings(self.band_width, self.tightness_weight, tuple(self.size_bounds), self.size_weight,
+                            self.size_samples, self.sccl_weight)
 
     def fingerprint(self) -> dict:
         """Settings that must match for a checkpoint to be resumed (all but epochs and device)."""
@@ -146,45 +179,89 @@ class LoadedData:
     names: list[str] = field(default_factory=list)
 
 
+def _read_boxes(tc: TrainCase, image: Volume, config: TrainConfig, names: dict[int, str]) -> list:
+    boxset: BoxSet = load_boxes(tc.boxes)
+    check_boxes_fit(boxset, image.geometry(), str(tc.image))
+    keep = [b for b in boxset.boxes if config.labels is None or b.label in config.labels]
+    if not keep:
+        raise InputError(f"{tc.boxes}: no box with label(s) {config.labels}")
+    boxset = BoxSet(keep, boxset.shape, boxset.labels, boxset.geometry)
+    for b in keep:
+        names.setdefault(b.label, boxset.labels.get(b.label, f"label {b.label}"))
+    return boxset.slice_boxes(config.axis) if config.spatial_dims == 2 else boxset.boxes
+
+
+def _read_labels(path: str, image: Volume, config: TrainConfig, names: dict[int, str], *,
+                 what: str, image_name: str, same_grid: bool = True) -> np.ndarray:
+    """A label volume (mask, partial labels, reference masks) as an array, its label values named."""
+    vol = read_label_volume(path)
+    if same_grid:
+        check_same_grid(image, vol, image_name, f"{what} {path}")
+    values = config.labels or [int(v) for v in np.unique(vol.array) if v and v != PARTIAL_BACKGROUND]
+    names.update({v: names.get(v, f"label {v}") for v in values})
+    return vol.array
+
+
+def _read_sizes(tc: TrainCase, image: Volume, config: TrainConfig, names: dict[int, str]) -> list:
+    sizeset = load_sizes(tc.sizes)
+    check_drawn_grid({**(sizeset.geometry or {}), "shape": list(sizeset.shape)}, image.geometry(), "size", str(tc.image))
+    if sizeset.axis != config.axis:
+        raise InputError(f"{tc.sizes}: sizes were measured on slices along axis {sizeset.axis}, "
+                         f"but training slices along axis {config.axis}")
+    keep = [e for e in sizeset.sizes if config.labels is None or e.label in config.labels]
+    if not keep:
+        raise InputError(f"{tc.sizes}: no size with label(s) {config.labels}")
+    for e in keep:
+        names.setdefault(e.label, sizeset.labels.get(e.label, f"label {e.label}"))
+    return keep
+
+
 def load_training_data(cases: Sequence[TrainCase], config: TrainConfig) -> LoadedData:
     """Read, check and normalise the training cases (see :class:`TrainCase`)."""
     if not cases:
         raise InputError("no training case given: pass at least one --image")
-    mask_recipe = config.recipe in MASK_RECIPES
+    recipe = config.recipe
     out: list[Case] = []
     names: dict[int, str] = {}
     spacing = None
     for tc in cases:
         image = read_volume(tc.image)
         spacing = spacing or list(image.spacing)
-        mask = eval_mask = boxes = None
-        if mask_recipe or (config.recipe == "boxsup" and tc.mask is not None and tc.boxes is None):
+        case = Case(np.empty(0), name=str(tc.image))
+        if recipe in SIZE_RECIPES:
+            if tc.sizes is None and tc.mask is None:
+                raise InputError(f"recipe {recipe!r} trains on sizes and masks: give --sizes and/or --mask for {tc.image}")
+            case.sizes = None if tc.sizes is None else _read_sizes(tc, image, config, names)
+            case.mask = None if tc.mask is None else _read_labels(tc.mask, image, config, names, what="mask", image_name=str(tc.image))
+            case.boxes = None if tc.boxes is None else _read_boxes(tc, image, config, names)
+        elif recipe in PARTIAL_RECIPES:
+            if tc.partial is None:
+                raise InputError(f"recipe {recipe!r} trains on partial labels: give --partial for {tc.image}")
+            case.partial = _read_labels(tc.partial, image, config, names, what="partial labels", image_name=str(tc.image))
+        elif recipe in MASK_RECIPES or (recipe == "boxsup" and tc.mask is not None and tc.boxes is None):
             if tc.mask is None:
-                raise InputError(f"recipe {config.recipe!r} trains on masks: give --mask for {tc.image}")
-            mvol = read_label_volume(tc.mask)
-            check_same_grid(image, mvol, str(tc.image), str(tc.mask))
-            mask = mvol.array
-            values = config.labels or [int(v) for v in np.unique(mask) if v]
-            names.update({v: names.get(v, f"label {v}") for v in values})
+                raise InputError(f"recipe {recipe!r} trains on masks: give --mask for {tc.image}")
+            case.mask = _read_labels(tc.mask, image, config, names, what="mask", image_name=str(tc.image))
         else:
             if tc.boxes is None:
-                raise InputError(f"recipe {config.recipe!r} trains on boxes: give --boxes for {tc.image}")
-            boxset: BoxSet = load_boxes(tc.boxes)
-            check_boxes_fit(boxset, image.geometry(), str(tc.image))
-            keep = [b for b in boxset.boxes if config.labels is None or b.label in config.labels]
-            if not keep:
-                raise InputError(f"{tc.boxes}: no box with label(s) {config.labels}")
-            boxset = BoxSet(keep, boxset.shape, boxset.labels, boxset.geometry)
-            boxes = boxset.slice_boxes(config.axis) if config.spatial_dims == 2 else boxset.boxes
-            for b in keep:
-                names.setdefault(b.label, boxset.labels.get(b.label, f"label {b.label}"))
+                raise InputError(f"recipe {recipe!r} trains on boxes: give --boxes for {tc.image}")
+            case.boxes = _read_boxes(tc, image, config, names)
+        if tc.reference is not None:
+            case.reference = _read_labels(tc.reference, image, config, {}, what="reference masks", image_name=str(tc.image),
+                                          same_grid=recipe == "accl-paired")
+        elif recipe == "accl-paired":
+            raise InputError(f"recipe 'accl-paired' needs this image's true mask: give --reference for {tc.image}")
         if tc.eval_mask is not None:
-            evol = read_label_volume(tc.eval_mask)
-            check_same_grid(image, evol, str(tc.image), str(tc.eval_mask))
-            eval_mask = evol.array
-        array = normalize(image.array, config.normalization, percentiles=tuple(config.percentiles),
-                          window=tuple(config.window))
-        out.append(Case(array, boxes, mask, eval_mask, name=str(tc.image)))
+            case.eval_mask = _read_labels(tc.eval_mask, image, config, {}, what="evaluation mask", image_name=str(tc.image))
+        case.image = normalize(image.array, config.normalization, percentiles=tuple(config.percentiles),
+                               window=tuple(config.window))
+        out.append(case)
+    if recipe in SIZE_RECIPES and all(c.sizes is None for c in out):
+        raise InputError(f"recipe {recipe!r} needs size labels: give --sizes for at least one image")
+    if recipe == "accl-unpaired" and all(c.reference is None for c in out):
+        raise InputError("recipe 'accl-unpaired' needs reference masks: give --reference (any masks of the structure)")
+    if recipe == "sccl" and config.sccl_bounds is None and all(c.reference is None for c in out):
+        raise InputError("recipe 'sccl' needs size bounds: give --sccl-bounds LO HI or --reference masks to derive them")
     values = sorted(config.labels or names)
     return LoadedData(out, values, {v: names.get(v, f"label {v}") for v in values}, spacing or [1.0] * 3,
                       [str(c.image) for c in cases])
@@ -276,22 +353,42 @@ def train(cases: Sequence[TrainCase], config: TrainConfig, out_dir: str | os.Pat
     torch.manual_seed(config.seed)
     network = build_from_card(card).to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr, betas=tuple(config.betas))
-    loss_fn = RecipeLoss(config.recipe, config.loss_settings())
     samples = samples.to(device)
+    adversary = None
+    if config.recipe in ADVERSARIAL_RECIPES:
+        adversary = Adversary(ADVERSARIAL_RECIPES[config.recipe], config.context, n_classes, device,
+                              references=samples.references, weight=config.adv_weight, lr=config.adv_lr)
+    settings = config.loss_settings()
+    if config.recipe == "sccl":
+        settings.sccl_bounds = (torch.tensor(config.sccl_bounds, dtype=torch.float32) if config.sccl_bounds is not None
+                                else sccl_bounds(samples.references.cpu(), n_classes))
+        card["training"]["sccl_bounds"] = settings.sccl_bounds.tolist()
+    loss_fn = RecipeLoss(config.recipe, settings, adversary).to(device)
+    labelled = samples.labelled()
 
     def barrier_t(epoch: int) -> float:
         return config.t0 * config.t_factor ** epoch
 
     def step(index: torch.Tensor, epoch: int, b: int) -> dict[str, torch.Tensor]:
+        pretraining = epoch < config.pretrain_epochs
+        if pretraining:  # only the samples with labelled pixels (the mask slices of a size-labelled set)
+            index = index[labelled[index]]
+            if len(index) == 0:
+                return {}
         batch = samples.batch(index)
+        if config.recipe == "accl-paired":
+            batch["reference"] = samples.references[index]
         if config.augment:
             coin = torch.rand(config.spatial_dims, generator=torch.Generator().manual_seed(
                 (config.seed * 100003 + epoch) * 10007 + b))
             batch = flip_batch(batch, [a for a in range(config.spatial_dims) if coin[a] < 0.5])
-        loss, parts = loss_fn(network(batch["image"]), batch, barrier_t(epoch))
+        logits = network(batch["image"])
+        loss, parts = loss_fn(logits, batch, barrier_t(epoch), weak=not pretraining)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if adversary is not None:
+            parts["discriminator"] = adversary.discriminator_step(batch, torch.softmax(logits.detach(), 1))
         return {"loss": loss.detach(), **parts}
 
     def epoch_info(epoch: int, last: bool) -> dict:
@@ -303,7 +400,7 @@ def train(cases: Sequence[TrainCase], config: TrainConfig, out_dir: str | os.Pat
             info.update(dice=float(np.mean(scores)), dice_per_case=scores)
         return info
 
-    hooks = label_revision(config, card, samples, network, optimizer, device)
+    hooks = adversary or label_revision(config, card, samples, network, optimizer, device)
     start_info = {"recipe": config.recipe, "out": str(out), "labels": data.label_values,
                   **(hooks.start_info() if hooks is not None else {})}
     try:

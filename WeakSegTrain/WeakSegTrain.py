@@ -21,7 +21,7 @@ from WeakSegLib import mrml
 from WeakSegLib.boxes import Box, BoxSet, check_boxes_fit, load_boxes, save_boxes
 from WeakSegLib.errors import WeakSegError
 from WeakSegLib.mrml import tasks
-from WeakSegLib.options import DEFAULT_RECIPE, NETWORKS, RECIPES
+from WeakSegLib.options import DEFAULT_RECIPE, NETWORKS, PANEL_RECIPES
 
 #: Attribute naming the volume node an ROI node is a box of.
 VOLUME_ATTRIBUTE = "WeakSeg.Volume"
@@ -104,7 +104,7 @@ class WeakSegTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = WeakSegTrainLogic()
-        self.ui.recipeComboBox.addItems(list(RECIPES))
+        self.ui.recipeComboBox.addItems(list(PANEL_RECIPES))
         self.ui.recipeComboBox.currentText = DEFAULT_RECIPE
         self.ui.networkComboBox.addItems(list(NETWORKS))
         self.ui.modeComboBox.addItems(list(MODES))
