@@ -57,31 +57,67 @@ def cmd_boxes_from_mask(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_sizes_from_mask(args: argparse.Namespace) -> int:
+    from WeakSegLib.sizes import SizeSet, save_sizes, sizes_from_mask
+    from WeakSegLib.volume import read_label_volume
+
+    mask = read_label_volume(args.mask)
+    axis = _resolve_axis(args.axis, lambda: mask.direction)
+    sizes = sizes_from_mask(mask.array, axis, args.label, args.slices)
+    names = {s.label: (args.name or f"label {s.label}") for s in sizes}
+    save_sizes(SizeSet(sizes, mask.shape, axis, names, mask.geometry()), args.out)
+    present = sum(s.size > 0 for s in sizes)
+    print(f"{len(sizes)} size labels on axis {axis} ({present} with an object) → {args.out}")
+    return EXIT_OK
+
+
+def cmd_partial_from_mask(args: argparse.Namespace) -> int:
+    from WeakSegLib.partial import partial_from_mask
+    from WeakSegLib.volume import read_label_volume, write_volume
+
+    mask = read_label_volume(args.mask)
+    axis = _resolve_axis(args.axis, lambda: mask.direction)
+    partial, ratio = partial_from_mask(mask.array, axis, args.erode, args.background_margin, args.label)
+    write_volume(mask.with_array(partial), args.out)
+    r = ratio.to_dict()
+    print(f"annotation ratio: object {r['object']:.1%}, background {r['background']:.1%}, overall {r['overall']:.1%}, "
+          f"slices with an object scribble {r['slices_with_object']:.1%} → {args.out}")
+    return EXIT_OK
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from WeakSegLib.training import TrainCase, TrainConfig, train
     from WeakSegLib.volume import read_direction
 
     images = args.image
-    boxes, masks, evals = args.boxes or [], args.mask or [], args.eval_mask or []
-    for name, given in (("--boxes", boxes), ("--mask", masks), ("--eval-mask", evals)):
-        if given and len(given) != len(images):
-            raise WeakSegError(f"give one {name} per --image ({len(images)} images, {len(given)} {name})")
-    if not boxes and not masks:
-        raise WeakSegError("give --boxes (box recipes) or --mask (recipe 'full') for every --image")
-    recipe = args.recipe or ("full" if masks and not boxes else DEFAULT_RECIPE)
+    per_image = {"--boxes": args.boxes, "--mask": args.mask, "--eval-mask": args.eval_mask, "--sizes": args.sizes,
+                 "--partial": args.partial, "--reference": args.reference}
+    for name, files in per_image.items():
+        if files and len(files) != len(images):
+            raise WeakSegError(f"give one {name} per --image ({len(images)} images, {len(files)} {name}; '-' for none)")
+    if not (args.boxes or args.mask or args.sizes or args.partial):
+        raise WeakSegError("give --boxes (box recipes), --mask (recipe 'full'), --sizes (recipe 'size') or "
+                           "--partial (partial-label recipes) for the images")
+    recipe = args.recipe or ("size" if args.sizes else "partial-ce" if args.partial
+                             else "full" if args.mask and not args.boxes else DEFAULT_RECIPE)
 
-    def given(files: list[str], i: int) -> str | None:
+    def given(name: str, i: int) -> str | None:
+        files = per_image[name]
         return files[i] if files and files[i] != "-" else None
 
-    cases = [TrainCase(img, given(boxes, i), given(masks, i), given(evals, i)) for i, img in enumerate(images)]
+    cases = [TrainCase(img, given("--boxes", i), given("--mask", i), given("--eval-mask", i), given("--sizes", i),
+                       given("--partial", i), given("--reference", i)) for i, img in enumerate(images)]
     config = TrainConfig(recipe=recipe, network=args.network, spatial_dims=3 if args.dims == "3d" else 2,
                          context=args.context, axis=_resolve_axis(args.axis, lambda: read_direction(images[0])), epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
                          normalization=args.normalization, size_bounds=tuple(args.size_bounds),
                          band_width=args.band_width, labels=args.label, augment=args.augment,
                          proposal_every=args.proposal_every, processes=args.processes, crf=dict(args.crf),
-                         boxsup_k=args.boxsup_k,
-                         boxsup_weight=args.boxsup_weight)
+                         boxsup_k=args.boxsup_k, boxsup_weight=args.boxsup_weight,
+                         pretrain_epochs=args.pretrain_epochs, size_weight=args.size_weight,
+                         size_samples=args.size_samples, sccl_weight=args.sccl_weight,
+                         sccl_bounds=[list(b) for b in args.sccl_bounds] if args.sccl_bounds else None,
+                         adv_weight=args.adv_weight, adv_lr=args.adv_lr)
     printer = ProgressPrinter(args.events, args.quiet)
     try:
         card = train(cases, config, args.out, on_event=printer, resume=not args.no_resume)
@@ -207,12 +243,46 @@ def build_parser() -> argparse.ArgumentParser:
                         "gauss_compat, iterations, eps); default METHODS.md §6")
     t.add_argument("--boxsup-k", type=int, default=5, help="boxsup: draw among the k cheapest candidates")
     t.add_argument("--boxsup-weight", type=float, default=1.0, help="boxsup: λ of the network-disagreement cost")
+    t.add_argument("--sizes", action="append",
+                   help="size: size label file, one per --image ('-' for none); with --mask, the mask labels "
+                        "the slices where it holds an object")
+    t.add_argument("--pretrain-epochs", type=int, default=0, help="size: first epochs on the mask slices only")
+    t.add_argument("--size-weight", type=float, default=1.0, help="size: weight of the expected size loss")
+    t.add_argument("--size-samples", type=int, default=1, help="size: masks drawn per slice for the gradient estimate")
+    t.add_argument("--partial", action="append", help="partial-label recipes: partial label volume, one per --image")
+    t.add_argument("--reference", action="append",
+                   help="reference masks, one per --image ('-' for none): accl-unpaired (any masks of the "
+                        "structure), accl-paired (the image's true mask), sccl (to derive its size bounds)")
+    t.add_argument("--sccl-weight", type=float, default=0.01, help="sccl: λ_s")
+    t.add_argument("--sccl-bounds", type=float, nargs=2, action="append", metavar=("LO", "HI"),
+                   help="sccl: size bounds in pixels (repeat once per label, in label order)")
+    t.add_argument("--adv-weight", type=float, help="accl-*: λ_a (default 1e-3 partial, 1e-2 unpaired/paired)")
+    t.add_argument("--adv-lr", type=float, default=2e-4, help="accl-*: the discriminator's learning rate")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     t.add_argument("--events", help="append JSON-lines events to this file")
     t.add_argument("--no-resume", action="store_true", help="ignore a checkpoint in --out")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
+
+    sz = sub.add_parser("sizes-from-mask", help="per-slice object size labels from a label mask")
+    sz.add_argument("mask")
+    sz.add_argument("--out", required=True, help="size JSON file to write")
+    sz.add_argument("--axis", type=_axis, default="auto")
+    sz.add_argument("--label", type=int, action="append", help="label value(s) to measure (default: all)")
+    sz.add_argument("--slices", type=int, nargs="+", help="only these slice indices (default: all)")
+    sz.add_argument("--name", help="name of the object (stored in the size file)")
+    sz.set_defaults(func=cmd_sizes_from_mask)
+
+    pm = sub.add_parser("partial-from-mask", help="partial labels (scribbles) made by shrinking a label mask")
+    pm.add_argument("mask")
+    pm.add_argument("--out", required=True, help="partial label volume to write (0 unknown, 255 background)")
+    pm.add_argument("--axis", type=_axis, default="auto")
+    pm.add_argument("--erode", type=float, default=3.0, help="object voxels within this distance of its edge become unknown")
+    pm.add_argument("--background-margin", type=float, default=10.0,
+                    help="background voxels within this distance of an object become unknown")
+    pm.add_argument("--label", type=int, action="append", help="label value(s) to keep (default: all)")
+    pm.set_defaults(func=cmd_partial_from_mask)
 
     r = sub.add_parser("predict", help="predict a label volume with a model folder")
     r.add_argument("--model", required=True)

@@ -105,7 +105,8 @@ class RecipeLoss(nn.Module):
         logs = {}
         probs = torch.softmax(logits, 1)
         if "size" in self.terms and weak:
-            allowed = batch["valid"].unsqueeze(1) & ((batch["box_mask"] > 0) | ~batch["box_mask"].flatten(2).any(-1)[..., None, None])
+            inside = batch["box_mask"] > 0  # (B, C, H, W); a slice without a box of the class: anywhere
+            allowed = batch["valid"].unsqueeze(1) & (inside | ~inside.flatten(2).any(-1)[..., None, None])
             surrogate, logs["size_error"] = self.terms["size"](probs[:, 1:], batch["sizes"], allowed)
             parts["size"] = self.size_weight * surrogate
         if "sccl" in self.terms:
