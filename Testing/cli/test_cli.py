@@ -72,7 +72,30 @@ def test_deepcut_and_semi_supervised_boxsup_from_the_command_line(spine_ct, spin
     assert "model →" in out and card["training"]["boxsup_k"] == 3 and len(card["training"]["cases"]) == 2
 
 
+def test_sizes_and_partial_labels_from_the_command_line(spine_ct, tmp_path):
+    """sizes-from-mask → train --sizes (default recipe 'size'); partial-from-mask → train --recipe
+    accl-unpaired with reference masks."""
+    sizes = tmp_path / "sizes.json"
+    out = weakseg("sizes-from-mask", spine_ct["mask"], "--out", sizes, "--name", "vertebrae").stdout
+    assert "size labels on axis 1" in out and json.loads(sizes.read_text())["format"] == "weakseg-sizes"
+    weakseg("train", "--image", spine_ct["image"], "--sizes", sizes, "--out", tmp_path / "s", "--epochs", 1,
+            "--size-samples", 2, "--quiet")
+    card = json.loads((tmp_path / "s" / "model.json").read_text())
+    assert card["recipe"] == "size" and card["training"]["size_samples"] == 2
+    partial = tmp_path / "partial.nrrd"
+    out = weakseg("partial-from-mask", spine_ct["mask"], "--out", partial, "--erode", 2).stdout
+    assert "annotation ratio: object" in out
+    values = set(np.unique(read_label_volume(partial).array).tolist())
+    assert values == {0, 1, 255}
+    weakseg("train", "--image", spine_ct["image"], "--partial", partial, "--reference", spine_ct["mask"],
+            "--recipe", "accl-unpaired", "--adv-weight", 0.05, "--out", tmp_path / "a", "--epochs", 1, "--quiet")
+    card = json.loads((tmp_path / "a" / "model.json").read_text())
+    assert card["recipe"] == "accl-unpaired" and card["training"]["adv_weight"] == 0.05
+
+
 @pytest.mark.parametrize("args,message", [
+    (["train", "--image", "IMG", "--sizes", "a.json", "--sizes", "b.json", "--out", "OUT"], "give one --sizes per --image"),
+    (["sizes-from-mask", "MASK", "--out", "s.json", "--label", "99"], "no object with label(s) [99]"),
     (["evaluate", "--pred", "missing.nrrd", "--ref", "missing.nrrd"], "file not found"),
     (["train", "--image", "IMG", "--out", "OUT"], "give --boxes"),
     (["boxes-from-mask", "MASK", "--out", "b.json", "--label", "99"], "no object with label(s) [99]"),

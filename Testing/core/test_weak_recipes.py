@@ -1,0 +1,138 @@
+"""Recipes ``size``, ``partial-ce``, ``sccl`` and ``accl-*`` in the one training loop: what each trains
+on, bit-exact resume (discriminator included), and bad input."""
+
+import numpy as np
+import pytest
+import torch
+
+from WeakSegLib.errors import InputError
+from WeakSegLib.inference import predict_volume
+from WeakSegLib.model import load_model, load_state
+from WeakSegLib.partial import partial_from_mask
+from WeakSegLib.sizes import SizeSet, save_sizes, sizes_from_mask
+from WeakSegLib.training import CHECKPOINT, TrainCase, TrainConfig, train
+from WeakSegLib.volume import read_label_volume, read_volume, write_volume
+
+SMALL = (8, 16, 32, 64, 128)
+
+
+def quick(**kw):
+    base = dict(epochs=1, batch_size=8, channels=SMALL, device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture
+def weak_case(synthetic_case, tmp_path):
+    """The synthetic case with: a mask of 3 labelled slices, sizes on the other slices, partial labels,
+    and reference masks on the image's grid and on another grid."""
+    mask = read_label_volume(synthetic_case["mask"])
+    few = np.zeros_like(mask.array)
+    labelled = [8, 12, 16]
+    few[labelled] = mask.array[labelled]
+    write_volume(mask.with_array(few), tmp_path / "few.nrrd")
+    others = [k for k in range(mask.shape[0]) if k not in labelled]
+    save_sizes(SizeSet(sizes_from_mask(mask.array, 0, slices=others), mask.shape, 0, {1: "left", 2: "right"},
+                       mask.geometry()), tmp_path / "sizes.json")
+    partial, _ = partial_from_mask(mask.array, 0, erode=2, background_margin=4)
+    write_volume(mask.with_array(partial), tmp_path / "partial.nrrd")
+    return dict(synthetic_case, few=str(tmp_path / "few.nrrd"), sizes=str(tmp_path / "sizes.json"),
+                partial=str(tmp_path / "partial.nrrd"), labelled=labelled)
+
+
+def test_size_recipe_pretrains_on_mask_slices_then_adds_the_size_loss(weak_case, tmp_path):
+    events = []
+    case = TrainCase(weak_case["image"], mask=weak_case["few"], sizes=weak_case["sizes"], eval_mask=weak_case["mask"])
+    card = train([case], quick(recipe="size", epochs=3, pretrain_epochs=1), tmp_path / "m", on_event=events.append)
+    first, second, third = [e for e in events if e["event"] == "epoch"]
+    assert "size" not in first and "ce" in first
+    assert "size" in second and "size_error" in third and third["size_error"] >= 0
+    assert card["recipe"] == "size"
+    model = load_model(tmp_path / "m")
+    labels, _ = predict_volume(model, read_volume(weak_case["image"]))
+    assert labels.shape == read_volume(weak_case["image"]).shape
+
+
+def test_size_recipe_resumes_bit_exactly(weak_case, tmp_path):
+    case = [TrainCase(weak_case["image"], mask=weak_case["few"], sizes=weak_case["sizes"])]
+    train(case, quick(recipe="size", epochs=2, network="enet"), tmp_path / "a")
+    train(case, quick(recipe="size", epochs=1, network="enet"), tmp_path / "b")
+    train(case, quick(recipe="size", epochs=2, network="enet"), tmp_path / "b")
+    a, b = load_state(tmp_path / "a" / "model.pt"), load_state(tmp_path / "b" / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("recipe", ["partial-ce", "sccl", "accl-partial", "accl-unpaired", "accl-paired"])
+def test_partial_label_recipes_train(recipe, weak_case, tmp_path):
+    events = []
+    case = TrainCase(weak_case["image"], partial=weak_case["partial"], reference=weak_case["mask"],
+                     eval_mask=weak_case["mask"])
+    card = train([case], quick(recipe=recipe), tmp_path / "m", on_event=events.append)
+    epoch = [e for e in events if e["event"] == "epoch"][-1]
+    assert "ce" in epoch and np.isfinite(epoch["loss"])
+    if recipe == "sccl":
+        assert "sccl" in epoch and len(card["training"]["sccl_bounds"]) == 2
+    if recipe.startswith("accl"):
+        assert {"adversarial", "discriminator"} <= set(epoch)
+        ckpt = load_state(tmp_path / "m" / CHECKPOINT)
+        assert "discriminator" in ckpt["hooks"] and "optimizer" in ckpt["hooks"]
+
+
+def test_accl_resume_restores_the_discriminator(weak_case, tmp_path):
+    case = [TrainCase(weak_case["image"], partial=weak_case["partial"], reference=weak_case["mask"])]
+    cfg = dict(recipe="accl-unpaired", network="enet")
+    train(case, quick(epochs=2, **cfg), tmp_path / "a")
+    train(case, quick(epochs=1, **cfg), tmp_path / "b")
+    train(case, quick(epochs=2, **cfg), tmp_path / "b")
+    a, b = load_state(tmp_path / "a" / CHECKPOINT), load_state(tmp_path / "b" / CHECKPOINT)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    da, db = a["hooks"]["discriminator"], b["hooks"]["discriminator"]
+    assert all(torch.equal(da[k], db[k]) for k in da)
+
+
+def test_sccl_with_explicit_bounds_needs_no_reference(weak_case, tmp_path):
+    case = [TrainCase(weak_case["image"], partial=weak_case["partial"])]
+    card = train(case, quick(recipe="sccl", sccl_bounds=[[10, 200], [5, 150]]), tmp_path / "m")
+    assert card["training"]["sccl_bounds"] == [[10, 200], [5, 150]]
+
+
+@pytest.fixture
+def other_grid(weak_case, tmp_path):
+    """A label volume on another grid (different in-plane shape and spacing)."""
+    from WeakSegLib.volume import Volume
+
+    array = np.zeros((24, 50, 60), np.uint8)
+    array[8:16, 10:30, 10:30] = 1
+    path = tmp_path / "other.nrrd"
+    write_volume(Volume(array, (0.7, 0.7, 1.0)), path)
+    return str(path)
+
+
+def test_bad_input_of_the_weak_recipes(weak_case, other_grid, tmp_path):
+    img = weak_case["image"]
+    cases_and_messages = [
+        ("size", TrainCase(img, mask=weak_case["few"]), {}, "needs size labels"),
+        ("size", TrainCase(img), {}, "give --sizes and/or --mask"),
+        ("partial-ce", TrainCase(img, mask=weak_case["mask"]), {}, "give --partial"),
+        ("partial-ce", TrainCase(img, partial=other_grid), {}, "partial labels .* not the same grid"),
+        ("accl-paired", TrainCase(img, partial=weak_case["partial"], reference=other_grid), {}, "not the same grid"),
+        ("accl-paired", TrainCase(img, partial=weak_case["partial"]), {}, "needs this image's true mask"),
+        ("accl-unpaired", TrainCase(img, partial=weak_case["partial"]), {}, "needs reference masks"),
+        ("accl-unpaired", TrainCase(img, partial=weak_case["partial"], reference=other_grid), {},
+         "larger than the training slices"),
+        ("sccl", TrainCase(img, partial=weak_case["partial"]), {}, "needs size bounds"),
+        ("size", TrainCase(img, sizes=weak_case["sizes"]), {"spatial_dims": 3}, "2D or 2.5D"),
+        ("size", TrainCase(img, sizes=weak_case["sizes"]), {"axis": 1}, "along axis 0, but training slices along axis 1"),
+    ]
+    for recipe, case, extra, message in cases_and_messages:
+        with pytest.raises(InputError, match=message):
+            train([case], quick(recipe=recipe, **extra), tmp_path / "m")
+
+
+def test_size_file_of_another_grid_is_refused(weak_case, other_grid, tmp_path):
+    other = read_label_volume(other_grid)
+    save_sizes(SizeSet(sizes_from_mask(other.array, 0), other.shape, 0, {1: "x"}, other.geometry()),
+               tmp_path / "other-sizes.json")
+    with pytest.raises(InputError, match="mismatched image/size geometry"):
+        train([TrainCase(weak_case["image"], sizes=str(tmp_path / "other-sizes.json"))], quick(recipe="size"),
+              tmp_path / "m")
