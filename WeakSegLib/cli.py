@@ -246,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--sizes", action="append",
                    help="size: size label file, one per --image ('-' for none); with --mask, the mask labels "
                         "the slices where it holds an object")
-    t.add_argument("--pretrain-epochs", type=int, default=0, help="size: first epochs on the mask slices only")
+    t.add_argument("--pretrain-epochs", type=int, default=20,
+                   help="size: first epochs on the mask slices only (then their batch-norm statistics stay fixed)")
     t.add_argument("--size-weight", type=float, default=1.0, help="size: weight of the expected size loss")
     t.add_argument("--size-samples", type=int, default=1, help="size: masks drawn per slice for the gradient estimate")
     t.add_argument("--partial", action="append", help="partial-label recipes: partial label volume, one per --image")

@@ -6,8 +6,9 @@ slices as channels (edge slices repeated at the volume border). 3D: every case i
 
 Training labels are class indices with :data:`IGNORE` where nothing is known (no loss there):
 masks and filled boxes label every pixel; partial labels (:mod:`WeakSegLib.partial`) only their
-scribbles; a size-labelled case (:mod:`WeakSegLib.sizes`) labels the slices its mask covers and the
-outside of its boxes, and carries per (slice, class) sizes for the size loss.
+scribbles; a size-labelled case (:mod:`WeakSegLib.sizes`) labels the slices its mask covers, the
+outside of its boxes and (as background) the slices measured empty for every class, and carries
+per (slice, class) sizes for the size loss.
 
 Spatial sizes are padded at the far end (bottom/right/back) to a common multiple of
 :data:`WeakSegLib.networks.SIZE_MULTIPLE`, so box indices need no shift; the padding is outside
@@ -165,7 +166,8 @@ def partial_to_labels(partial: np.ndarray, label_values: Sequence[int]) -> np.nd
 
 def _size_case_labels(case: Case, label_values: Sequence[int], axis: int,
                       box_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and ``(slices, C)`` sizes of a size-labelled case (see :class:`Case`).
+    """Labels and ``(slices, C)`` sizes of a size-labelled case (see :class:`Case`). A slice whose
+    every class has size 0 holds no object: it is labelled background (CE) instead of a size target.
 
     Raises:
         InputError: a slice with both a mask and a size label, or a size label of a class on a slice
@@ -195,6 +197,9 @@ def _size_case_labels(case: Case, label_values: Sequence[int], axis: int,
             raise InputError(f"{case.name}: size label of label {s.label} on slice {s.slice}, whose boxes are "
                              f"of label(s) {others}: box the object the size measures")
         sizes[s.slice, c] = s.size
+    empty = (sizes == 0).all(1)  # every class measured absent: the whole slice is background
+    lab[empty] = 0
+    sizes[empty] = -1
     return labels, sizes
 
 

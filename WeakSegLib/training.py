@@ -81,8 +81,12 @@ class TrainConfig:
     ``proposal_every`` (DeepCut's k: epochs between CRF revisions), ``processes`` (its CRF worker
     processes), ``crf`` (overrides of :class:`WeakSegLib.crf.CRFParams`), ``boxsup_k`` and
     ``boxsup_weight`` (BoxSup's k cheapest candidates and λ) only matter for those recipes.
-    Recipe ``size``: ``pretrain_epochs`` first epochs train on the mask slices only, then the size loss
-    (weight ``size_weight``, ``size_samples`` masks drawn per slice) joins. ``sccl_weight`` and
+    Recipe ``size``: ``pretrain_epochs`` (20) first epochs train on the mask slices only, then the size loss
+    (weight ``size_weight``, ``size_samples`` masks drawn per slice) joins; from then on every batch
+    also carries up to ``batch_size`` mask slices drawn at random, so that no step follows the size
+    loss alone (with Adam, a step on a batch without labelled pixels would be a full-size step of the
+    size term whatever its weight), and batch-norm statistics stay frozen at their pre-training
+    values (trained further on slices no mask constrains, they let the network paint whole slices). ``sccl_weight`` and
     ``sccl_bounds`` (``[[lo, hi], …]`` pixels per class; default 0.9·min / 1.1·max of the reference
     masks' per-slice sizes) for ``sccl``; ``adv_weight`` (λ_a, default by reference kind) and ``adv_lr``
     (the discriminator's Adam) for ``accl-*``.
@@ -118,7 +122,7 @@ class TrainConfig:
     boxsup_k: int = 5
     boxsup_weight: float = 1.0
     crf: dict = field(default_factory=dict)
-    pretrain_epochs: int = 0
+    pretrain_epochs: int = 20
     size_weight: float = 1.0
     size_samples: int = 1
     sccl_weight: float = 0.01
@@ -287,6 +291,14 @@ def per_case_dice(pred: torch.Tensor, ref: torch.Tensor, valid: torch.Tensor, ca
     return out
 
 
+def freeze_batch_norm(network: torch.nn.Module) -> None:
+    """Put the batch-norm layers in eval mode: their statistics stay those of the pre-training data
+    (fine-tuning with frozen statistics; the other layers keep training)."""
+    for module in network.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
 def label_revision(config: TrainConfig, card: dict, samples: SampleSet, network: torch.nn.Module,
                    optimizer: torch.optim.Optimizer, device: torch.device) -> DeepCut | BoxSup | None:
     """The label revision of a proposal recipe (:mod:`WeakSegLib.proposals`), None for the others.
@@ -365,6 +377,7 @@ def train(cases: Sequence[TrainCase], config: TrainConfig, out_dir: str | os.Pat
         card["training"]["sccl_bounds"] = settings.sccl_bounds.tolist()
     loss_fn = RecipeLoss(config.recipe, settings, adversary).to(device)
     labelled = samples.labelled()
+    labelled_index = labelled.nonzero().flatten()
 
     def barrier_t(epoch: int) -> float:
         return config.t0 * config.t_factor ** epoch
@@ -375,6 +388,13 @@ def train(cases: Sequence[TrainCase], config: TrainConfig, out_dir: str | os.Pat
             index = index[labelled[index]]
             if len(index) == 0:
                 return {}
+        elif config.recipe in SIZE_RECIPES:
+            if config.pretrain_epochs:
+                freeze_batch_norm(network)
+            if len(labelled_index):  # the size loss never steps alone
+                draw = torch.randperm(len(labelled_index), generator=torch.Generator().manual_seed(
+                    (config.seed * 100003 + epoch) * 10007 + b))[:config.batch_size]
+                index = torch.cat([index, labelled_index[draw.to(device)]])
         batch = samples.batch(index)
         if config.recipe == "accl-paired":
             batch["reference"] = samples.references[index]

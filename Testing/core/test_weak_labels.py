@@ -103,6 +103,15 @@ def test_size_case_labels_masks_boxes_and_sizes():
     assert s.labelled().tolist() == [False, True, False, False, True, False]
 
 
+def test_a_slice_measured_empty_for_every_class_is_background():
+    mask = two_objects()
+    sizes = [SizeLabel(0, 1, 0.0), SizeLabel(0, 2, 0.0), SizeLabel(3, 1, 0.0), SizeLabel(3, 2, 10.0)]
+    s = build_samples([Case(mask.astype(np.float32), sizes=sizes)], [1, 2])
+    assert bool((s.labels[0] == 0).all()) and s.sizes[0].tolist() == [-1.0, -1.0]
+    assert bool((s.labels[3, :30, :34] == IGNORE).all()) and s.sizes[3].tolist() == [0.0, 10.0]
+    assert s.labelled().tolist() == [True] + [False] * 5
+
+
 def test_size_label_on_a_slice_with_a_box_of_another_class_is_refused():
     from WeakSegLib.boxes import Box
 

@@ -41,12 +41,21 @@ def weak_case(synthetic_case, tmp_path):
 
 
 def test_size_recipe_pretrains_on_mask_slices_then_adds_the_size_loss(weak_case, tmp_path):
+    """Epoch 1 trains on the 3 mask slices alone; then the size loss joins and the batch-norm
+    statistics stay those of pre-training while the weights move on."""
     events = []
     case = TrainCase(weak_case["image"], mask=weak_case["few"], sizes=weak_case["sizes"], eval_mask=weak_case["mask"])
+    train([case], quick(recipe="size", epochs=1, pretrain_epochs=1), tmp_path / "m", on_event=events.append)
+    pretrained = load_state(tmp_path / "m" / CHECKPOINT)["model"]
     card = train([case], quick(recipe="size", epochs=3, pretrain_epochs=1), tmp_path / "m", on_event=events.append)
     first, second, third = [e for e in events if e["event"] == "epoch"]
     assert "size" not in first and "ce" in first
     assert "size" in second and "size_error" in third and third["size_error"] >= 0
+    final = load_state(tmp_path / "m" / CHECKPOINT)["model"]
+    stats = [k for k in final if k.endswith(("running_mean", "running_var"))]
+    weights = [k for k in final if k.endswith("weight") and final[k].dim() == 4]
+    assert stats and all(torch.equal(final[k], pretrained[k]) for k in stats)
+    assert any(not torch.equal(final[k], pretrained[k]) for k in weights)
     assert card["recipe"] == "size"
     model = load_model(tmp_path / "m")
     labels, _ = predict_volume(model, read_volume(weak_case["image"]))
@@ -55,9 +64,10 @@ def test_size_recipe_pretrains_on_mask_slices_then_adds_the_size_loss(weak_case,
 
 def test_size_recipe_resumes_bit_exactly(weak_case, tmp_path):
     case = [TrainCase(weak_case["image"], mask=weak_case["few"], sizes=weak_case["sizes"])]
-    train(case, quick(recipe="size", epochs=2, network="enet"), tmp_path / "a")
-    train(case, quick(recipe="size", epochs=1, network="enet"), tmp_path / "b")
-    train(case, quick(recipe="size", epochs=2, network="enet"), tmp_path / "b")
+    cfg = dict(recipe="size", network="enet", pretrain_epochs=1)
+    train(case, quick(epochs=2, **cfg), tmp_path / "a")
+    train(case, quick(epochs=1, **cfg), tmp_path / "b")
+    train(case, quick(epochs=2, **cfg), tmp_path / "b")
     a, b = load_state(tmp_path / "a" / "model.pt"), load_state(tmp_path / "b" / "model.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
