@@ -384,7 +384,8 @@ def train(cases: Sequence[TrainCase], config: TrainConfig, out_dir: str | os.Pat
 
     def step(index: torch.Tensor, epoch: int, b: int) -> dict[str, torch.Tensor]:
         pretraining = epoch < config.pretrain_epochs
-        if pretraining:  # only the samples with labelled pixels (the mask slices of a size-labelled set)
+        weak_terms = (config.recipe in SIZE_RECIPES and not pretraining) or adversary is not None
+        if not weak_terms:  # a sample without any labelled pixel has nothing to learn from: skip it
             index = index[labelled[index]]
             if len(index) == 0:
                 return {}
@@ -403,7 +404,7 @@ def train(cases: Sequence[TrainCase], config: TrainConfig, out_dir: str | os.Pat
                 (config.seed * 100003 + epoch) * 10007 + b))
             batch = flip_batch(batch, [a for a in range(config.spatial_dims) if coin[a] < 0.5])
         logits = network(batch["image"])
-        loss, parts = loss_fn(logits, batch, barrier_t(epoch), weak=not pretraining)
+        loss, parts = loss_fn(logits, batch, barrier_t(epoch), weak=weak_terms)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -2,8 +2,9 @@
 
 Sizes: on each case, m axial slices keep their mask and every other slice gets only its object size
 (``sizes_from_mask``). Trained: ``full`` on every slice (upper bound), the m labelled slices alone
-(recipe ``size`` pre-training for all epochs: the size loss never joins), and m slices + sizes
-(pre-training on the m slices for ``--pretrain`` epochs, then the size loss). IoU on the whole
+(``partial-ce`` on a label volume that marks those slices only), and m slices + sizes (recipe
+``size``: pre-training on the m slices — and on the slices measured empty — for ``--pretrain``
+epochs, then the size loss). IoU on the whole
 volume against its mask; seconds per epoch of ``size`` (after pre-training) vs ``full`` on the same
 slices.
 
@@ -28,7 +29,7 @@ import torch
 
 from WeakSegLib.inference import predict_file
 from WeakSegLib.metrics import evaluate
-from WeakSegLib.partial import partial_from_mask
+from WeakSegLib.partial import PARTIAL_BACKGROUND, partial_from_mask
 from WeakSegLib.sample_data import materialize
 from WeakSegLib.sizes import SizeSet, save_sizes, sizes_from_mask
 from WeakSegLib.training import TrainCase, TrainConfig, train
@@ -57,6 +58,9 @@ def size_study(case: str, m: int, epochs: int, pretrain: int, seed: int, out: Pa
     few = np.zeros_like(planes)
     few[labelled] = planes[labelled]
     write_volume(mask.with_array(np.moveaxis(few, 0, axis).copy()), out / "few.nii.gz")
+    only = np.zeros(planes.shape, np.uint8)  # partial labels: the m slices, background marked
+    only[labelled] = np.where(planes[labelled] > 0, 1, PARTIAL_BACKGROUND)
+    write_volume(mask.with_array(np.moveaxis(only, 0, axis).copy()), out / "only.nii.gz")
     others = [k for k in range(planes.shape[0]) if k not in set(labelled)]
     save_sizes(SizeSet(sizes_from_mask(mask.array, axis, slices=others), mask.shape, axis, {1: sample["object"]},
                        mask.geometry()), out / "sizes.json")
@@ -64,8 +68,8 @@ def size_study(case: str, m: int, epochs: int, pretrain: int, seed: int, out: Pa
     image = sample["image"]
     runs = {
         "full (all slices)": (TrainCase(image, mask=sample["mask"]), TrainConfig(recipe="full", **base)),
-        f"{m} labelled slices": (TrainCase(image, mask=str(out / "few.nii.gz"), sizes=str(out / "sizes.json")),
-                                 TrainConfig(recipe="size", pretrain_epochs=epochs, **base)),
+        f"{m} labelled slices": (TrainCase(image, partial=str(out / "only.nii.gz")),
+                                 TrainConfig(recipe="partial-ce", **base)),
         f"{m} labelled + sizes": (TrainCase(image, mask=str(out / "few.nii.gz"), sizes=str(out / "sizes.json")),
                                   TrainConfig(recipe="size", pretrain_epochs=pretrain, **base)),
     }

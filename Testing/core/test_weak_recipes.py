@@ -146,3 +146,37 @@ def test_size_file_of_another_grid_is_refused(weak_case, other_grid, tmp_path):
     with pytest.raises(InputError, match="mismatched image/size geometry"):
         train([TrainCase(weak_case["image"], sizes=str(tmp_path / "other-sizes.json"))], quick(recipe="size"),
               tmp_path / "m")
+
+
+def test_samples_without_labels_are_not_visited(weak_case, tmp_path, monkeypatch):
+    """partial-ce on a volume whose partial labels mark 3 slices: only those slices reach the loss
+    (slices with nothing labelled would only move the batch-norm statistics); the size recipe visits
+    the size slices after pre-training."""
+    import WeakSegLib.training as training
+    from WeakSegLib.data import IGNORE
+    from WeakSegLib.partial import PARTIAL_BACKGROUND
+
+    seen = []
+
+    class Recording(training.RecipeLoss):
+        def forward(self, logits, batch, t, weak=True):
+            known = ((batch["labels"] != IGNORE) & batch["valid"]).flatten(1).any(1)
+            seen.append((int(known.sum()), len(known), weak))
+            return super().forward(logits, batch, t, weak)
+
+    monkeypatch.setattr(training, "RecipeLoss", Recording)
+    mask = read_label_volume(weak_case["mask"])
+    only = np.zeros(mask.shape, np.uint8)
+    only[weak_case["labelled"]] = np.where(mask.array[weak_case["labelled"]] > 0, mask.array[weak_case["labelled"]],
+                                           PARTIAL_BACKGROUND)
+    write_volume(mask.with_array(only), tmp_path / "only.nrrd")
+    train([TrainCase(weak_case["image"], partial=str(tmp_path / "only.nrrd"))], quick(recipe="partial-ce", epochs=2),
+          tmp_path / "p")
+    assert sum(n for _, n, _ in seen) == 2 * 3 and all(k == n for k, n, _ in seen)
+    seen.clear()
+    train([TrainCase(weak_case["image"], mask=weak_case["few"], sizes=weak_case["sizes"])],
+          quick(recipe="size", epochs=2, pretrain_epochs=1), tmp_path / "s")
+    pre = [s for s in seen if not s[2]]
+    post = [s for s in seen if s[2]]
+    assert all(k == n for k, n, _ in pre)
+    assert sum(n - k for k, n, _ in post) > 0  # size slices (no labelled pixel) in the weak epoch
