@@ -86,8 +86,16 @@ class Adversary:
         self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=betas)
 
     def generator_loss(self, image: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-        """λ_a·mean((D(X, G(X)) − 1)²); ``probs`` ``(B, 1 + C, H, W)`` softmax of the network."""
-        return self.weight * ((self.discriminator(image, probs) - 1) ** 2).mean()
+        """λ_a·mean((D(X, G(X)) − 1)²); ``probs`` ``(B, 1 + C, H, W)`` softmax of the network. The
+        gradient reaches the network only: D's parameters are left out of this graph (D steps on its own loss)."""
+        params = list(self.discriminator.parameters())
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            return self.weight * ((self.discriminator(image, probs) - 1) ** 2).mean()
+        finally:
+            for p in params:
+                p.requires_grad_(True)
 
     def reference_masks(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """One-hot reference masks ``(B, 1 + C, H, W)`` for the batch (module docstring)."""

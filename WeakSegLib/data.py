@@ -230,6 +230,7 @@ def build_samples(cases: Sequence[Case], label_values: Sequence[int], *, spatial
     per_images, per_labels, per_boxmask, per_eval, per_valid, per_boxes, per_case = [], [], [], [], [], [], []
     offset = 0
     views = []
+    with_sizes = any(c.sizes is not None for c in cases)  # then every sample gets a sizes row
     for case in cases:
         shape = case.image.shape
         box_mask = (rasterize(case.boxes, shape, label_values) if case.boxes is not None
@@ -270,7 +271,7 @@ def build_samples(cases: Sequence[Case], label_values: Sequence[int], *, spatial
         boxes = np.asarray(box_rows, dtype=np.int64).reshape(-1, 2 + 2 * spatial_dims)
         boxes[:, 0] += offset
         offset += img.shape[0]
-        if sizes is None and any(c.sizes is not None for c in cases):
+        if sizes is None and with_sizes:
             sizes = np.full((img.shape[0], C), -1.0, np.float32)
         views.append((img, lab, bm, ev, boxes, float(case.image.min()), sizes))
     spatial = np.max([v[0].shape[2:] for v in views], axis=0)

@@ -103,6 +103,8 @@ class RecipeLoss(nn.Module):
     def _label_loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], weak: bool):
         parts = {"ce": self.terms["ce"](logits, batch["labels"])}
         logs = {}
+        if len(self.terms) == 1 and self.adversary is None:  # CE alone needs no probabilities
+            return parts["ce"], {"ce": parts["ce"].detach()}
         probs = torch.softmax(logits, 1)
         if "size" in self.terms and weak:
             inside = batch["box_mask"] > 0  # (B, C, H, W); a slice without a box of the class: anywhere

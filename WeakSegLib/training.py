@@ -195,14 +195,16 @@ def _read_boxes(tc: TrainCase, image: Volume, config: TrainConfig, names: dict[i
     return boxset.slice_boxes(config.axis) if config.spatial_dims == 2 else boxset.boxes
 
 
-def _read_labels(path: str, image: Volume, config: TrainConfig, names: dict[int, str], *,
+def _read_labels(path: str, image: Volume, config: TrainConfig, names: dict[int, str] | None, *,
                  what: str, image_name: str, same_grid: bool = True) -> np.ndarray:
-    """A label volume (mask, partial labels, reference masks) as an array, its label values named."""
+    """A label volume (mask, partial labels, reference masks) as an array; its label values join
+    ``names`` when given (training labels; not for reference or evaluation masks)."""
     vol = read_label_volume(path)
     if same_grid:
         check_same_grid(image, vol, image_name, f"{what} {path}")
-    values = config.labels or [int(v) for v in np.unique(vol.array) if v and v != PARTIAL_BACKGROUND]
-    names.update({v: names.get(v, f"label {v}") for v in values})
+    if names is not None:
+        values = config.labels or [int(v) for v in np.unique(vol.array) if v and v != PARTIAL_BACKGROUND]
+        names.update({v: names.get(v, f"label {v}") for v in values})
     return vol.array
 
 
@@ -251,12 +253,12 @@ def load_training_data(cases: Sequence[TrainCase], config: TrainConfig) -> Loade
                 raise InputError(f"recipe {recipe!r} trains on boxes: give --boxes for {tc.image}")
             case.boxes = _read_boxes(tc, image, config, names)
         if tc.reference is not None:
-            case.reference = _read_labels(tc.reference, image, config, {}, what="reference masks", image_name=str(tc.image),
+            case.reference = _read_labels(tc.reference, image, config, None, what="reference masks", image_name=str(tc.image),
                                           same_grid=recipe == "accl-paired")
         elif recipe == "accl-paired":
             raise InputError(f"recipe 'accl-paired' needs this image's true mask: give --reference for {tc.image}")
         if tc.eval_mask is not None:
-            case.eval_mask = _read_labels(tc.eval_mask, image, config, {}, what="evaluation mask", image_name=str(tc.image))
+            case.eval_mask = _read_labels(tc.eval_mask, image, config, None, what="evaluation mask", image_name=str(tc.image))
         case.image = normalize(image.array, config.normalization, percentiles=tuple(config.percentiles),
                                window=tuple(config.window))
         out.append(case)

@@ -44,7 +44,8 @@ def fit(name: str, case: TrainCase, config: TrainConfig, out: Path, image: str, 
     seconds = time.perf_counter() - began
     predict_file(out / name, image, out / f"{name}.nii.gz", device=config.device)
     scores = evaluate(read_label_volume(out / f"{name}.nii.gz").array, mask.array, mask.spacing)
-    epochs = [h["seconds"] for h in card["history"][config.pretrain_epochs:-1]] or [card["history"][-1]["seconds"]]
+    skip = config.pretrain_epochs if config.recipe == "size" else 0  # time the size epochs only
+    epochs = [h["seconds"] for h in card["history"][skip:-1]] or [card["history"][-1]["seconds"]]
     return {**scores, "seconds": seconds, "epoch_seconds": float(np.median(epochs))}
 
 
