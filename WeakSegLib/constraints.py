@@ -103,34 +103,65 @@ def line_sums(s: torch.Tensor, boxes: torch.Tensor, axis: int) -> torch.Tensor:
     return _contract(s, group, rank, weight, axis)
 
 
-class _LineSums2D(torch.autograd.Function):
-    """:func:`line_sums` of a 2D batch along both axes, with a backward that is one matrix product
-    (the two axes' gradients summed inside the product, no full-size addition)."""
+def _barrier_slope(z: torch.Tensor, t: float) -> torch.Tensor:
+    """dψ_t/dz of :func:`log_barrier`, elementwise (positive)."""
+    threshold = -1.0 / (t * t)
+    return torch.where(z <= threshold, -1.0 / (t * z.clamp(max=threshold)), torch.full_like(z, t))
+
+
+def _band_slacks(lines: list[torch.Tensor], boxes: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slack ``z`` = bound − band sum of every band of every box along every axis, from the boxes'
+    line sums (one ``(N, S_a)`` per axis): ``(nd, N, K)`` with K the most bands of any axis, and
+    ``valid`` (same shape) false for the padding bands past a box's end. One cumulative sum for all."""
+    size = max(l.shape[1] for l in lines)
+    stacked = torch.stack([nn.functional.pad(l, (0, size - l.shape[1])) for l in lines])
+    cum = nn.functional.pad(stacked.cumsum(2), (1, 0))  # (nd, N, S_max + 1)
+    lo, hi = boxes[:, 2::2].T[:, :, None], boxes[:, 3::2].T[:, :, None]  # (nd, N, 1)
+    start = lo + torch.arange(math.ceil(size / width), device=boxes.device) * width  # (nd, N, K)
+    valid = start < hi
+    start = torch.minimum(start, hi)
+    stop = torch.minimum(start + width, hi)
+    z = (stop - start).to(stacked.dtype) - (cum.gather(2, stop) - cum.gather(2, start))
+    return z, valid
+
+
+class _Tightness2D(torch.autograd.Function):
+    """The 2D tightness prior as one autograd node: the forward computes the line sums of every box
+    along both axes (one batched product each), the band slacks and the barrier with its slope; the
+    backward is a single batched product that spreads each line's slope over the box (the two axes'
+    gradients summed inside the product, no full-size addition)."""
 
     @staticmethod
-    def forward(ctx, s: torch.Tensor, boxes: torch.Tensor):
+    def forward(ctx, s: torch.Tensor, boxes: torch.Tensor, width: int, t: float, scale: float):
         B, C, H, W = s.shape
         group, rank, slots = _slots(boxes, C)
         cols = _grouped_weights(boxes, group, rank, slots, (H, W), (1,), B * C, s.dtype)  # (G, M, W)
         rows = _grouped_weights(boxes, group, rank, slots, (H, W), (0,), B * C, s.dtype)  # (G, M, H)
-        ctx.save_for_backward(group, rank, cols, rows)
+        z, valid = _band_slacks([_contract(s, group, rank, cols, 0), _contract(s, group, rank, rows, 1)],
+                                boxes, width)
+        value = (log_barrier(z, t) * valid).sum() * scale
+        # d value / d line sum: minus the slope of the line's band, inside the box along that axis
+        slope = _barrier_slope(z, t) * valid * -scale  # (2, N, K)
+        pos = torch.arange(z.shape[2] * width, device=s.device)
+        lo, hi = boxes[:, 2::2].T[:, :, None], boxes[:, 3::2].T[:, :, None]
+        band = ((pos - lo) // width).clamp(0, z.shape[2] - 1)
+        line_grad = slope.gather(2, band) * ((pos >= lo) & (pos < hi))  # (2, N, ≥ S_max)
+        ctx.save_for_backward(group, rank, cols, rows, line_grad[0, :, :H], line_grad[1, :, :W])
         ctx.shape = s.shape
-        return _contract(s, group, rank, cols, 0), _contract(s, group, rank, rows, 1)
+        return value
 
     @staticmethod
-    def backward(ctx, g_rows: torch.Tensor, g_cols: torch.Tensor):
-        group, rank, cols, rows = ctx.saved_tensors
+    def backward(ctx, grad: torch.Tensor):
+        group, rank, cols, rows, g_rows, g_cols = ctx.saved_tensors
         G, m = cols.shape[:2]
         H, W = ctx.shape[2:]
-        left = torch.empty(G, H, 2 * m, dtype=g_rows.dtype, device=g_rows.device)
-        left[:, :, :m] = 0
-        left[group, :, rank] = g_rows
+        left = torch.zeros(G, H, 2 * m, dtype=cols.dtype, device=cols.device)
+        left[group, :, rank] = g_rows * grad
         left[:, :, m:] = rows.transpose(1, 2)
-        right = torch.empty(G, 2 * m, W, dtype=g_rows.dtype, device=g_rows.device)
+        right = torch.zeros(G, 2 * m, W, dtype=cols.dtype, device=cols.device)
         right[:, :m] = cols
-        right[:, m:] = 0
-        right[group, m + rank] = g_cols
-        return torch.bmm(left, right).reshape(ctx.shape), None
+        right[group, m + rank] = g_cols * grad
+        return torch.bmm(left, right).reshape(ctx.shape), None, None, None, None
 
 
 class TightnessPrior(nn.Module):
@@ -150,20 +181,14 @@ class TightnessPrior(nn.Module):
         nd = _check(s, boxes)
         if boxes.shape[0] == 0:
             return s.sum() * 0.0
+        if t <= 0:
+            raise ValueError(f"barrier parameter t must be positive, got {t}")
         boxes = boxes.to(s.device)
-        lines = _LineSums2D.apply(s, boxes) if nd == 2 else [line_sums(s, boxes, a) for a in range(nd)]
-        size = max(s.shape[2:])
-        # all axes at once: line sums (nd, N, S_max) zero-padded, one cumulative sum, one barrier
-        lines = torch.stack([nn.functional.pad(l, (0, size - l.shape[1])) for l in lines])
-        cum = nn.functional.pad(lines.cumsum(2), (1, 0))  # (nd, N, S_max + 1)
-        lo, hi = boxes[:, 2::2].T[:, :, None], boxes[:, 3::2].T[:, :, None]  # (nd, N, 1)
-        start = lo + torch.arange(math.ceil(size / self.width), device=s.device) * self.width  # (nd, N, K)
-        valid = start < hi  # bands past the box end are padding
-        start = torch.minimum(start, hi)
-        stop = torch.minimum(start + self.width, hi)
-        z = (stop - start).to(s.dtype) - (cum.gather(2, stop) - cum.gather(2, start))
-        total = (log_barrier(z, t) * valid).sum()
-        return self.weight * total / s.shape[0]
+        scale = self.weight / s.shape[0]
+        if nd == 2:
+            return _Tightness2D.apply(s, boxes, self.width, float(t), scale)
+        z, valid = _band_slacks([line_sums(s, boxes, a) for a in range(nd)], boxes, self.width)
+        return (log_barrier(z, t) * valid).sum() * scale
 
 
 class Emptiness(nn.Module):
