@@ -115,7 +115,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                          proposal_every=args.proposal_every, processes=args.processes, crf=dict(args.crf),
                          boxsup_k=args.boxsup_k, boxsup_weight=args.boxsup_weight,
                          pretrain_epochs=args.pretrain_epochs, size_weight=args.size_weight,
-                         size_samples=args.size_samples, sccl_weight=args.sccl_weight,
+                         size_samples=args.size_samples, size_anchors=args.size_anchors, sccl_weight=args.sccl_weight,
                          sccl_bounds=[list(b) for b in args.sccl_bounds] if args.sccl_bounds else None,
                          adv_weight=args.adv_weight, adv_lr=args.adv_lr)
     printer = ProgressPrinter(args.events, args.quiet)
@@ -250,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="size: first epochs on the mask slices only (then their batch-norm statistics stay fixed)")
     t.add_argument("--size-weight", type=float, default=1.0, help="size: weight of the expected size loss")
     t.add_argument("--size-samples", type=int, default=1, help="size: masks drawn per slice for the gradient estimate")
+    t.add_argument("--size-anchors", type=int, default=2,
+                   help="size: mask slices added to every batch once sizes join (keeps the size loss anchored)")
     t.add_argument("--partial", action="append", help="partial-label recipes: partial label volume, one per --image")
     t.add_argument("--reference", action="append",
                    help="reference masks, one per --image ('-' for none): accl-unpaired (any masks of the "

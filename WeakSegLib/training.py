@@ -83,7 +83,7 @@ class TrainConfig:
     ``boxsup_weight`` (BoxSup's k cheapest candidates and λ) only matter for those recipes.
     Recipe ``size``: ``pretrain_epochs`` (20) first epochs train on the mask slices only, then the size loss
     (weight ``size_weight``, ``size_samples`` masks drawn per slice) joins; from then on every batch
-    also carries up to ``batch_size`` mask slices drawn at random, so that no step follows the size
+    also carries ``size_anchors`` (2) mask slices drawn at random, so that no step follows the size
     loss alone (with Adam, a step on a batch without labelled pixels would be a full-size step of the
     size term whatever its weight), and batch-norm statistics stay frozen at their pre-training
     values (trained further on slices no mask constrains, they let the network paint whole slices). ``sccl_weight`` and
@@ -125,6 +125,7 @@ class TrainConfig:
     pretrain_epochs: int = 20
     size_weight: float = 1.0
     size_samples: int = 1
+    size_anchors: int = 2
     sccl_weight: float = 0.01
     sccl_bounds: list | None = None
     adv_weight: float | None = None
@@ -145,8 +146,8 @@ class TrainConfig:
             raise InputError(f"axis must be 0, 1 or 2, got {self.axis}")
         if self.recipe in PROPOSAL_RECIPES and self.spatial_dims != 2:
             raise InputError(f"recipe {self.recipe!r} revises 2D slice labels: use a 2D or 2.5D network")
-        if self.proposal_every < 1 or self.processes < 1 or self.boxsup_k < 1 or self.size_samples < 1:
-            raise InputError("proposal_every, processes, boxsup_k and size_samples must be ≥ 1")
+        if min(self.proposal_every, self.processes, self.boxsup_k, self.size_samples, self.size_anchors) < 1:
+            raise InputError("proposal_every, processes, boxsup_k, size_samples and size_anchors must be ≥ 1")
         if self.recipe in SIZE_RECIPES + PARTIAL_RECIPES and self.spatial_dims != 2:
             raise InputError(f"recipe {self.recipe!r} learns from per-slice labels: use a 2D or 2.5D network")
         if self.pretrain_epochs < 0:
@@ -396,7 +397,7 @@ def train(cases: Sequence[TrainCase], config: TrainConfig, out_dir: str | os.Pat
                 freeze_batch_norm(network)
             if len(labelled_index):  # the size loss never steps alone
                 draw = torch.randperm(len(labelled_index), generator=torch.Generator().manual_seed(
-                    (config.seed * 100003 + epoch) * 10007 + b))[:config.batch_size]
+                    (config.seed * 100003 + epoch) * 10007 + b))[:config.size_anchors]
                 index = torch.cat([index, labelled_index[draw.to(device)]])
         batch = samples.batch(index)
         if config.recipe == "accl-paired":

@@ -49,7 +49,7 @@ def fit(name: str, case: TrainCase, config: TrainConfig, out: Path, image: str, 
     return {**scores, "seconds": seconds, "epoch_seconds": float(np.median(epochs))}
 
 
-def size_study(case: str, m: int, epochs: int, pretrain: int, seed: int, out: Path) -> dict:
+def size_study(case: str, m: int, epochs: int, pretrain: int, anchors: int, seed: int, out: Path) -> dict:
     sample = materialize(case, out)
     axis = sample["axis"]
     mask = read_label_volume(sample["mask"])
@@ -72,7 +72,7 @@ def size_study(case: str, m: int, epochs: int, pretrain: int, seed: int, out: Pa
         f"{m} labelled slices": (TrainCase(image, partial=str(out / "only.nii.gz")),
                                  TrainConfig(recipe="partial-ce", **base)),
         f"{m} labelled + sizes": (TrainCase(image, mask=str(out / "few.nii.gz"), sizes=str(out / "sizes.json")),
-                                  TrainConfig(recipe="size", pretrain_epochs=pretrain, **base)),
+                                  TrainConfig(recipe="size", pretrain_epochs=pretrain, size_anchors=anchors, **base)),
     }
     results = {"labelled_slices": [int(k) for k in labelled], "slices": int(planes.shape[0])}
     for name, (tc, config) in runs.items():
@@ -138,6 +138,7 @@ def main() -> None:
     p.add_argument("--cases", nargs="+", default=["vertebral-body-ct", "vertebral-body-mri", "chest-ct-lungs"])
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--pretrain", type=int, default=20, help="size: epochs on the labelled slices before sizes join")
+    p.add_argument("--anchors", type=int, default=2, help="size: mask slices added to every size batch")
     p.add_argument("--m", type=int, default=3, help="size: fully labelled slices")
     p.add_argument("--erode", type=float, default=3.0)
     p.add_argument("--margin", type=float, default=10.0)
@@ -150,7 +151,7 @@ def main() -> None:
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         if args.only in (None, "size"):
-            results["size"] = {c: size_study(c, args.m, args.epochs, args.pretrain, args.seed, Path(tmp) / f"size-{c}")
+            results["size"] = {c: size_study(c, args.m, args.epochs, args.pretrain, args.anchors, args.seed, Path(tmp) / f"size-{c}")
                                for c in args.cases}
             print("\n" + size_table(results["size"]) + "\n", flush=True)
         if args.only in (None, "partial"):

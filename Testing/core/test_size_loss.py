@@ -128,3 +128,9 @@ def test_descending_the_estimate_reaches_the_labelled_size():
 def test_size_samples_must_be_positive():
     with pytest.raises(InputError, match="≥ 1"):
         SizeLoss(samples=0)
+
+
+def test_size_anchors_must_be_positive():
+    from WeakSegLib.training import TrainConfig
+    with pytest.raises(InputError, match="size_anchors"):
+        TrainConfig(recipe="size", size_anchors=0).validate()

@@ -175,8 +175,10 @@ def test_samples_without_labels_are_not_visited(weak_case, tmp_path, monkeypatch
     assert sum(n for _, n, _ in seen) == 2 * 3 and all(k == n for k, n, _ in seen)
     seen.clear()
     train([TrainCase(weak_case["image"], mask=weak_case["few"], sizes=weak_case["sizes"])],
-          quick(recipe="size", epochs=2, pretrain_epochs=1), tmp_path / "s")
+          quick(recipe="size", epochs=2, pretrain_epochs=1, size_anchors=1), tmp_path / "s")
     pre = [s for s in seen if not s[2]]
     post = [s for s in seen if s[2]]
     assert all(k == n for k, n, _ in pre)
     assert sum(n - k for k, n, _ in post) > 0  # size slices (no labelled pixel) in the weak epoch
+    labelled = sum(n for _, n, _ in pre)  # each labelled slice once per epoch, plus one anchor per batch
+    assert sum(k for k, _, _ in post) == labelled + len(post)
