@@ -1,6 +1,7 @@
 """DeepCut's proposal step: dense CRF over a stack of real CT slices with 1 process (in this process)
 and with N worker processes over shared memory, same inputs, after a warm-up (worker start-up is
-not timed). Prints a table and optionally JSON.
+not timed). The settings alternate round by round (a shared machine drifts by tens of per cent
+between minutes); speed-ups are medians of the per-round ratios. Prints a table and optionally JSON.
 
 The stack: the axial slices of the slicerio chest CT resized to 256×256 (a clinical slice size),
 with box-like probabilities for the lungs (the filled tight boxes, smoothed, plus noise): what
@@ -141,27 +142,34 @@ def main() -> None:
         return solo(*args.solo, args.size, args.copies)
     images, probs, allowed = slice_stack(args.size, args.copies)
     every = range(len(images))
-    results, reference = {}, None
-    for n in args.processes:
-        with CRFPool(images, 2, processes=n) as pool:
-            labels, _ = pool.refine(probs, allowed, every)  # warm-up: workers started, modules imported
-            times = [pool.refine(probs, allowed, every)[1] for _ in range(args.repeats)]
-        reference = labels if reference is None else reference
-        alone = [independent(n, args.size, args.copies) for _ in range(args.repeats)]
-        results[n] = {"median_s": statistics.median(times), "times_s": times,
-                      "same_labels": bool(np.array_equal(labels, reference)),
-                      "independent_median_s": statistics.median(alone), "independent_s": alone}
-    base = results[args.processes[0]]["median_s"]
+    pools = {n: CRFPool(images, 2, processes=n) for n in args.processes}
+    try:
+        labels = {n: pool.refine(probs, allowed, every)[0] for n, pool in pools.items()}  # warm-up
+        times: dict[int, list[float]] = {n: [] for n in args.processes}
+        alone: dict[int, list[float]] = {n: [] for n in args.processes}
+        for _ in range(args.repeats):  # rounds: every setting once, so drifts of the machine hit all alike
+            for n, pool in pools.items():
+                times[n].append(pool.refine(probs, allowed, every)[1])
+                alone[n].append(independent(n, args.size, args.copies))
+    finally:
+        for pool in pools.values():
+            pool.close()
+    first = args.processes[0]
+    results = {n: {"median_s": statistics.median(times[n]), "times_s": times[n],
+                   "speedup": statistics.median(a / b for a, b in zip(times[first], times[n])),
+                   "same_labels": bool(np.array_equal(labels[n], labels[first])),
+                   "independent_median_s": statistics.median(alone[n]), "independent_s": alone[n],
+                   "independent_speedup": statistics.median(a / b for a, b in zip(alone[first], alone[n]))}
+               for n in args.processes}
     print(f"dense CRF, {len(images)} slices {args.size}×{args.size}, 2 classes, 5 iterations, "
-          f"median of {args.repeats}:\n")
-    ref = results[args.processes[0]]["independent_median_s"]
+          f"median of {args.repeats} rounds (speed-ups: median of per-round ratios):\n")
     print("| processes | time per revision (s) | per slice (ms) | speed-up | labels identical "
           "| independent processes (s) | their speed-up |")
     print("|---|---|---|---|---|---|---|")
     for n, r in results.items():
         print(f"| {n} | {r['median_s']:.2f} | {1000 * r['median_s'] / len(images):.1f} | "
-              f"{base / r['median_s']:.2f}× | {r['same_labels']} | {r['independent_median_s']:.2f} | "
-              f"{ref / r['independent_median_s']:.2f}× |")
+              f"{r['speedup']:.2f}× | {r['same_labels']} | {r['independent_median_s']:.2f} | "
+              f"{r['independent_speedup']:.2f}× |")
     kept = kept_table() if args.kept else None
     if args.json:
         Path(args.json).write_text(json.dumps({"slices": len(images), "size": args.size, "results": results,
