@@ -74,15 +74,23 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 
 
 def resume_from(checkpoint: Path, network: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                fingerprint: dict, device: torch.device, hooks: EpochHooks | None = None) -> tuple[int, list[dict]]:
+                fingerprint: dict, device: torch.device, hooks: EpochHooks | None = None,
+                defaults: dict | None = None) -> tuple[int, list[dict]]:
     """Load ``checkpoint`` into ``network`` and ``optimizer``; returns (epochs done, history).
+
+    A setting the checkpoint does not record (it was written before that setting existed) matches
+    when the current value is its value in ``defaults`` (the settings' defaults), so a new setting
+    does not orphan the checkpoints of runs that never used it.
 
     Raises:
         ModelError: corrupt checkpoint, or one made with other settings (names the settings).
     """
     ckpt = load_state(checkpoint)
-    if ckpt.get("config") != fingerprint:
-        saved = ckpt.get("config") or {}
+    saved = ckpt.get("config")
+    if isinstance(saved, dict) and defaults:
+        saved = {**{k: v for k, v in defaults.items() if k in fingerprint and k not in saved}, **saved}
+    if saved != fingerprint:
+        saved = saved if isinstance(saved, dict) else {}
         diff = sorted(k for k in set(fingerprint) | set(saved) if saved.get(k) != fingerprint.get(k))
         raise ModelError(f"{checkpoint} was made with other settings (differ: {', '.join(diff)}); "
                          "use another output folder or start without resuming")
@@ -100,7 +108,8 @@ def run_epochs(network: torch.nn.Module, optimizer: torch.optim.Optimizer, setti
                step: StepFn, *, checkpoint: Path, fingerprint: dict, device: torch.device,
                epoch_info: InfoFn | None = None, emit: EventSink | None = None,
                should_stop: Callable[[], bool] | None = None, resume: bool = True,
-               start_info: dict | None = None, hooks: EpochHooks | None = None) -> list[dict]:
+               start_info: dict | None = None, hooks: EpochHooks | None = None,
+               defaults: dict | None = None) -> list[dict]:
     """Train ``network`` for ``settings.epochs`` epochs and return the history (one record per epoch).
 
     Each epoch visits every sample once in an order drawn from ``(seed, epoch)``, so an interrupted
@@ -112,6 +121,7 @@ def run_epochs(network: torch.nn.Module, optimizer: torch.optim.Optimizer, setti
         step: one optimisation step (see :data:`StepFn`).
         checkpoint: written atomically after every epoch; read first when ``resume`` and present.
         fingerprint: settings that must match for a checkpoint to be resumed.
+        defaults: values of settings an older checkpoint may not record (see :func:`resume_from`).
         device: where the order tensor goes.
         epoch_info: extra values for each epoch record (see :data:`InfoFn`).
         emit: receives the events.
@@ -124,7 +134,7 @@ def run_epochs(network: torch.nn.Module, optimizer: torch.optim.Optimizer, setti
     stop = should_stop or (lambda: False)
     first, history = 0, []
     if resume and checkpoint.exists():
-        first, history = resume_from(checkpoint, network, optimizer, fingerprint, device, hooks)
+        first, history = resume_from(checkpoint, network, optimizer, fingerprint, device, hooks, defaults)
     n = settings.samples
     n_batches = math.ceil(n / settings.batch_size)
     emit({"event": "start", "epochs": settings.epochs, "first_epoch": first + 1, "samples": n,

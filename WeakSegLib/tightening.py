@@ -324,7 +324,7 @@ def train_tightener(cases: Sequence[TightenerCase], config: TightenerConfig, out
                          fingerprint={**config.fingerprint(), "cases": [dataclasses.asdict(c) for c in cases]},
                          epoch_info=epoch_info, emit=emit, should_stop=should_stop, resume=resume,
                          start_info={"kind": "tighten-train", "out": str(out), "objects": data.objects,
-                                     "patches": patch_counts})
+                                     "patches": patch_counts}, defaults=TightenerConfig().fingerprint())
     card = {
         "network": {"name": config.network, "patch": config.patch},
         "patch": {"size": config.patch, "train_stride": config.stride, "stride": max(1, config.patch // 4),

@@ -431,7 +431,7 @@ def train(cases: Sequence[TrainCase], config: TrainConfig, out_dir: str | os.Pat
         history = run_epochs(network, optimizer, LoopSettings(len(samples), config.batch_size, config.epochs, config.seed),
                              step, checkpoint=out / CHECKPOINT, fingerprint=config.fingerprint(), device=device,
                              epoch_info=epoch_info, emit=emit, should_stop=should_stop, resume=resume,
-                             start_info=start_info, hooks=hooks)
+                             start_info=start_info, hooks=hooks, defaults=TrainConfig().fingerprint())
     finally:
         if hooks is not None:
             hooks.close()

@@ -75,6 +75,25 @@ def test_resume_with_other_settings_is_refused(boxed_case, tmp_path):
         train(cases, quick(epochs=2, recipe="tightness+emptiness"), tmp_path / "m")
 
 
+def test_checkpoint_older_than_a_setting_resumes_when_that_setting_is_default(boxed_case, tmp_path):
+    """A checkpoint written before settings existed (here: size_anchors, sccl_weight) resumes while
+    they keep their defaults, and is refused, naming the setting, when one is changed."""
+    from WeakSegLib.atomic import atomic_torch_save
+    from WeakSegLib.model import load_state
+
+    cases = [TrainCase(boxed_case["image"], boxes=boxed_case["boxes"])]
+    train(cases, quick(), tmp_path / "m")
+    ckpt = load_state(tmp_path / "m" / CHECKPOINT)
+    for key in ("size_anchors", "sccl_weight"):
+        del ckpt["config"][key]
+    atomic_torch_save(tmp_path / "m" / CHECKPOINT, ckpt)
+    with pytest.raises(ModelError, match="other settings.*size_anchors"):
+        train(cases, quick(epochs=2, size_anchors=3), tmp_path / "m")
+    events = []
+    train(cases, quick(epochs=2), tmp_path / "m", on_event=events.append)
+    assert events[0]["first_epoch"] == 2
+
+
 def test_cancel_stops_at_a_batch_and_keeps_the_last_checkpoint(boxed_case, tmp_path):
     calls = {"n": 0}
 
