@@ -109,7 +109,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                        given("--partial", i), given("--reference", i)) for i, img in enumerate(images)]
     config = TrainConfig(recipe=recipe, network=args.network, spatial_dims=3 if args.dims == "3d" else 2,
                          context=args.context, axis=_resolve_axis(args.axis, lambda: read_direction(images[0])), epochs=args.epochs,
-                         batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
+                         batch_size=args.batch_size, lr=args.lr, decay_from=args.decay_from, seed=args.seed,
+                         device=args.device,
                          normalization=args.normalization, size_bounds=tuple(args.size_bounds),
                          band_width=args.band_width, labels=args.label, augment=args.augment,
                          proposal_every=args.proposal_every, processes=args.processes, crf=dict(args.crf),
@@ -230,7 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--context", type=int, default=1, help="slices per input: 1 = 2D, 3 or 5 = 2.5D")
     t.add_argument("--axis", type=_axis, default="auto")
     t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--lr", type=float, default=5e-4)
+    t.add_argument("--lr", type=float, help="Adam learning rate (default by recipe: 5e-4; accl-* 2e-4)")
+    t.add_argument("--decay-from", type=float,
+                   help="fraction of the epochs after which the learning rates decay linearly towards 0 "
+                        "(default by recipe: 1 = constant; accl-* 0.5)")
     t.add_argument("--band-width", type=int, default=5)
     t.add_argument("--size-bounds", type=float, nargs=2, default=(0.5, 0.9), metavar=("LOWER", "UPPER"))
     t.add_argument("--normalization", choices=("percentile", "minmax", "ct-window", "none"), default="percentile")

@@ -90,6 +90,10 @@ class TrainConfig:
     ``sccl_bounds`` (``[[lo, hi], …]`` pixels per class; default 0.9·min / 1.1·max of the reference
     masks' per-slice sizes) for ``sccl``; ``adv_weight`` (λ_a, default by reference kind) and ``adv_lr``
     (the discriminator's Adam) for ``accl-*``.
+    ``lr``, ``betas`` (Adam) and ``decay_from`` (the fraction of the epochs after which the learning
+    rates decay linearly towards 0; 1 = constant) default by recipe (:meth:`resolved`): 5e-4, (0.9,
+    0.99), constant (METHODS.md §1); ``accl-*`` 2e-4, (0.5, 0.999), decay over the second half
+    (METHODS.md §4), the discriminator's ``adv_lr`` decaying with it.
     ``augment`` (off by default) mirrors each batch along each in-plane (2D) or spatial (3D) axis with probability
     0.5 (boxes and masks with it), drawn from a generator seeded by (seed, epoch, batch).
     """
@@ -101,8 +105,9 @@ class TrainConfig:
     axis: int = 0
     epochs: int = 100
     batch_size: int = 8
-    lr: float = 5e-4
-    betas: tuple[float, float] = (0.9, 0.99)
+    lr: float | None = None
+    betas: tuple[float, float] | None = None
+    decay_from: float | None = None
     band_width: int = 5
     tightness_weight: float = 1e-4
     size_bounds: tuple[float, float] = (0.5, 0.9)
@@ -131,6 +136,20 @@ class TrainConfig:
     adv_weight: float | None = None
     adv_lr: float = 2e-4
 
+    def resolved(self) -> "TrainConfig":
+        """A copy with the recipe's defaults in place of the optimiser settings left None."""
+        accl = self.recipe in ADVERSARIAL_RECIPES
+        return dataclasses.replace(
+            self, lr=(2e-4 if accl else 5e-4) if self.lr is None else self.lr,
+            betas=((0.5, 0.999) if accl else (0.9, 0.99)) if self.betas is None else tuple(self.betas),
+            decay_from=(0.5 if accl else 1.0) if self.decay_from is None else self.decay_from)
+
+    def lr_factor(self, epoch: int) -> float:
+        """Multiplier of the learning rates in ``epoch`` (0-based): 1 up to ``decay_from``·epochs,
+        then falling linearly, 1/(n + 1) in the last of the n decaying epochs (never 0)."""
+        start = round((1.0 if self.decay_from is None else self.decay_from) * self.epochs)
+        return 1.0 - max(0, epoch + 1 - start) / (self.epochs - start + 1)
+
     def validate(self) -> "TrainConfig":
         if self.recipe not in RECIPES:
             raise InputError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
@@ -142,6 +161,10 @@ class TrainConfig:
             raise InputError("context (2.5D) applies to 2D networks only")
         if self.epochs < 1 or self.batch_size < 1:
             raise InputError("epochs and batch_size must be ≥ 1")
+        if self.decay_from is not None and not 0 <= self.decay_from <= 1:
+            raise InputError(f"decay_from is a fraction of the epochs in [0, 1], got {self.decay_from}")
+        if self.lr is not None and not self.lr > 0:
+            raise InputError(f"lr must be positive, got {self.lr}")
         if self.axis not in (0, 1, 2):
             raise InputError(f"axis must be 0, 1 or 2, got {self.axis}")
         if self.recipe in PROPOSAL_RECIPES and self.spatial_dims != 2:
@@ -343,7 +366,7 @@ def train(cases: Sequence[TrainCase], config: TrainConfig, out_dir: str | os.Pat
     Returns:
         The model card.
     """
-    config.validate()
+    config = config.validate().resolved()
     emit = on_event or (lambda e: None)
     out = Path(out_dir)
     device = resolve_device(config.device)
@@ -385,7 +408,13 @@ def train(cases: Sequence[TrainCase], config: TrainConfig, out_dir: str | os.Pat
     def barrier_t(epoch: int) -> float:
         return config.t0 * config.t_factor ** epoch
 
+    optimizers = [(optimizer, config.lr)] + ([(adversary.optimizer, config.adv_lr)] if adversary is not None else [])
+
     def step(index: torch.Tensor, epoch: int, b: int) -> dict[str, torch.Tensor]:
+        if b == 0:  # the epoch's learning rates: a function of the epoch alone, so resuming is exact
+            for opt, lr in optimizers:
+                for group in opt.param_groups:
+                    group["lr"] = lr * config.lr_factor(epoch)
         pretraining = epoch < config.pretrain_epochs
         weak_terms = (config.recipe in SIZE_RECIPES and not pretraining) or adversary is not None
         if not weak_terms:  # a sample without any labelled pixel has nothing to learn from: skip it
@@ -416,7 +445,7 @@ def train(cases: Sequence[TrainCase], config: TrainConfig, out_dir: str | os.Pat
         return {"loss": loss.detach(), **parts}
 
     def epoch_info(epoch: int, last: bool) -> dict:
-        info: dict = {"t": barrier_t(epoch)}
+        info: dict = {"t": barrier_t(epoch), "lr": config.lr * config.lr_factor(epoch)}
         if samples.eval_labels is not None and ((epoch + 1) % config.eval_every == 0 or last):
             probs = predict_probabilities(network, samples.images, device, config.batch_size * 2)
             scores = per_case_dice(probs.argmax(1), samples.eval_labels.cpu(), samples.valid.cpu(),
@@ -431,7 +460,7 @@ def train(cases: Sequence[TrainCase], config: TrainConfig, out_dir: str | os.Pat
         history = run_epochs(network, optimizer, LoopSettings(len(samples), config.batch_size, config.epochs, config.seed),
                              step, checkpoint=out / CHECKPOINT, fingerprint=config.fingerprint(), device=device,
                              epoch_info=epoch_info, emit=emit, should_stop=should_stop, resume=resume,
-                             start_info=start_info, hooks=hooks, defaults=TrainConfig().fingerprint())
+                             start_info=start_info, hooks=hooks, defaults=TrainConfig().resolved().fingerprint())
     finally:
         if hooks is not None:
             hooks.close()

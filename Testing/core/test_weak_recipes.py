@@ -88,16 +88,40 @@ def test_partial_label_recipes_train(recipe, weak_case, tmp_path):
         assert "discriminator" in ckpt["hooks"] and "optimizer" in ckpt["hooks"]
 
 
-def test_accl_resume_restores_the_discriminator(weak_case, tmp_path):
+def test_accl_resume_restores_the_discriminator_and_the_decaying_learning_rates(weak_case, tmp_path):
+    """ACCL's schedule (METHODS.md §4): Adam 2e-4, betas (0.5, 0.999), both learning rates decaying
+    linearly over the second half; a run cancelled after its first epoch and resumed ends bit-exactly
+    where an uninterrupted one does."""
+    from WeakSegLib.errors import CancelledError
+
     case = [TrainCase(weak_case["image"], partial=weak_case["partial"], reference=weak_case["mask"])]
-    cfg = dict(recipe="accl-unpaired", network="enet")
-    train(case, quick(epochs=2, **cfg), tmp_path / "a")
-    train(case, quick(epochs=1, **cfg), tmp_path / "b")
-    train(case, quick(epochs=2, **cfg), tmp_path / "b")
+    cfg = quick(epochs=2, recipe="accl-unpaired", network="enet")
+    events = []
+    card = train(case, cfg, tmp_path / "a", on_event=events.append)
+    assert [e["lr"] for e in events if e["event"] == "epoch"] == [2e-4, 1e-4]
+    assert tuple(card["training"]["betas"]) == (0.5, 0.999)
+    seen = []
+    with pytest.raises(CancelledError):
+        train(case, cfg, tmp_path / "b", on_event=seen.append, should_stop=lambda: any(e["event"] == "epoch" for e in seen))
+    train(case, cfg, tmp_path / "b")
     a, b = load_state(tmp_path / "a" / CHECKPOINT), load_state(tmp_path / "b" / CHECKPOINT)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     da, db = a["hooks"]["discriminator"], b["hooks"]["discriminator"]
     assert all(torch.equal(da[k], db[k]) for k in da)
+    assert [g["lr"] for g in a["optimizer"]["param_groups"]] == [1e-4]
+    assert [g["lr"] for g in a["hooks"]["optimizer"]["param_groups"]] == [pytest.approx(1e-4)]  # adv_lr 2e-4 × 0.5
+
+
+def test_learning_rate_schedule_defaults_by_recipe():
+    box = TrainConfig(epochs=4).resolved()
+    assert (box.lr, box.betas, [box.lr_factor(e) for e in range(4)]) == (5e-4, (0.9, 0.99), [1.0] * 4)
+    accl = TrainConfig(recipe="accl-partial", epochs=4).resolved()
+    assert (accl.lr, accl.betas) == (2e-4, (0.5, 0.999))
+    assert [accl.lr_factor(e) for e in range(4)] == pytest.approx([1, 1, 2 / 3, 1 / 3])
+    mine = TrainConfig(recipe="accl-partial", epochs=4, lr=1e-3, decay_from=1.0).resolved()
+    assert mine.lr == 1e-3 and [mine.lr_factor(e) for e in range(4)] == [1.0] * 4
+    with pytest.raises(InputError, match="decay_from"):
+        TrainConfig(decay_from=1.5).validate()
 
 
 def test_sccl_with_explicit_bounds_needs_no_reference(weak_case, tmp_path):
