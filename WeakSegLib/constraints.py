@@ -181,8 +181,6 @@ class TightnessPrior(nn.Module):
         nd = _check(s, boxes)
         if boxes.shape[0] == 0:
             return s.sum() * 0.0
-        if t <= 0:
-            raise ValueError(f"barrier parameter t must be positive, got {t}")
         boxes = boxes.to(s.device)
         scale = self.weight / s.shape[0]
         if nd == 2:
