@@ -147,7 +147,7 @@ class TrainConfig:
     def lr_factor(self, epoch: int) -> float:
         """Multiplier of the learning rates in ``epoch`` (0-based): 1 up to ``decay_from``·epochs,
         then falling linearly, 1/(n + 1) in the last of the n decaying epochs (never 0)."""
-        start = round((1.0 if self.decay_from is None else self.decay_from) * self.epochs)
+        start = round(self.resolved().decay_from * self.epochs)
         return 1.0 - max(0, epoch + 1 - start) / (self.epochs - start + 1)
 
     def validate(self) -> "TrainConfig":

@@ -139,6 +139,8 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=10, help="vectorised prior calls in a row per round (≥ 2)")
     p.add_argument("--json")
     args = p.parse_args()
+    if args.calls < 2:
+        p.error("--calls must be ≥ 2 (the first call is reported apart from the others)")
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     step = bench_step(args, device)
