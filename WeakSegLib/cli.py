@@ -157,7 +157,8 @@ def cmd_tighten_train(args: argparse.Namespace) -> int:
 
     if len(args.mask) != len(args.image):
         raise WeakSegError(f"give one --mask per --image ({len(args.image)} images, {len(args.mask)} masks)")
-    config = TightenerConfig(patch=args.patch_size, network=args.network, epochs=args.epochs,
+    config = TightenerConfig(patch=args.patch_size, **({} if args.context is None else {"context": args.context}),
+                             network=args.network, epochs=args.epochs,
                              batch_size=args.batch_size, lr=args.lr, margin=args.margin,
                              axis=_resolve_axis(args.axis, lambda: read_direction(args.image[0])), labels=args.label,
                              per_component=args.per_component, normalization=args.normalization,
@@ -312,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--mask", action="append", required=True, help="its label mask, one per --image")
     tt.add_argument("--out", required=True, help="tightener folder to write (resumes when it holds a checkpoint)")
     tt.add_argument("--patch-size", type=int, default=16, help="patch side in voxels (16 default, 32; 8 for coarse images)")
+    tt.add_argument("--context", type=int, help="voxels of surrounding image the classifier sees on every side of "
+                    "a patch (its label stays the patch's; default: the tightener's default)")
     tt.add_argument("--network", choices=("light", "vgg16"), default="light")
     tt.add_argument("--epochs", type=int, default=50)
     tt.add_argument("--batch-size", type=int, default=32)

@@ -6,7 +6,8 @@ its corner (the last row and column of cells are cut by the box). Each cell has 
 these windows tile the box with half-overlap, as in the paper; a smaller stride (use time) gives a
 denser grid and so finer box edges. Windows take their pixels from the image itself, also beyond
 the box (the surroundings are real context, the same in training and use); outside the volume they
-are padded with ``pad_value``.
+are padded with ``pad_value``. The classifier may see ``context`` more pixels on every side of
+each window (the label stays that of the window itself).
 
 A patch is labelled 1 when the object covers more than half of its pixels.
 
@@ -68,10 +69,13 @@ def _padded(plane: np.ndarray, patch: int, value: float) -> np.ndarray:
     return np.pad(plane, patch, mode="constant", constant_values=value)
 
 
-def extract_patches(plane: np.ndarray, grid: PatchGrid, pad_value: float) -> np.ndarray:
-    """``(N, p, p)`` float32 windows of the 2D ``plane`` at the grid's corners (padded outside)."""
-    p = grid.patch
-    windows = sliding_window_view(_padded(np.asarray(plane, np.float32), p, pad_value), (p, p))
+def extract_patches(plane: np.ndarray, grid: PatchGrid, pad_value: float, context: int = 0) -> np.ndarray:
+    """``(N, p + 2·context, p + 2·context)`` float32 windows of the 2D ``plane``, each centred on a
+    patch of the grid (padded outside the plane)."""
+    if context < 0:
+        raise InputError(f"patch context must be ≥ 0 pixels, got {context}")
+    p, side = grid.patch, grid.patch + 2 * context
+    windows = sliding_window_view(_padded(np.asarray(plane, np.float32), p + context, pad_value), (side, side))
     return np.ascontiguousarray(windows[grid.corners[:, 0] + p, grid.corners[:, 1] + p])
 
 

@@ -4,7 +4,8 @@
 its tight 3D box widened by ``margin`` voxels (so the end slices hold little or no object, as a
 hand-drawn box does); the box is cut into slices along ``axis``; each slice box is tiled with
 ``patch`` × ``patch`` patches at stride ``patch / 2`` (:mod:`WeakSegLib.patches`), labelled 1 when
-the box's object covers more than half of the patch. A binary classifier
+the box's object covers more than half of the patch. The classifier may also see ``context`` voxels
+of image around each patch (default 0: the paper's p × p input). A binary classifier
 (:mod:`WeakSegLib.classifier`) learns them with class-weighted cross-entropy and Adam (1e-4), in
 the engine's epoch loop (events, cancel, checkpoint, resume). A random ``val_fraction`` of the
 slices is held out; its patch accuracy goes into the card.
@@ -29,7 +30,7 @@ never silently lost). Output: slice boxes in the box file format (:mod:`WeakSegL
 A tightener is a model folder (``model.pt`` + ``model.json``, format ``weakseg-tightener``)::
 
     {"format": "weakseg-tightener", "version": 1,
-     "network": {"name": "light", "patch": 16},
+     "network": {"name": "light", "patch": 16, "context": 0},
      "patch": {"size": 16, "train_stride": 8, "stride": 4, "extent": "cells", "rule": "object > 50 %"},
      "input": {"axis": 1, "spacing": [sx, sy, sz], "normalization": {...},
                "intensity": {"p1": …, "p50": …, "p99": …}},
@@ -85,6 +86,8 @@ class TightenerConfig:
     ``threshold_rule`` picks the use-time probability threshold on the held-out slices: best
     ``"balanced"`` accuracy (mean of both classes' recalls) or best plain ``"accuracy"`` (tighter
     boxes on blob-like objects, but it can silence a rare object class).
+    ``context`` voxels of image on every side of a patch are shown to the classifier with it (the label
+    stays the patch's own; :class:`WeakSegLib.classifier.PatchClassifier` pools only over the patch).
     ``margin`` voxels widen each object's 3D box on every side before it is cut into slices;
     ``labels`` restricts the objects to these label values; ``per_component`` makes one object per
     connected component instead of one per label.
@@ -92,6 +95,7 @@ class TightenerConfig:
 
     patch: int = 16
     train_stride: int | None = None
+    context: int = 0
     network: str = "light"
     epochs: int = 50
     batch_size: int = 32
@@ -125,6 +129,8 @@ class TightenerConfig:
             raise InputError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.threshold_rule not in ("balanced", "accuracy"):
             raise InputError(f"threshold_rule must be 'balanced' or 'accuracy', got {self.threshold_rule!r}")
+        if self.context < 0:
+            raise InputError(f"context must be ≥ 0 pixels, got {self.context}")
         if self.margin < 0:
             raise InputError(f"margin must be ≥ 0, got {self.margin}")
         return self
@@ -228,7 +234,7 @@ def training_patches(cases: Sequence[TightenerCase], config: TightenerConfig) ->
                 plane, extent = slice_plane(array, sb)
                 obj, _ = slice_plane(is_object, sb)
                 grid = patch_grid(extent, config.patch, config.stride)
-                images.append(extract_patches(plane, grid, pad))
+                images.append(extract_patches(plane, grid, pad, config.context))
                 labels.append(patch_labels(obj, grid))
                 groups.append(np.full(len(grid.cells), group))
                 group += 1
@@ -298,7 +304,7 @@ def train_tightener(cases: Sequence[TightenerCase], config: TightenerConfig, out
     counts = torch.bincount(data.labels[train_idx], minlength=2).clamp(min=1).float()
     weights = (counts.sum() / (2.0 * counts)).to(device)
     torch.manual_seed(config.seed)
-    network = PatchClassifier(config.network, config.patch).to(device)
+    network = PatchClassifier(config.network, config.patch, config.context).to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr)
     train_on = train_idx.to(device)
 
@@ -326,7 +332,7 @@ def train_tightener(cases: Sequence[TightenerCase], config: TightenerConfig, out
                          start_info={"kind": "tighten-train", "out": str(out), "objects": data.objects,
                                      "patches": patch_counts}, defaults=TightenerConfig().fingerprint())
     card = {
-        "network": {"name": config.network, "patch": config.patch},
+        "network": {"name": config.network, "patch": config.patch, "context": config.context},
         "patch": {"size": config.patch, "train_stride": config.stride, "stride": max(1, config.patch // 4),
                   "extent": "cells", "rule": "object > 50 % of the patch", "threshold": 0.5},
         "input": {"axis": config.axis, "spacing": data.spacing, "intensity": data.intensity,
@@ -354,7 +360,8 @@ def load_tightener(folder: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
     """Classifier (eval mode, CPU) and card of a tightener folder; :class:`ModelError` if unusable."""
     card = read_card(folder, TIGHTENER_FORMAT)
     try:
-        network = PatchClassifier(card["network"]["name"], int(card["network"]["patch"]))
+        network = PatchClassifier(card["network"]["name"], int(card["network"]["patch"]),
+                                  int(card["network"].get("context", 0)))
     except (KeyError, TypeError, ValueError, InputError) as exc:
         raise ModelError(f"{Path(folder) / CARD}: network section {card.get('network')} is invalid ({exc})") from exc
     return load_weights(folder, network, card), card
@@ -479,7 +486,7 @@ def tighten(model: str | os.PathLike | tuple[torch.nn.Module, dict], volume: Vol
         for sb in pieces:
             plane, extent = slice_plane(array, sb)
             cells.append((patch_grid(extent, patch, stride), extent))
-            chunks.append(extract_patches(plane, cells[-1][0], pad))
+            chunks.append(extract_patches(plane, cells[-1][0], pad, int(card["network"].get("context", 0))))
         prob = classify(network, np.concatenate(chunks), dev) > threshold
         report["patches"] += len(prob)
         positive = prob.reshape(len(pieces), *cells[0][0].shape)  # the slices of a box share one grid

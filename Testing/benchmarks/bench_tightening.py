@@ -44,7 +44,7 @@ def segment(image: str, boxes: list, mask, axis: int, folder: Path, name: str, e
 
 
 def run_set(name: str, patches: list[int], seg_patch: int, epochs: int, seg_epochs: int, rule: str,
-            folder: Path) -> dict:
+            context: int, folder: Path) -> dict:
     sample = materialize_objects(name, folder)
     mask = read_label_volume(sample["mask"])
     image = read_volume(sample["image"])
@@ -64,7 +64,8 @@ def run_set(name: str, patches: list[int], seg_patch: int, epochs: int, seg_epoc
             began = time.perf_counter()
             folder_t = folder / f"tightener-{label}-p{p}"
             card = train_tightener([TightenerCase(sample["image"], str(train_mask))],
-                                   TightenerConfig(patch=p, axis=axis, epochs=epochs, device="cpu", threshold_rule=rule), folder_t,
+                                   TightenerConfig(patch=p, context=context, axis=axis, epochs=epochs, device="cpu",
+                                                   threshold_rule=rule), folder_t,
                                    resume=False)
             t_train = time.perf_counter() - began
             began = time.perf_counter()
@@ -101,6 +102,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=50, help="tightener epochs (paper: 50)")
     p.add_argument("--seg-epochs", type=int, default=100, help="segmentation epochs (0: skip Dice)")
     p.add_argument("--threshold-rule", choices=("balanced", "accuracy"), default="balanced")
+    p.add_argument("--context", type=int, default=TightenerConfig.context,
+                   help="voxels of surrounding image the patch classifier sees on every side")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", help="write all numbers here")
     args = p.parse_args()
@@ -111,14 +114,16 @@ def main() -> None:
             folder = Path(tmp) / name
             folder.mkdir()
             results[name] = run_set(name, args.patches, args.seg_patch, args.epochs, args.seg_epochs,
-                                    args.threshold_rule, folder)
+                                    args.threshold_rule, args.context, folder)
     print(f"\n## Box IoU against tight per-slice boxes, held-out objects ({args.threads} threads)\n")
-    print("| object set | p | raw 3D-box slices | tightened | tightener training (s) | tightening one object (s) |")
-    print("|---|---|---|---|---|---|")
+    print("| object set | p | raw 3D-box slices | tightened | tightener training (s) | tightening one object (s) | "
+          "patch accuracy (held-out slices) |")
+    print("|---|---|---|---|---|---|---|")
     for name, r in results.items():
         for patch, row in r["patch"].items():
             print(f"| {name} | {patch} | {np.mean(row['raw_iou']):.3f} | {np.mean(row['tightened_iou']):.3f} | "
-                  f"{np.mean(row['train_s']):.0f} | {np.mean(row['tighten_s']):.2f} |")
+                  f"{np.mean(row['train_s']):.0f} | {np.mean(row['tighten_s']):.2f} | "
+                  f"{np.mean(row['val_accuracy']):.3f} |")
     if args.seg_epochs > 0:
         print(f"\n## Dice of the default recipe ({args.seg_epochs} epochs)\n")
         kinds = list(next(iter(results.values()))["dice"])

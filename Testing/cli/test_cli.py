@@ -126,9 +126,10 @@ def test_demo_writes_report_model_prediction_and_curves(tmp_path):
 def test_tighten_train_then_tighten(spine_ct, tmp_path):
     events = tmp_path / "events.jsonl"
     out = weakseg("tighten-train", "--image", spine_ct["image"], "--mask", spine_ct["mask"], "--out",
-                  tmp_path / "tightener", "--patch-size", 8, "--epochs", 2, "--device", "cpu", "--events", events,
-                  "--quiet").stdout
+                  tmp_path / "tightener", "--patch-size", 8, "--context", 4, "--epochs", 2, "--device", "cpu",
+                  "--events", events, "--quiet").stdout
     assert "tightener →" in out and "val_accuracy" in out
+    assert json.loads((tmp_path / "tightener" / "model.json").read_text())["network"]["context"] == 4
     kinds = [json.loads(line)["event"] for line in events.read_text().splitlines()]
     assert kinds == ["start", "epoch", "epoch", "done"]
     boxes3d = tmp_path / "boxes3d.json"

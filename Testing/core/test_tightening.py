@@ -60,6 +60,32 @@ def test_patches_and_coverage_match_slow_references():
     np.testing.assert_array_equal(patch_labels(obj, grid), (cover > 0.5).astype(int))
 
 
+def test_context_windows_match_slow_reference_and_centre_the_patch():
+    rng = np.random.default_rng(2)
+    plane = rng.normal(size=(19, 26)).astype(np.float32)
+    grid = patch_grid((1, 19, 0, 26), 8, 2)
+    windows = extract_patches(plane, grid, -5.0, context=6)
+    assert windows.shape == (len(grid.cells), 20, 20)
+    for n, (r, c) in enumerate(grid.corners):
+        np.testing.assert_array_equal(windows[n], reference_window(plane, r - 6, c - 6, 20, -5.0))
+    np.testing.assert_array_equal(windows[:, 6:14, 6:14], extract_patches(plane, grid, -5.0))
+    with pytest.raises(InputError, match="context"):
+        extract_patches(plane, grid, 0.0, context=-1)
+
+
+@pytest.mark.parametrize("name,patch,context,pooled", [("light", 8, 8, (2, 2)), ("light", 16, 0, (4, 4)),
+                                                       ("light", 8, 4, (2, 2)), ("vgg16", 16, 8, (1, 1))])
+def test_classifier_with_context_pools_only_the_central_patch(name, patch, context, pooled):
+    from WeakSegLib.classifier import PatchClassifier
+
+    net = PatchClassifier(name, patch, context).eval()
+    seen = []
+    net.pool.register_forward_hook(lambda module, inp, out: seen.append(tuple(inp[0].shape[-2:])))
+    side = patch + 2 * context
+    assert net(torch.zeros(3, 1, side, side)).shape == (3, 2)
+    assert seen == [pooled]
+
+
 def test_positive_extent_cells_and_patches():
     grid = patch_grid((0, 32, 0, 32), 16, 8)  # 4×4 cells of 8 px
     positive = np.zeros(16, bool)
@@ -133,6 +159,21 @@ def test_tightener_card_and_weights(tightener, lungs):
     assert 0.85 < loaded["metrics"]["val_accuracy"] <= 1.0 and len(loaded["history"]) == 12
     assert 0.0 < loaded["patch"]["threshold"] < 1.0
     assert network(torch.zeros(3, 1, 16, 16)).shape == (3, 2)
+
+
+def test_context_is_trained_recorded_and_used(lungs, tmp_path):
+    card = train_tightener([TightenerCase(lungs["image"], lungs["train_mask"])], small_config(epochs=2, context=8),
+                           tmp_path / "t")
+    network, loaded = load_tightener(tmp_path / "t")
+    assert card["network"]["context"] == loaded["network"]["context"] == 8
+    assert network(torch.zeros(2, 1, 32, 32)).shape == (2, 2)
+    volume, axis = lungs["volume"], lungs["axis"]
+    box3d = boxes_from_mask(lungs["lungs"], "3d", axis, 0, [6], False)
+    result, _ = tighten(tmp_path / "t", volume, BoxSet(box3d, volume.shape, {6: "left lung"}, volume.geometry()),
+                        device="cpu")
+    assert result.boxes and all(b.kind == "slice" for b in result.boxes)
+    with pytest.raises(InputError, match="context"):
+        small_config(context=-2).validate()
 
 
 def test_tightening_an_unseen_object_beats_the_raw_3d_box(tightener, lungs):
