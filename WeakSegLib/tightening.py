@@ -458,6 +458,7 @@ def tighten(model: str | os.PathLike | tuple[torch.nn.Module, dict], volume: Vol
         check_boxes_fit(boxset, volume.geometry(), "image")
     axis = int(card["input"]["axis"] if settings.axis is None else settings.axis)
     patch = int(card["patch"]["size"])
+    context = int(card["network"].get("context", 0))
     stride = int(settings.stride or card["patch"].get("stride", patch // 4))
     extent_rule = settings.extent or card["patch"].get("extent", "cells")
     threshold = float(card["patch"].get("threshold", 0.5) if settings.threshold is None else settings.threshold)
@@ -486,7 +487,7 @@ def tighten(model: str | os.PathLike | tuple[torch.nn.Module, dict], volume: Vol
         for sb in pieces:
             plane, extent = slice_plane(array, sb)
             cells.append((patch_grid(extent, patch, stride), extent))
-            chunks.append(extract_patches(plane, cells[-1][0], pad, int(card["network"].get("context", 0))))
+            chunks.append(extract_patches(plane, cells[-1][0], pad, context))
         prob = classify(network, np.concatenate(chunks), dev) > threshold
         report["patches"] += len(prob)
         positive = prob.reshape(len(pieces), *cells[0][0].shape)  # the slices of a box share one grid

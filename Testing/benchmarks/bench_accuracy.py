@@ -33,7 +33,7 @@ import torch
 from WeakSegLib.boxes import BoxSet, boxes_from_mask, rasterize, save_boxes
 from WeakSegLib.demo import FILLED, compare_recipes
 from WeakSegLib.inference import predict_volume
-from WeakSegLib.metrics import evaluate
+from WeakSegLib.metrics import dice, evaluate
 from WeakSegLib.recipes import MASK_RECIPES, RECIPES
 from WeakSegLib.sample_data import CASES, materialize
 from WeakSegLib.training import TrainCase, TrainConfig, train
@@ -96,7 +96,7 @@ def run_held_out(name: str, recipes: list[str], epochs: int, folder: Path, k: in
             model = folder / f"fold{fold}-model-{recipe}"
             train(tcs, config, model, resume=False)
             assembled[recipe][tuple(where)] = predict_volume(str(model), test)[0].array
-            fold_dice = evaluate(assembled[recipe][tuple(where)], mask.array[tuple(where)], mask.spacing)["dice"]
+            fold_dice = dice(assembled[recipe][tuple(where)] > 0, mask.array[tuple(where)] > 0)
             print(f"  {name:16s} slab {fold} (slices {lo}–{hi - 1}) {recipe:28s} Dice {fold_dice:.3f}", flush=True)
     boxes = boxes_from_mask(mask.array, "slice", axis)
     results = {FILLED: evaluate(rasterize(boxes, mask.shape, [1])[0], mask.array, mask.spacing)}
