@@ -67,13 +67,15 @@ def test_killed_worker_resumes_from_last_checkpoint(spine_ct, spine_boxes, tmp_p
     wait_for(handle, "epoch")
     os.kill(handle.process.pid, signal.SIGKILL)
     assert handle.wait(60) == -signal.SIGKILL
+    first_log = handle.log()
     done = torch.load(tmp_path / "m" / "checkpoint.pt", weights_only=True)["epoch"]
     job["config"]["epochs"] = done + 1
     handle = start_job(job, tmp_path / "job")
     assert handle.wait(300) == EXIT_OK, handle.log()
     start = [e for e in handle.all_events() if e["event"] == "start"][0]
     assert start["first_epoch"] == done + 1
-    assert "start" in handle.log()  # one log for both runs, appended
+    log = handle.log()  # one log for both runs: the second appended after the first
+    assert log.startswith(first_log) and log.count(" start ") == 2 and len(log) > len(first_log)
 
 
 def test_bad_input_and_bad_job_exit_codes(spine_ct, tmp_path):

@@ -6,6 +6,7 @@ boxes taken as the prediction, scored against the mask it never saw. (~1–2 min
 """
 
 import numpy as np
+import pytest
 
 from WeakSegLib.boxes import BoxSet, boxes_from_mask, rasterize, save_boxes
 from WeakSegLib.inference import predict_volume
@@ -13,6 +14,8 @@ from WeakSegLib.metrics import dice
 from WeakSegLib.sample_data import materialize
 from WeakSegLib.training import TrainCase, TrainConfig, train
 from WeakSegLib.volume import read_label_volume, read_volume
+
+pytestmark = pytest.mark.slow
 
 
 def test_default_recipe_beats_filled_boxes_on_brain_extraction(tmp_path):

@@ -44,14 +44,22 @@ def test_2d_samples_hold_boxes_in_slice_coordinates(axis):
     np.testing.assert_array_equal(s.images[:, 1, :h, :w].numpy(), np.moveaxis(image, axis, 0))
 
 
-def test_batch_renumbers_boxes():
-    mask = np.zeros((4, 16, 16), np.uint8)
-    mask[:, 4:8, 4:8] = 1
-    s = build_samples([Case(np.zeros(mask.shape, np.float32), boxes_from_mask(mask, "slice", 0))], [1])
-    batch = s.batch(torch.tensor([3, 1]))
-    assert batch["boxes"][:, 0].tolist() == [1, 0] or sorted(batch["boxes"][:, 0].tolist()) == [0, 1]
-    for b, c, y0, y1, x0, x1 in batch["boxes"].tolist():
-        assert batch["box_mask"][b, c, y0:y1, x0:x1].all()
+def test_each_batch_row_carries_the_boxes_of_its_own_slice():
+    """Slices with different boxes (and some with none) drawn in a shuffled order: every row of the
+    batch gets exactly the boxes of the slice it holds, in row coordinates."""
+    mask = np.zeros((6, 16, 16), np.uint8)
+    for k in range(5):  # slice k: a box of side k + 2 at (k, k); slice 5 has none
+        mask[k, k:2 * k + 2, k:2 * k + 2] = 1
+    mask[3, 12:15, 1:3] = 2
+    s = build_samples([Case(np.zeros(mask.shape, np.float32), boxes_from_mask(mask, "slice", 0))], [1, 2])
+    index = torch.tensor([3, 5, 0, 4, 1])
+    batch = s.batch(index)
+    for row, sample in enumerate(index.tolist()):
+        got = sorted(r[1:] for r in batch["boxes"].tolist() if r[0] == row)
+        want = sorted(r[1:] for r in s.boxes.tolist() if r[0] == sample)
+        assert got == want, (row, sample)
+        assert torch.equal(batch["box_mask"][row], s.box_mask[sample])
+    assert len(batch["boxes"]) == sum(int((s.boxes[:, 0] == i).sum()) for i in index.tolist())
 
 
 def test_3d_samples_and_several_cases_of_different_size():

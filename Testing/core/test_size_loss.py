@@ -2,6 +2,7 @@
 (unbiased against the exact gradient of the expected loss, enumerated over all masks)."""
 
 import itertools
+import zlib
 
 import numpy as np
 import pytest
@@ -46,7 +47,7 @@ def random_masks(rng, shape, kind):
 @pytest.mark.parametrize("kind", ["noise", "rectangles", "holes"])
 @pytest.mark.parametrize("shape", [(4, 1, 9), (4, 9, 1), (3, 7, 7), (3, 10, 13), (2, 16, 11)])
 def test_flipped_sizes_match_brute_force(kind, shape):
-    rng = np.random.default_rng(abs(hash((kind, shape))) % 2**32)
+    rng = np.random.default_rng([zlib.crc32(kind.encode()), *shape])
     for _ in range(3):
         masks = random_masks(rng, shape, kind)
         g, flipped = flipped_sizes(torch.from_numpy(masks))

@@ -214,6 +214,20 @@ def test_training_resumes_bit_exactly_after_cancel(lungs, tmp_path):
     assert resumed["patch"]["threshold"] == full["patch"]["threshold"]
 
 
+def test_the_threshold_rule_picks_the_cards_threshold(lungs, tmp_path):
+    """Same data, seed and network; only the rule differs: each card's threshold is the best one by its
+    own rule on the held-out slices."""
+    cases = [TightenerCase(lungs["image"], lungs["train_mask"])]
+    cards = {rule: train_tightener(cases, small_config(epochs=3, threshold_rule=rule), tmp_path / rule)
+             for rule in ("balanced", "accuracy")}
+    balanced, accuracy = cards["balanced"], cards["accuracy"]
+    assert balanced["patch"]["threshold"] != accuracy["patch"]["threshold"]
+    assert accuracy["metrics"]["val_accuracy_at_threshold"] > balanced["metrics"]["val_accuracy_at_threshold"]
+    assert (balanced["metrics"]["val_balanced_accuracy_at_threshold"]
+            > accuracy["metrics"]["val_balanced_accuracy_at_threshold"])
+    assert [h["loss"] for h in balanced["history"]] == [h["loss"] for h in accuracy["history"]]  # nothing else changes
+
+
 def test_vgg16_option_builds_for_both_patch_sizes():
     from WeakSegLib.classifier import PatchClassifier
 

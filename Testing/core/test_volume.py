@@ -76,6 +76,18 @@ def test_grid_mismatch_names_the_difference():
         check_same_grid(a, b)
 
 
+@pytest.mark.parametrize("flipped_axis", [0, 1, 2])
+def test_a_mirrored_grid_is_refused(flipped_axis):
+    """Same shape, spacing and origin, one index axis pointing the other way: the voxels of one file
+    lie mirrored on the other's, so the grids differ."""
+    a = oblique_volume(np.zeros((3, 4, 5)))
+    direction = np.asarray(a.direction).reshape(3, 3).copy()
+    direction[:, flipped_axis] *= -1
+    mirrored = Volume(a.array, a.spacing, a.origin, tuple(direction.ravel()))
+    with pytest.raises(InputError, match="direction"):
+        check_same_grid(a, mirrored)
+
+
 def test_normalisations():
     rng = np.random.default_rng(0)
     a = rng.normal(50, 10, size=(4, 30, 30)).astype(np.float32)
