@@ -1,14 +1,14 @@
-"""Shared fixtures: real sample cases (DATA.md) written once per session, small synthetic volumes."""
+"""Shared fixtures: real sample cases (docs/data.md) written once per session, small synthetic volumes."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-
-from WeakSegLib.sample_data import materialize
 from synthetic import oblique_volume
-from WeakSegLib.volume import read_label_volume, write_volume
+
+from WeakSegLib.io.sample_data import materialize
+from WeakSegLib.io.volume import read_label_volume, write_volume
 
 torch.set_num_threads(2)
 
@@ -22,7 +22,7 @@ def spine_ct(tmp_path_factory):
 @pytest.fixture(scope="session")
 def spine_boxes(spine_ct, tmp_path_factory):
     """Tight per-slice boxes (axial) of the spine CT's vertebrae, saved as a box file."""
-    from WeakSegLib.boxes import BoxSet, boxes_from_mask, save_boxes
+    from WeakSegLib.io.boxes import BoxSet, boxes_from_mask, save_boxes
 
     mask = read_label_volume(spine_ct["mask"])
     path = tmp_path_factory.mktemp("boxes") / "boxes.json"

@@ -1,4 +1,4 @@
-"""Slow, obviously correct reference implementations of the box constraints (METHODS.md §1).
+"""Slow, obviously correct reference implementations of the box constraints (docs/methods.md §1).
 
 One Python loop per box, axis, band, image and class, with sums by slicing. Used by the tests to
 check the vectorised losses and by the speed benchmark as the baseline.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from WeakSegLib.volume import Volume
+from WeakSegLib.io.volume import Volume
 
 
 def oblique_volume(array: np.ndarray) -> Volume:

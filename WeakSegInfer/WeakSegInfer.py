@@ -7,13 +7,18 @@ panel to it. torch and MONAI are imported only by the worker process.
 from __future__ import annotations
 
 import slicer
-from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
-                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
 from slicer.util import VTKObservationMixin
 
+from WeakSegLib.config import DEVICES
 from WeakSegLib.errors import WeakSegError
 from WeakSegLib.mrml import tasks
-from WeakSegTrain import DEVICES, ensureDependencies, workerPython
+from WeakSegTrain import ensureDependencies, workerPython
 
 
 class WeakSegInfer(ScriptedLoadableModule):

@@ -2,7 +2,7 @@
 
 import sys
 
-from WeakSegLib.cli import main
+from WeakSegLib.app.cli import main
 
 if __name__ == "__main__":  # DeepCut's CRF worker processes re-import the main module
     sys.exit(main())

@@ -13,20 +13,24 @@ import shutil
 from pathlib import Path
 
 import slicer
-from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
-                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
 from slicer.util import VTKObservationMixin
 
 from WeakSegLib import mrml
-from WeakSegLib.boxes import Box, BoxSet, check_boxes_fit, load_boxes, save_boxes
+from WeakSegLib.config import DEVICES, NETWORKS
 from WeakSegLib.errors import WeakSegError
+from WeakSegLib.io.boxes import Box, BoxSet, check_boxes_fit, load_boxes, save_boxes
 from WeakSegLib.mrml import tasks
-from WeakSegLib.options import DEFAULT_RECIPE, NETWORKS, PANEL_RECIPES
+from WeakSegLib.recipes.registry import DEFAULT_RECIPE, recipe_names
 
 #: Attribute naming the volume node an ROI node is a box of.
 VOLUME_ATTRIBUTE = "WeakSeg.Volume"
-#: Training settings offered in the panel (any TrainConfig field may be given from a script).
-DEVICES = ("auto", "cpu", "cuda")
+#: Training modes offered in the panel (any TrainConfig field may be given from a script).
 MODES = {"2D": {"spatial_dims": 2, "context": 1}, "2.5D": {"spatial_dims": 2, "context": 3}}
 
 
@@ -37,7 +41,7 @@ def ensureDependencies(confirm: bool = True, recipe: str | None = None) -> None:
     through ``slicer.packaging.pip_ensure`` (Slicer ≥ 5.12) or ``slicer.util.pip_install`` after a
     confirmation. Raises RuntimeError naming what is still missing when the user declines or it fails.
     """
-    from WeakSegLib import dependencies
+    from WeakSegLib.app import dependencies
 
     if dependencies.torch_missing():
         try:
@@ -48,7 +52,7 @@ def ensureDependencies(confirm: bool = True, recipe: str | None = None) -> None:
         torchLogic = PyTorchUtils.PyTorchUtilsLogic()
         if not torchLogic.torchInstalled() and torchLogic.installTorch(askConfirmation=confirm) is None:
             raise RuntimeError("PyTorch is not installed; WeakSeg cannot train or predict without it.")
-    wanted = dependencies.requirements_for(recipe)
+    wanted = dependencies.requirements_for((recipe,) if recipe else ())
     missing = dependencies.missing_requirements(wanted)
     if missing:
         if hasattr(slicer, "packaging"):
@@ -104,7 +108,7 @@ class WeakSegTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = WeakSegTrainLogic()
-        self.ui.recipeComboBox.addItems(list(PANEL_RECIPES))
+        self.ui.recipeComboBox.addItems(list(recipe_names(panel=True)))
         self.ui.recipeComboBox.currentText = DEFAULT_RECIPE
         self.ui.networkComboBox.addItems(list(NETWORKS))
         self.ui.modeComboBox.addItems(list(MODES))
@@ -412,8 +416,8 @@ def trainSelfTestModel(kind: str = "slice"):
 
     import numpy as np
 
-    from WeakSegLib.boxes import boxes_from_mask
-    from WeakSegLib.volume import Volume
+    from WeakSegLib.io.boxes import boxes_from_mask
+    from WeakSegLib.io.volume import Volume
 
     ensureDependencies(confirm=False)
     z, y, x = np.mgrid[:16, :48, :48]

@@ -1,6 +1,6 @@
-"""Accuracy of the recipes on the real cases of DATA.md with tight per-slice (axial) boxes.
+"""Accuracy of the recipes on the real cases of docs/data.md with tight per-slice (axial) boxes.
 
-Two evaluations (DATA.md):
+Two evaluations (docs/data.md):
 
 * **training volume** (default): each recipe trains on one volume and is scored against the
   reference mask of that volume (which the box recipes never see): what a user gets after boxing
@@ -9,7 +9,7 @@ Two evaluations (DATA.md):
   numbers of object slices (on the vertebral-body cases: about one vertebra each); each slab is
   predicted by models trained on the rest of the volume only, and Dice is taken over the volume
   reassembled from these predictions: every slice is scored by a model that never saw it, as the
-  papers' validation figures are (METHODS.md §1). The whole image is normalised once (percentile
+  papers' validation figures are (docs/methods.md §1). The whole image is normalised once (percentile
   clip + z-score) before it is cut, so that every part sees the same intensity mapping.
 
 Beside the recipes, the filled tight boxes taken as the prediction. Prints a markdown table
@@ -22,22 +22,22 @@ Beside the recipes, the filled tight boxes taken as the prediction. Prints a mar
 
 from __future__ import annotations
 
-import argparse
 import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
+from common import bench_parser, parse, run_each
 
-from WeakSegLib.boxes import BoxSet, boxes_from_mask, rasterize, save_boxes
-from WeakSegLib.demo import FILLED, compare_recipes
-from WeakSegLib.inference import predict_volume
-from WeakSegLib.metrics import dice, evaluate
-from WeakSegLib.recipes import MASK_RECIPES, RECIPES
-from WeakSegLib.sample_data import CASES, materialize
-from WeakSegLib.training import TrainCase, TrainConfig, train
-from WeakSegLib.volume import Volume, normalize, read_label_volume, read_volume, write_volume
+from WeakSegLib.app.demo import FILLED, compare_recipes, training_case
+from WeakSegLib.config import TrainConfig
+from WeakSegLib.engine.inference import predict_volume
+from WeakSegLib.engine.metrics import dice, evaluate
+from WeakSegLib.engine.training import train
+from WeakSegLib.io.boxes import BoxSet, boxes_from_mask, rasterize, save_boxes
+from WeakSegLib.io.sample_data import CASES, materialize
+from WeakSegLib.io.volume import Volume, normalize, read_label_volume, read_volume, write_volume
+from WeakSegLib.recipes.registry import recipe_names
+
 
 def run_case(name: str, recipes: list[str], epochs: int, folder: Path, margin: int, seed: int) -> dict:
     run = compare_recipes(name, recipes, folder, epochs=epochs, margin=margin, seed=seed, eval_every=epochs)
@@ -89,8 +89,7 @@ def run_held_out(name: str, recipes: list[str], epochs: int, folder: Path, k: in
         where = [slice(None)] * 3
         where[axis] = slice(lo, hi)
         for recipe in recipes:
-            tcs = [TrainCase(f"{c}-image.nii.gz", boxes=f"{c}-boxes.json",
-                             mask=f"{c}-mask.nii.gz" if recipe in MASK_RECIPES else None) for c in cases]
+            tcs = [training_case(recipe, f"{c}-image.nii.gz", f"{c}-boxes.json", f"{c}-mask.nii.gz") for c in cases]
             config = TrainConfig(recipe=recipe, epochs=epochs, axis=axis, seed=seed, normalization="none",
                                  eval_every=epochs)
             model = folder / f"fold{fold}-model-{recipe}"
@@ -116,30 +115,24 @@ def table(results: dict, rows: list[str]) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bench_parser(__doc__)
     p.add_argument("--cases", nargs="+", default=["spine-ct", "spine-mri", "chest-ct-spine", "brain-mri"],
                    choices=list(CASES))
     p.add_argument("--recipes", nargs="+", default=["full", "box-mask", "tightness+size+emptiness",
                                                     "tightness+size+masked-ce", "tightness+emptiness"],
-                   choices=RECIPES)
+                   choices=recipe_names())
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--margin", type=int, default=0, help="loosen the boxes by this many voxels")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--held-out", type=int, default=0, metavar="K",
                    help="score on K held-out axial slabs instead of the training volume (0: training volume)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--json", help="write the results here")
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.cases:
-            folder = Path(tmp) / name
-            if args.held_out:
-                folder.mkdir()
-                results[name] = run_held_out(name, args.recipes, args.epochs, folder, args.held_out, args.seed)
-            else:
-                results[name] = run_case(name, args.recipes, args.epochs, folder, args.margin, args.seed)
+    args = parse(p)
+    if args.held_out:
+        results = run_each(args.cases, lambda name, folder: run_held_out(name, args.recipes, args.epochs, folder,
+                                                                        args.held_out, args.seed))
+    else:
+        results = run_each(args.cases, lambda name, folder: run_case(name, args.recipes, args.epochs, folder,
+                                                                    args.margin, args.seed))
     where = f"{args.held_out} held-out slabs" if args.held_out else "the training volume"
     print(f"\nDice on {where}, {args.epochs} epochs, tight per-slice boxes (margin {args.margin}), seed {args.seed}:\n")
     print(table(results, [FILLED, *args.recipes]))

@@ -14,16 +14,16 @@ the IoU with the object of the best candidate vs of the filled box, averaged ove
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import bench_parser, parse
 
-from WeakSegLib.demo import FILLED, compare_recipes
-from WeakSegLib.sample_data import CASES
+from WeakSegLib.app.demo import FILLED, compare_recipes
+from WeakSegLib.io.sample_data import CASES
 
 BOX_RECIPES = ["box-mask", "deepcut", "boxsup", "tightness+size+emptiness", "tightness+size+masked-ce",
                "tightness+emptiness"]
@@ -88,11 +88,11 @@ def plot(results: dict, margins: list[int], path: str) -> None:
 
 
 def candidate_quality(cases: list[str], margins: list[int]) -> None:
-    from WeakSegLib.boxes import boxes_from_mask
-    from WeakSegLib.crf import to_crf_intensity
-    from WeakSegLib.regions import box_candidates
-    from WeakSegLib.sample_data import materialize
-    from WeakSegLib.volume import normalize, read_label_volume, read_volume
+    from WeakSegLib.io.boxes import boxes_from_mask
+    from WeakSegLib.io.sample_data import materialize
+    from WeakSegLib.io.volume import normalize, read_label_volume, read_volume
+    from WeakSegLib.recipes.crf import to_crf_intensity
+    from WeakSegLib.recipes.regions import box_candidates
 
     print("| case | margin | boxes | candidates per box | IoU best candidate | IoU filled box |")
     print("|---|---|---|---|---|---|")
@@ -115,17 +115,15 @@ def candidate_quality(cases: list[str], margins: list[int]) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bench_parser(__doc__)
     p.add_argument("--cases", nargs="+", default=["vertebral-body-ct", "vertebral-body-mri", "chest-ct-lungs"],
                    choices=list(CASES))
     p.add_argument("--margins", type=int, nargs="+", default=[0, 10])
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--json", help="write the results here")
     p.add_argument("--plot", help="write the Dice-per-epoch plot here (PNG)")
     p.add_argument("--candidates", action="store_true", help="only the quality of BoxSup's candidates")
-    args = p.parse_args()
+    args = parse(p)
     if args.candidates:
         return candidate_quality(args.cases, args.margins)
     torch.set_num_threads(args.threads)

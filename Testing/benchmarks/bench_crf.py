@@ -31,11 +31,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import bench_parser, parse
 
-from WeakSegLib.boxes import boxes_from_mask, rasterize
-from WeakSegLib.crf import CRFPool, to_crf_intensity
-from WeakSegLib.sample_data import materialize
-from WeakSegLib.volume import read_label_volume, read_volume
+from WeakSegLib.io.boxes import boxes_from_mask, rasterize
+from WeakSegLib.io.sample_data import materialize
+from WeakSegLib.io.volume import read_label_volume, read_volume
+from WeakSegLib.recipes.crf import CRFPool, to_crf_intensity
 
 
 def slice_stack(size: int, copies: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -62,7 +63,7 @@ def slice_stack(size: int, copies: int) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 def solo(part: int, parts: int, size: int, copies: int) -> None:
     """Refine slice ``part`` of ``parts`` of the stack serially and print the seconds (a subprocess)."""
-    from WeakSegLib.crf import refine_slice
+    from WeakSegLib.recipes.crf import refine_slice
 
     images, probs, allowed = slice_stack(size, copies)
     mine = range(part, len(images), parts)
@@ -89,8 +90,8 @@ def independent(parts: int, size: int, copies: int) -> float:
 
 def kept_by_crf(case: str, confidence: float, params) -> tuple[float, float]:
     """(object fraction kept, Dice) of the CRF applied to a perfect prediction of ``case``."""
-    from WeakSegLib.crf import refine_slice
-    from WeakSegLib.volume import normalize
+    from WeakSegLib.io.volume import normalize
+    from WeakSegLib.recipes.crf import refine_slice
 
     with tempfile.TemporaryDirectory() as tmp:
         s = materialize(case, tmp)
@@ -112,10 +113,10 @@ def kept_by_crf(case: str, confidence: float, params) -> tuple[float, float]:
 def kept_table() -> dict:
     from dataclasses import replace
 
-    from WeakSegLib.crf import CRFParams
+    from WeakSegLib.recipes.crf import CRFSettings
 
-    settings = {"paper (sxy 10, compat 10)": CRFParams(),
-                "sxy 5, compat 5": replace(CRFParams(), bilateral_sxy=5.0, bilateral_compat=5.0)}
+    settings = {"paper (sxy 10, compat 10)": CRFSettings(),
+                "sxy 5, compat 5": replace(CRFSettings(), bilateral_sxy=5.0, bilateral_compat=5.0)}
     out = {}
     print("\nobject kept / Dice when the CRF refines a perfect prediction of confidence c:\n")
     print("| objects | c | " + " | ".join(settings) + " |")
@@ -129,15 +130,14 @@ def kept_table() -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bench_parser(__doc__, threads=False)
     p.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--copies", type=int, default=2, help="stack the 34 slices this many times")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--kept", action="store_true", help="also the table of what the CRF keeps of a perfect prediction")
-    p.add_argument("--json", help="write the results here")
     p.add_argument("--solo", type=int, nargs=2, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = parse(p)
     if args.solo:
         return solo(*args.solo, args.size, args.copies)
     images, probs, allowed = slice_stack(args.size, args.copies)

@@ -9,7 +9,6 @@ Prints a table (median of the repeats) and checks both give the same distances.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -17,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import bench_parser, parse
 from scipy import ndimage
 
-from WeakSegLib.distance import chebyshev_distance
+from WeakSegLib.losses.distance import chebyshev_distance
 
 
 def masks(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -41,15 +41,12 @@ def timed(fn, repeats: int, sync=lambda: None) -> tuple[float, object]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bench_parser(__doc__)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--json", help="write the results here")
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse(p)
     m = masks(args.batch, args.size)
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

@@ -15,7 +15,6 @@ reported on its own (it pays for the caches and threads the reference loop left 
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -23,15 +22,18 @@ import time
 from pathlib import Path
 
 import torch
+from common import bench_parser, parse
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Testing/ for the reference loops
 
 from reference_losses import ref_tightness  # noqa: E402
 
-from WeakSegLib.constraints import TightnessPrior  # noqa: E402
-from WeakSegLib.devices import resolve_device  # noqa: E402
-from WeakSegLib.networks import build_network  # noqa: E402
-from WeakSegLib.recipes import RecipeLoss  # noqa: E402
+from WeakSegLib.config import TrainConfig  # noqa: E402
+from WeakSegLib.engine.data import SampleSet  # noqa: E402
+from WeakSegLib.engine.devices import resolve_device  # noqa: E402
+from WeakSegLib.engine.training import start_recipe  # noqa: E402
+from WeakSegLib.losses.box_constraints import TightnessPrior  # noqa: E402
+from WeakSegLib.nets.segmentation import build_network  # noqa: E402
 
 
 def _clock(fn, device: torch.device) -> float:
@@ -72,7 +74,7 @@ def make_batch(batch: int, size: int, boxes_per_image: int, device: torch.device
     labels = box_mask[:, 0].long()
     image = torch.randn(batch, 1, size, size, generator=g)
     return {"image": image.to(device), "labels": labels.to(device), "box_mask": box_mask.to(device),
-            "boxes": boxes.to(device)}
+            "boxes": boxes.to(device), "valid": torch.ones(batch, size, size, dtype=torch.bool, device=device)}
 
 
 def bench_step(args, device) -> dict:
@@ -81,11 +83,12 @@ def bench_step(args, device) -> dict:
     for recipe in ("full", "tightness+size+emptiness"):
         torch.manual_seed(0)
         net = build_network("unet", 2, 1, 2).to(device)
-        opt = torch.optim.Adam(net.parameters(), lr=5e-4, betas=(0.9, 0.99))
-        loss_fn = RecipeLoss(recipe)
+        config = TrainConfig(recipe=recipe).resolved()
+        opt = torch.optim.Adam(net.parameters(), lr=config.lr, betas=config.betas)
+        recipe_ = start_recipe(config, SampleSet.of_batch(batch), net, opt, device)
 
-        def step(net=net, opt=opt, loss_fn=loss_fn):
-            loss, _ = loss_fn(net(batch["image"]), batch, 5.0)
+        def step(net=net, opt=opt, recipe_=recipe_):
+            loss, _ = recipe_.loss(net(batch["image"]), batch, config.t0, weak=False)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -130,15 +133,13 @@ def median_ratio(times: dict, num: str, den: str) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bench_parser(__doc__)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--calls", type=int, default=10, help="vectorised prior calls in a row per round (≥ 2)")
-    p.add_argument("--json")
-    args = p.parse_args()
+    args = parse(p)
     if args.calls < 2:
         p.error("--calls must be ≥ 2 (the first call is reported apart from the others)")
     torch.set_num_threads(args.threads)

@@ -1,6 +1,6 @@
 """Box tightener on real objects it never saw in training (issue 3 figures).
 
-For each object set (several objects of one kind in one image, DATA.md) and each held-out object:
+For each object set (several objects of one kind in one image, docs/data.md) and each held-out object:
 train a tightener on the *other* objects' masks, tighten the held-out object's tight 3D box (cut
 into axial slices) and compare with its tight per-slice boxes (mean box IoU over the slices of
 either set; a missing or extra slice box scores 0). Then train the engine's default recipe on all
@@ -13,23 +13,23 @@ tightening of one object on this machine's threads.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
+from common import bench_parser, parse, run_each
 
-from WeakSegLib.boxes import BoxSet, boxes_from_mask, save_boxes, split_box
-from WeakSegLib.inference import predict_volume
-from WeakSegLib.metrics import evaluate, slice_box_iou
-from WeakSegLib.sample_data import OBJECT_SETS, materialize_objects
-from WeakSegLib.tightening import TightenerCase, TightenerConfig, TightenSettings, tighten, train_tightener
-from WeakSegLib.training import TrainCase, TrainConfig, train
-from WeakSegLib.volume import read_label_volume, read_volume, write_volume
+from WeakSegLib.config import TightenerCase, TightenerConfig, TightenSettings, TrainCase, TrainConfig
+from WeakSegLib.engine.inference import predict_volume
+from WeakSegLib.engine.metrics import evaluate, slice_box_iou
+from WeakSegLib.engine.training import train
+from WeakSegLib.io.boxes import BoxSet, boxes_from_mask, save_boxes, split_box
+from WeakSegLib.io.sample_data import OBJECT_SETS, materialize_objects
+from WeakSegLib.io.volume import read_label_volume, read_volume, write_volume
+from WeakSegLib.tightener.tighten import tighten
+from WeakSegLib.tightener.training import train_tightener
 
 
 def segment(image: str, boxes: list, mask, axis: int, folder: Path, name: str, epochs: int) -> float:
@@ -79,7 +79,7 @@ def run_set(name: str, patches: list[int], seg_patch: int, epochs: int, seg_epoc
             row["tightened_iou"].append(slice_box_iou(result.boxes, tight, axis))
             row["train_s"].append(t_train)
             row["tighten_s"].append(t_use)
-            row["val_accuracy"].append(card["metrics"].get("val_accuracy", float("nan")))
+            row["val_accuracy"].append(card.metrics.get("val_accuracy", float("nan")))
             print(f"  {name:22s} object {label:3d} p={p:2d}: box IoU raw {row['raw_iou'][-1]:.3f} → tightened "
                   f"{row['tightened_iou'][-1]:.3f}   train {t_train:.0f} s, tighten {t_use:.2f} s", flush=True)
     if seg_epochs > 0:
@@ -94,7 +94,7 @@ def run_set(name: str, patches: list[int], seg_patch: int, epochs: int, seg_epoc
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bench_parser(__doc__)
     p.add_argument("--sets", nargs="+", default=["lungs", "vertebral-bodies-ct", "vertebral-bodies-mri",
                                                  "vertebrae-ct"], choices=list(OBJECT_SETS))
     p.add_argument("--patches", type=int, nargs="+", default=[8, 16])
@@ -104,17 +104,10 @@ def main() -> None:
     p.add_argument("--threshold-rule", choices=("balanced", "accuracy"), default="balanced")
     p.add_argument("--context", type=int, default=TightenerConfig.context,
                    help="voxels of surrounding image the patch classifier sees on every side")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--json", help="write all numbers here")
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.sets:
-            folder = Path(tmp) / name
-            folder.mkdir()
-            results[name] = run_set(name, args.patches, args.seg_patch, args.epochs, args.seg_epochs,
-                                    args.threshold_rule, args.context, folder)
+    args = parse(p)
+    results = run_each(args.sets, lambda name, folder: run_set(name, args.patches, args.seg_patch, args.epochs,
+                                                               args.seg_epochs, args.threshold_rule, args.context,
+                                                               folder))
     print(f"\n## Box IoU against tight per-slice boxes, held-out objects ({args.threads} threads)\n")
     print("| object set | p | raw 3D-box slices | tightened | tightener training (s) | tightening one object (s) | "
           "patch accuracy (held-out slices) |")

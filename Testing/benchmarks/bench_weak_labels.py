@@ -1,4 +1,4 @@
-"""Learning from sizes and from partial labels on real data (issue 5; METHODS.md §3, §4).
+"""Learning from sizes and from partial labels on real data (issue 5; docs/methods.md §3, §4).
 
 Sizes: on each case, m axial slices keep their mask and every other slice gets only its object size
 (``sizes_from_mask``). Trained: ``full`` on every slice (upper bound), the m labelled slices alone
@@ -18,22 +18,23 @@ slice's own), ``accl-paired`` (the true mask), beside ``full``. Dice on the whol
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
+from common import bench_parser, parse
 
-from WeakSegLib.inference import predict_file
-from WeakSegLib.metrics import evaluate
-from WeakSegLib.partial import PARTIAL_BACKGROUND, partial_from_mask
-from WeakSegLib.sample_data import materialize
-from WeakSegLib.sizes import SizeSet, save_sizes, sizes_from_mask
-from WeakSegLib.training import TrainCase, TrainConfig, train
-from WeakSegLib.volume import read_label_volume, write_volume
+from WeakSegLib.config import TrainCase, TrainConfig
+from WeakSegLib.engine.inference import predict_file
+from WeakSegLib.engine.metrics import evaluate
+from WeakSegLib.engine.training import train
+from WeakSegLib.io.partial import PARTIAL_BACKGROUND, partial_from_mask
+from WeakSegLib.io.sample_data import materialize
+from WeakSegLib.io.sizes import SizeSet, save_sizes
+from WeakSegLib.io.volume import read_label_volume, write_volume
+from WeakSegLib.recipes.size import sizes_from_mask
 
 PARTIAL = ["partial-ce", "sccl", "accl-partial", "accl-unpaired", "accl-paired"]
 
@@ -45,7 +46,7 @@ def fit(name: str, case: TrainCase, config: TrainConfig, out: Path, image: str, 
     predict_file(out / name, image, out / f"{name}.nii.gz", device=config.device)
     scores = evaluate(read_label_volume(out / f"{name}.nii.gz").array, mask.array, mask.spacing)
     skip = config.pretrain_epochs if config.recipe == "size" else 0  # time the size epochs only
-    epochs = [h["seconds"] for h in card["history"][skip:-1]] or [card["history"][-1]["seconds"]]
+    epochs = [h["seconds"] for h in card.history[skip:-1]] or [card.history[-1]["seconds"]]
     return {**scores, "seconds": seconds, "epoch_seconds": float(np.median(epochs))}
 
 
@@ -134,7 +135,7 @@ def partial_table(results: dict) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bench_parser(__doc__)
     p.add_argument("--cases", nargs="+", default=["vertebral-body-ct", "vertebral-body-mri", "chest-ct-lungs"])
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--pretrain", type=int, default=20, help="size: epochs on the labelled slices before sizes join")
@@ -144,10 +145,7 @@ def main() -> None:
     p.add_argument("--margin", type=float, default=10.0)
     p.add_argument("--only", choices=("size", "partial"), help="run one study")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--json", help="write the results here")
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse(p)
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         if args.only in (None, "size"):

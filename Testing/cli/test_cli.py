@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from WeakSegLib.boxes import load_boxes
-from WeakSegLib.volume import read_label_volume, read_volume
+from WeakSegLib.io.boxes import load_boxes
+from WeakSegLib.io.volume import read_label_volume, read_volume
 
 
 def weakseg(*args, check=True):
@@ -161,3 +161,22 @@ def test_tighten_train_progress_bar(spine_ct, tmp_path):
     proc = weakseg("tighten-train", "--image", spine_ct["image"], "--mask", spine_ct["mask"], "--out",
                    tmp_path / "t", "--patch-size", 8, "--epochs", 1, "--device", "cpu")
     assert "tighten-train" in proc.stderr and "val acc" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_recipe_added_through_the_registry_alone_trains_through_the_command_line(spine_ct, spine_boxes, tmp_path,
+                                                                                    monkeypatch, capsys):
+    """One module outside the package (Testing/toy_recipe.py) and one registry line: the command line
+    offers the recipe, trains it and writes its model folder."""
+    from WeakSegLib.app.cli import main
+    from WeakSegLib.recipes import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # the line lives for this test only
+    registry.register(registry.RecipeSpec("toy-box-dice", "soft Dice on the filled boxes", "toy_recipe:BoxDice"))
+    code = main(["train", "--image", spine_ct["image"], "--boxes", spine_boxes, "--recipe", "toy-box-dice",
+                 "--out", str(tmp_path / "toy"), "--epochs", "1", "--channels", "8", "16", "32", "64", "128",
+                 "--device", "cpu", "--events", str(tmp_path / "events.jsonl"), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    card = json.loads((tmp_path / "toy" / "model.json").read_text())
+    epoch = [json.loads(l) for l in (tmp_path / "events.jsonl").read_text().splitlines()][1]
+    assert card["recipe"] == "toy-box-dice" and epoch["event"] == "epoch" and 0 < epoch["box-dice"] < 1
+    assert card["network"]["channels"] == [8, 16, 32, 64, 128]

@@ -9,8 +9,8 @@ import time
 import pytest
 import torch
 
-from WeakSegLib.jobs import (EXIT_BAD_INPUT, EXIT_BAD_JOB, EXIT_CANCELLED, EXIT_OK, start_job)
-from WeakSegLib.volume import read_label_volume
+from WeakSegLib.app.jobs import EXIT_BAD_INPUT, EXIT_BAD_JOB, EXIT_CANCELLED, EXIT_OK, start_job
+from WeakSegLib.io.volume import read_label_volume
 
 
 def train_job(spine_ct, boxes, out, epochs):
@@ -92,7 +92,7 @@ def test_bad_input_and_bad_job_exit_codes(spine_ct, tmp_path):
     (tmp_path / "bad.json").write_text("{oops")
     import subprocess
 
-    proc = subprocess.run([sys.executable, "-m", "WeakSegLib.worker", str(tmp_path / "bad.json")],
+    proc = subprocess.run([sys.executable, "-m", "WeakSegLib.app.worker", str(tmp_path / "bad.json")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == EXIT_BAD_JOB and "not valid JSON" in json.loads(proc.stdout.splitlines()[-1])["message"]
 
@@ -113,7 +113,7 @@ def test_tightener_job_cancels_resumes_and_tightens(spine_ct, tmp_path):
     assert [e for e in events if e["event"] == "start"][0]["first_epoch"] == done + 1
     assert events[-1]["event"] == "done" and "val_accuracy" in events[-1]["metrics"]
 
-    from WeakSegLib.boxes import BoxSet, boxes_from_mask, load_boxes, save_boxes
+    from WeakSegLib.io.boxes import BoxSet, boxes_from_mask, load_boxes, save_boxes
 
     mask = read_label_volume(spine_ct["mask"])
     save_boxes(BoxSet(boxes_from_mask(mask.array, "3d", margin=2), mask.shape, {1: "vertebrae"}, mask.geometry()),

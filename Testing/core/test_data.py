@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from WeakSegLib.boxes import boxes_from_mask, rasterize
-from WeakSegLib.data import Case, build_samples, stack_context
+from WeakSegLib.engine.data import Case, build_samples, stack_context
 from WeakSegLib.errors import InputError
+from WeakSegLib.io.boxes import boxes_from_mask, rasterize
 
 
 def test_stack_context_matches_reference():
@@ -83,7 +83,7 @@ def test_3d_box_in_2d_training_is_refused():
 
 @pytest.mark.parametrize("axes", [[0], [1], [0, 1]])
 def test_flip_batch_moves_boxes_with_the_image(axes):
-    from WeakSegLib.data import flip_batch
+    from WeakSegLib.engine.data import flip_batch
 
     mask = np.zeros((3, 20, 30), np.uint8)
     mask[:, 2:9, 5:21] = 1

@@ -5,8 +5,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from WeakSegLib.distance import chebyshev_distance, object_size
 from WeakSegLib.errors import InputError
+from WeakSegLib.losses.distance import chebyshev_distance, object_size
 
 
 def random_masks(rng, n, h, w, density):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from WeakSegLib.boxes import Box
-from WeakSegLib.metrics import box_iou, dice, dice_per_slice, evaluate, hd95, iou, _surface
+from WeakSegLib.engine.metrics import _surface, box_iou, dice, dice_per_slice, evaluate, hd95, iou
+from WeakSegLib.io.boxes import Box
 
 
 def test_dice_iou_conventions():
@@ -63,8 +63,8 @@ def test_box_iou():
 
 
 def test_slice_box_iou_counts_missing_and_extra_slices():
-    from WeakSegLib.boxes import Box
-    from WeakSegLib.metrics import slice_box_iou
+    from WeakSegLib.engine.metrics import slice_box_iou
+    from WeakSegLib.io.boxes import Box
 
     ref = [Box((k, 0, 0), (k + 1, 10, 10), 1, "slice", 0) for k in range(4)]
     half = [Box((k, 0, 0), (k + 1, 10, 5), 1, "slice", 0) for k in range(1, 4)] + [Box((9, 0, 0), (10, 2, 2), 1, "slice", 0)]

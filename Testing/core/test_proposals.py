@@ -7,14 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from WeakSegLib.boxes import BoxSet, boxes_from_mask, save_boxes
-from WeakSegLib.crf import CRFParams, CRFPool, refine_slice, to_crf_intensity
-from WeakSegLib.data import Case, build_samples
+from WeakSegLib.config import TrainCase, TrainConfig
+from WeakSegLib.engine.data import Case, build_samples
+from WeakSegLib.engine.model import load_model
+from WeakSegLib.engine.training import CHECKPOINT, start_recipe, train
 from WeakSegLib.errors import InputError
-from WeakSegLib.model import build_from_card, load_model
-from WeakSegLib.regions import BoxCandidates, ProposalSettings, box_candidates, choose, tight_box_iou
-from WeakSegLib.training import CHECKPOINT, TrainCase, TrainConfig, label_revision, train
-from WeakSegLib.volume import normalize, read_label_volume, read_volume
+from WeakSegLib.io.boxes import BoxSet, boxes_from_mask, save_boxes
+from WeakSegLib.io.volume import normalize, read_label_volume, read_volume
+from WeakSegLib.nets.segmentation import build_network
+from WeakSegLib.recipes.crf import CRFPool, CRFSettings, refine_slice, to_crf_intensity
+from WeakSegLib.recipes.regions import BoxCandidates, ProposalSettings, box_candidates, choose, tight_box_iou
 
 SMALL = (8, 16, 32, 64, 128)
 
@@ -177,7 +179,7 @@ def test_choice_prefers_the_candidate_the_network_agrees_with():
 
 
 def test_candidates_on_real_slices_fit_the_object_better_than_the_box(tmp_path):
-    from WeakSegLib.sample_data import materialize
+    from WeakSegLib.io.sample_data import materialize
 
     s = materialize("vertebral-body-ct", tmp_path)
     image = np.moveaxis(normalize(read_volume(s["image"]).array, "percentile"), s["axis"], 0)
@@ -252,23 +254,24 @@ def test_resumed_proposal_training_equals_an_uninterrupted_run(boxed, tmp_path, 
 def revision_setup(boxed, recipe, **kw):
     config = quick(recipe=recipe, **kw)
     mask = read_label_volume(boxed["mask"]).array
-    from WeakSegLib.boxes import load_boxes
+    from WeakSegLib.io.boxes import load_boxes
 
     boxes = load_boxes(boxed["boxes"]).slice_boxes(0)
     image = normalize(read_volume(boxed["image"]).array, "percentile")
     samples = build_samples([Case(image, boxes, None, mask)], [1, 2])
-    card = {"network": {"name": "unet", "spatial_dims": 2, "in_channels": 1, "out_channels": 3,
-                        "channels": list(SMALL)}}
+    def fresh():  # an untrained network of the run
+        return build_network("unet", 2, 1, 3, SMALL)
+
     torch.manual_seed(0)
-    network = build_from_card(card)
+    network = fresh()
     optimizer = torch.optim.Adam(network.parameters())
-    return config, card, samples, network, optimizer
+    return config, fresh, samples, network, optimizer
 
 
 def test_deepcut_revision_keeps_labels_in_the_boxes_and_reinitialises_the_network(boxed):
-    config, card, samples, network, optimizer = revision_setup(boxed, "deepcut")
+    config, fresh, samples, network, optimizer = revision_setup(boxed, "deepcut")
     filled = samples.labels.clone()
-    hooks = label_revision(config, card, samples, network, optimizer, torch.device("cpu"))
+    hooks = start_recipe(config.resolved(), samples, network, optimizer, torch.device("cpu"), fresh).hooks()
     try:
         assert hooks.before_epoch(1) is None and torch.equal(samples.labels, filled)
         network(torch.zeros(2, 1, 48, 48)).sum().backward()
@@ -286,15 +289,15 @@ def test_deepcut_revision_keeps_labels_in_the_boxes_and_reinitialises_the_networ
     others[unboxed] = False
     assert (labels[others] == 0).all()
     torch.manual_seed(config.seed + 1)
-    fresh = build_from_card(card)
-    for (name, x), y in zip(network.state_dict().items(), fresh.state_dict().values()):
+    again = fresh()
+    for (name, x), y in zip(network.state_dict().items(), again.state_dict().values()):
         assert torch.equal(x, y), name
     assert len(optimizer.state) == 0
 
 
 def test_boxsup_labels_come_from_candidates_and_masked_volumes_keep_their_mask(boxed, tmp_path):
-    config, card, samples, network, optimizer = revision_setup(boxed, "boxsup")
-    hooks = label_revision(config, card, samples, network, optimizer, torch.device("cpu"))
+    config, fresh, samples, network, optimizer = revision_setup(boxed, "boxsup")
+    hooks = start_recipe(config.resolved(), samples, network, optimizer, torch.device("cpu"), fresh).hooks()
     hooks.before_epoch(0)
     for row, cand in zip(hooks.rows, hooks.candidates):
         n, c, y0, y1, x0, x1 = (int(v) for v in row)
@@ -316,20 +319,20 @@ def test_proposal_recipes_refuse_3d_and_volumes_without_boxes(boxed, tmp_path):
         quick(recipe="deepcut", spatial_dims=3).validate()
     with pytest.raises(InputError, match="≥ 1"):
         quick(recipe="deepcut", proposal_every=0).validate()
-    config, card, samples, network, optimizer = revision_setup(boxed, "boxsup")
+    config, fresh, samples, network, optimizer = revision_setup(boxed, "boxsup")
     samples.boxes = samples.boxes[:0]
     with pytest.raises(InputError, match="needs at least one box"):
-        label_revision(config, card, samples, network, optimizer, torch.device("cpu"))
+        start_recipe(config.resolved(), samples, network, optimizer, torch.device("cpu"), fresh).hooks()
 
 
 def test_crf_parameters_default_to_deepcut():
-    p = CRFParams()
+    p = CRFSettings()
     assert (p.gauss_sxy, p.gauss_compat, p.bilateral_sxy, p.bilateral_srgb, p.bilateral_compat, p.iterations) == \
         (1.0, 3.0, 10.0, 20.0, 10.0, 5)
 
 
 def test_crf_settings_can_be_overridden_and_unknown_ones_are_refused():
-    params = quick(recipe="deepcut", crf={"bilateral_sxy": 5.0, "iterations": 3}).crf_params()
+    params = quick(recipe="deepcut", crf={"bilateral_sxy": 5.0, "iterations": 3}).crf_settings()
     assert (params.bilateral_sxy, params.iterations, params.bilateral_compat) == (5.0, 3, 10.0)
     with pytest.raises(InputError, match="unknown CRF setting.*sxy"):
         quick(recipe="deepcut", crf={"sxy": 1.0}).validate()

@@ -10,7 +10,7 @@ import torch
 from scipy import ndimage
 
 from WeakSegLib.errors import InputError
-from WeakSegLib.size_loss import SizeLoss, flipped_sizes
+from WeakSegLib.losses.size import SizeLoss, flipped_sizes
 
 
 def scipy_size(mask: np.ndarray) -> int:
@@ -132,6 +132,6 @@ def test_size_samples_must_be_positive():
 
 
 def test_size_anchors_must_be_positive():
-    from WeakSegLib.training import TrainConfig
+    from WeakSegLib.config import TrainConfig
     with pytest.raises(InputError, match="size_anchors"):
         TrainConfig(recipe="size", size_anchors=0).validate()

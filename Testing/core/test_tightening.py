@@ -9,15 +9,23 @@ import numpy as np
 import pytest
 import torch
 
-from WeakSegLib.boxes import Box, BoxSet, boxes_from_mask, split_box
+from WeakSegLib.config import TightenerCase, TightenerConfig, TightenSettings
+from WeakSegLib.engine.metrics import slice_box_iou
 from WeakSegLib.errors import CancelledError, InputError, ModelError
-from WeakSegLib.metrics import slice_box_iou
-from WeakSegLib.patches import (extract_patches, largest_component, patch_coverage, patch_grid, patch_labels,
-                                positive_extent)
-from WeakSegLib.sample_data import materialize_objects
-from WeakSegLib.tightening import (TightenerCase, TightenerConfig, TightenSettings, consistent_extents,
-                                   load_tightener, tighten, train_tightener)
-from WeakSegLib.volume import Volume, read_label_volume, read_volume, write_volume
+from WeakSegLib.io.boxes import Box, BoxSet, boxes_from_mask, split_box
+from WeakSegLib.io.sample_data import materialize_objects
+from WeakSegLib.io.volume import Volume, read_label_volume, read_volume, write_volume
+from WeakSegLib.tightener.model import load_tightener
+from WeakSegLib.tightener.patches import (
+    extract_patches,
+    largest_component,
+    patch_coverage,
+    patch_grid,
+    patch_labels,
+    positive_extent,
+)
+from WeakSegLib.tightener.tighten import consistent_extents, tighten
+from WeakSegLib.tightener.training import train_tightener
 
 # ------------------------------------------------------------------------------- patch grid
 
@@ -76,7 +84,7 @@ def test_context_windows_match_slow_reference_and_centre_the_patch():
 @pytest.mark.parametrize("name,patch,context,pooled", [("light", 8, 8, (2, 2)), ("light", 16, 0, (4, 4)),
                                                        ("light", 8, 4, (2, 2)), ("vgg16", 16, 8, (1, 1))])
 def test_classifier_with_context_pools_only_the_central_patch(name, patch, context, pooled):
-    from WeakSegLib.classifier import PatchClassifier
+    from WeakSegLib.nets.classifier import PatchClassifier
 
     net = PatchClassifier(name, patch, context).eval()
     seen = []
@@ -153,11 +161,12 @@ def tightener(lungs, tmp_path_factory):
 def test_tightener_card_and_weights(tightener, lungs):
     folder, card = tightener
     network, loaded = load_tightener(folder)
-    assert loaded["format"] == "weakseg-tightener" and loaded["patch"]["size"] == 16
-    assert loaded["input"]["spacing"] == pytest.approx(list(lungs["volume"].spacing))
-    assert loaded["training"]["objects"] == 1 and loaded["training"]["patches"]["positive"] > 50
-    assert 0.85 < loaded["metrics"]["val_accuracy"] <= 1.0 and len(loaded["history"]) == 12
-    assert 0.0 < loaded["patch"]["threshold"] < 1.0
+    assert json.loads((folder / "model.json").read_text())["format"] == "weakseg-tightener"
+    assert (loaded.network, loaded.patch) == (card.network, card.patch) and loaded.patch.size == 16
+    assert loaded.input.spacing == pytest.approx(list(lungs["volume"].spacing))
+    assert loaded.training["objects"] == 1 and loaded.training["patches"]["positive"] > 50
+    assert 0.85 < loaded.metrics["val_accuracy"] <= 1.0 and len(loaded.history) == 12
+    assert 0.0 < loaded.patch.threshold < 1.0
     assert network(torch.zeros(3, 1, 16, 16)).shape == (3, 2)
 
 
@@ -165,7 +174,7 @@ def test_context_is_trained_recorded_and_used(lungs, tmp_path):
     card = train_tightener([TightenerCase(lungs["image"], lungs["train_mask"])], small_config(epochs=2, context=8),
                            tmp_path / "t")
     network, loaded = load_tightener(tmp_path / "t")
-    assert card["network"]["context"] == loaded["network"]["context"] == 8
+    assert card.network.context == loaded.network.context == 8
     assert network(torch.zeros(2, 1, 32, 32)).shape == (2, 2)
     volume, axis = lungs["volume"], lungs["axis"]
     box3d = boxes_from_mask(lungs["lungs"], "3d", axis, 0, [6], False)
@@ -196,7 +205,7 @@ def test_training_resumes_bit_exactly_after_cancel(lungs, tmp_path):
     cases = [TightenerCase(lungs["image"], lungs["train_mask"])]
     config = small_config(epochs=2)
     full = train_tightener(cases, config, tmp_path / "full")
-    per_epoch = -(-full["training"]["patches"]["train"] // config.batch_size)
+    per_epoch = -(-full.training["patches"]["train"] // config.batch_size)
     calls = {"n": 0}
 
     def stop_in_second_epoch():
@@ -210,8 +219,8 @@ def test_training_resumes_bit_exactly_after_cancel(lungs, tmp_path):
     a = torch.load(tmp_path / "full" / "model.pt", weights_only=True)
     b = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full["history"]]
-    assert resumed["patch"]["threshold"] == full["patch"]["threshold"]
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
+    assert resumed.patch.threshold == full.patch.threshold
 
 
 def test_the_threshold_rule_picks_the_cards_threshold(lungs, tmp_path):
@@ -221,15 +230,14 @@ def test_the_threshold_rule_picks_the_cards_threshold(lungs, tmp_path):
     cards = {rule: train_tightener(cases, small_config(epochs=3, threshold_rule=rule), tmp_path / rule)
              for rule in ("balanced", "accuracy")}
     balanced, accuracy = cards["balanced"], cards["accuracy"]
-    assert balanced["patch"]["threshold"] != accuracy["patch"]["threshold"]
-    assert accuracy["metrics"]["val_accuracy_at_threshold"] > balanced["metrics"]["val_accuracy_at_threshold"]
-    assert (balanced["metrics"]["val_balanced_accuracy_at_threshold"]
-            > accuracy["metrics"]["val_balanced_accuracy_at_threshold"])
-    assert [h["loss"] for h in balanced["history"]] == [h["loss"] for h in accuracy["history"]]  # nothing else changes
+    assert balanced.patch.threshold != accuracy.patch.threshold
+    assert accuracy.metrics["val_accuracy_at_threshold"] > balanced.metrics["val_accuracy_at_threshold"]
+    assert balanced.metrics["val_balanced_accuracy_at_threshold"] > accuracy.metrics["val_balanced_accuracy_at_threshold"]
+    assert [h["loss"] for h in balanced.history] == [h["loss"] for h in accuracy.history]  # nothing else changes
 
 
 def test_vgg16_option_builds_for_both_patch_sizes():
-    from WeakSegLib.classifier import PatchClassifier
+    from WeakSegLib.nets.classifier import PatchClassifier
 
     for p in (16, 32):
         net = PatchClassifier("vgg16", p).eval()

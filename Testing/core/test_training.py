@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from WeakSegLib.boxes import BoxSet, boxes_from_mask, save_boxes
+from WeakSegLib.config import TrainCase, TrainConfig
+from WeakSegLib.engine.inference import predict_file, predict_volume
+from WeakSegLib.engine.model import load_model
+from WeakSegLib.engine.training import CHECKPOINT, train
 from WeakSegLib.errors import CancelledError, InputError, ModelError
-from WeakSegLib.inference import predict_file, predict_volume
-from WeakSegLib.model import load_model
-from WeakSegLib.training import CHECKPOINT, TrainCase, TrainConfig, train
-from WeakSegLib.volume import read_label_volume, read_volume
+from WeakSegLib.io.boxes import BoxSet, boxes_from_mask, save_boxes
+from WeakSegLib.io.volume import read_label_volume, read_volume
 
 SMALL = (8, 16, 32, 64, 128)
 
@@ -41,7 +42,7 @@ def test_train_writes_model_and_predicts_on_the_input_grid(boxed_case, tmp_path)
     epoch = [e for e in events if e["event"] == "epoch"][-1]
     assert {"loss", "tightness", "size", "emptiness", "dice", "t"} <= set(epoch)
     assert epoch["t"] == pytest.approx(5.0 * 1.1)
-    assert [l["name"] for l in card["labels"]] == ["left", "right"]
+    assert [l.name for l in card.labels] == ["left", "right"]
     on_disk = json.loads((tmp_path / "m" / "model.json").read_text())
     assert on_disk["format"] == "weakseg-model" and on_disk["recipe"] == "tightness+size+emptiness"
     assert len(on_disk["history"]) == 2 and "torch" in on_disk["versions"]
@@ -78,8 +79,8 @@ def test_resume_with_other_settings_is_refused(boxed_case, tmp_path):
 def test_checkpoint_older_than_a_setting_resumes_when_that_setting_is_default(boxed_case, tmp_path):
     """A checkpoint written before settings existed (here: size_anchors, sccl_weight) resumes while
     they keep their defaults, and is refused, naming the setting, when one is changed."""
-    from WeakSegLib.atomic import atomic_torch_save
-    from WeakSegLib.model import load_state
+    from WeakSegLib.engine.model import load_state
+    from WeakSegLib.io.atomic import atomic_torch_save
 
     cases = [TrainCase(boxed_case["image"], boxes=boxed_case["boxes"])]
     train(cases, quick(), tmp_path / "m")
@@ -122,7 +123,7 @@ def test_networks_modes_and_recipes_train_and_predict(boxed_case, tmp_path, conf
         boxes = str(tmp_path / "b3.json")
         save_boxes(BoxSet(boxes_from_mask(mask.array, "3d"), mask.shape, {1: "l", 2: "r"}, mask.geometry()), boxes)
     card = train([TrainCase(boxed_case["image"], boxes=boxes)], quick(**config), tmp_path / "m")
-    assert np.isfinite(card["history"][0]["loss"])
+    assert np.isfinite(card.history[0]["loss"])
     labels, _ = predict_volume(tmp_path / "m", image, device="cpu")
     assert labels.shape == image.shape
 
@@ -131,8 +132,9 @@ def test_a_two_label_run_predicts_each_label_where_it_is(tmp_path):
     """Label values 3 and 7 (two bright blocks of different intensity): after a short ``full`` run every
     label value is predicted on its own object, and the per-epoch Dice is the per-label mean."""
     from synthetic import oblique_volume
-    from WeakSegLib.metrics import dice
-    from WeakSegLib.volume import write_volume
+
+    from WeakSegLib.engine.metrics import dice
+    from WeakSegLib.io.volume import write_volume
 
     mask = np.zeros((8, 32, 32), np.uint8)
     mask[1:7, 4:14, 5:15] = 3
@@ -144,11 +146,11 @@ def test_a_two_label_run_predicts_each_label_where_it_is(tmp_path):
     card = train([TrainCase(str(tmp_path / "img.nrrd"), mask=str(tmp_path / "mask.nrrd"),
                             eval_mask=str(tmp_path / "mask.nrrd"))], quick(recipe="full", epochs=20, batch_size=4, lr=3e-3),
                  tmp_path / "m")
-    assert [l["value"] for l in card["labels"]] == [3, 7] and "ce" in card["history"][0]
+    assert [l.value for l in card.labels] == [3, 7] and "ce" in card.history[0]
     labels, _ = predict_volume(tmp_path / "m", read_volume(tmp_path / "img.nrrd"), device="cpu")
     per_label = [dice(labels.array == v, mask == v) for v in (3, 7)]
     assert min(per_label) > 0.9, per_label
-    assert card["history"][-1]["dice"] == pytest.approx(np.mean(per_label), abs=1e-6)
+    assert card.history[-1]["dice"] == pytest.approx(np.mean(per_label), abs=1e-6)
 
 
 def test_missing_labels_for_the_recipe_are_explained(boxed_case, tmp_path):
@@ -180,7 +182,8 @@ def trained(tmp_path_factory, synthetic_case_module):
 @pytest.fixture(scope="module")
 def synthetic_case_module(tmp_path_factory):
     from synthetic import oblique_volume
-    from WeakSegLib.volume import write_volume
+
+    from WeakSegLib.io.volume import write_volume
 
     mask = np.zeros((6, 20, 24), np.uint8)
     mask[2:5, 4:12, 5:15] = 1

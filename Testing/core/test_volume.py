@@ -3,12 +3,19 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from synthetic import oblique_volume
 
 from WeakSegLib.errors import InputError
-from WeakSegLib.volume import (Volume, axial_axis, check_same_grid, normalize, read_direction, read_label_volume, read_volume,
-                               write_volume)
-
-from synthetic import oblique_volume
+from WeakSegLib.io.volume import (
+    Volume,
+    axial_axis,
+    check_same_grid,
+    normalize,
+    read_direction,
+    read_label_volume,
+    read_volume,
+    write_volume,
+)
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])

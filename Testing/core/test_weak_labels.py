@@ -7,11 +7,13 @@ import pytest
 import torch
 from scipy import ndimage
 
-from WeakSegLib.data import IGNORE, Case, build_samples, partial_to_labels
+from WeakSegLib.engine.data import Case, build_samples
 from WeakSegLib.errors import InputError
-from WeakSegLib.label_losses import PartialCrossEntropy, SoftSizePenalty, sccl_bounds
-from WeakSegLib.partial import PARTIAL_BACKGROUND, partial_from_mask
-from WeakSegLib.sizes import SizeLabel, SizeSet, load_sizes, save_sizes, sizes_from_mask
+from WeakSegLib.io.labels import IGNORE, partial_to_labels
+from WeakSegLib.io.partial import PARTIAL_BACKGROUND, partial_from_mask
+from WeakSegLib.io.sizes import SizeLabel, SizeSet, load_sizes, save_sizes
+from WeakSegLib.losses.labels import PartialCrossEntropy, SoftSizePenalty, sccl_bounds
+from WeakSegLib.recipes.size import sizes_from_mask
 
 
 def two_objects(shape=(6, 30, 34)):
@@ -83,7 +85,7 @@ def test_size_file_of_another_format_or_newer_version(tmp_path):
 def test_size_case_labels_masks_boxes_and_sizes():
     """A mixed size-labelled case: mask slices labelled, size slices unknown (boxed ones: background
     outside the box), sizes per (slice, class)."""
-    from WeakSegLib.boxes import Box
+    from WeakSegLib.io.boxes import Box
 
     mask = two_objects()
     image = mask.astype(np.float32)
@@ -113,7 +115,7 @@ def test_a_slice_measured_empty_for_every_class_is_background():
 
 
 def test_size_label_on_a_slice_with_a_box_of_another_class_is_refused():
-    from WeakSegLib.boxes import Box
+    from WeakSegLib.io.boxes import Box
 
     mask = two_objects()
     box = Box((3, 10, 15), (4, 26, 34), 2, "slice", 0)

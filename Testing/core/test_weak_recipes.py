@@ -5,13 +5,15 @@ import numpy as np
 import pytest
 import torch
 
+from WeakSegLib.config import TrainCase, TrainConfig
+from WeakSegLib.engine.inference import predict_volume
+from WeakSegLib.engine.model import load_model, load_state
+from WeakSegLib.engine.training import CHECKPOINT, train
 from WeakSegLib.errors import InputError
-from WeakSegLib.inference import predict_volume
-from WeakSegLib.model import load_model, load_state
-from WeakSegLib.partial import partial_from_mask
-from WeakSegLib.sizes import SizeSet, save_sizes, sizes_from_mask
-from WeakSegLib.training import CHECKPOINT, TrainCase, TrainConfig, train
-from WeakSegLib.volume import read_label_volume, read_volume, write_volume
+from WeakSegLib.io.partial import partial_from_mask
+from WeakSegLib.io.sizes import SizeSet, save_sizes
+from WeakSegLib.io.volume import read_label_volume, read_volume, write_volume
+from WeakSegLib.recipes.size import sizes_from_mask
 
 SMALL = (8, 16, 32, 64, 128)
 
@@ -56,7 +58,7 @@ def test_size_recipe_pretrains_on_mask_slices_then_adds_the_size_loss(weak_case,
     weights = [k for k in final if k.endswith("weight") and final[k].dim() == 4]
     assert stats and all(torch.equal(final[k], pretrained[k]) for k in stats)
     assert any(not torch.equal(final[k], pretrained[k]) for k in weights)
-    assert card["recipe"] == "size"
+    assert card.recipe == "size"
     model = load_model(tmp_path / "m")
     labels, _ = predict_volume(model, read_volume(weak_case["image"]))
     assert labels.shape == read_volume(weak_case["image"]).shape
@@ -81,7 +83,7 @@ def test_partial_label_recipes_train(recipe, weak_case, tmp_path):
     epoch = [e for e in events if e["event"] == "epoch"][-1]
     assert "ce" in epoch and np.isfinite(epoch["loss"])
     if recipe == "sccl":
-        assert "sccl" in epoch and len(card["training"]["sccl_bounds"]) == 2
+        assert "sccl" in epoch and len(card.training["sccl_bounds"]) == 2
     if recipe.startswith("accl"):
         assert {"adversarial", "discriminator"} <= set(epoch)
         ckpt = load_state(tmp_path / "m" / CHECKPOINT)
@@ -89,7 +91,7 @@ def test_partial_label_recipes_train(recipe, weak_case, tmp_path):
 
 
 def test_accl_resume_restores_the_discriminator_and_the_decaying_learning_rates(weak_case, tmp_path):
-    """ACCL's schedule (METHODS.md §4): Adam 2e-4, betas (0.5, 0.999), both learning rates decaying
+    """ACCL's schedule (docs/methods.md §4): Adam 2e-4, betas (0.5, 0.999), both learning rates decaying
     linearly over the second half; a run cancelled after its first epoch and resumed ends bit-exactly
     where an uninterrupted one does."""
     from WeakSegLib.errors import CancelledError
@@ -99,7 +101,7 @@ def test_accl_resume_restores_the_discriminator_and_the_decaying_learning_rates(
     events = []
     card = train(case, cfg, tmp_path / "a", on_event=events.append)
     assert [e["lr"] for e in events if e["event"] == "epoch"] == [2e-4, 1e-4]
-    assert tuple(card["training"]["betas"]) == (0.5, 0.999)
+    assert tuple(card.training["betas"]) == (0.5, 0.999)
     seen = []
     with pytest.raises(CancelledError):
         train(case, cfg, tmp_path / "b", on_event=seen.append, should_stop=lambda: any(e["event"] == "epoch" for e in seen))
@@ -127,13 +129,13 @@ def test_learning_rate_schedule_defaults_by_recipe():
 def test_sccl_with_explicit_bounds_needs_no_reference(weak_case, tmp_path):
     case = [TrainCase(weak_case["image"], partial=weak_case["partial"])]
     card = train(case, quick(recipe="sccl", sccl_bounds=[[10, 200], [5, 150]]), tmp_path / "m")
-    assert card["training"]["sccl_bounds"] == [[10, 200], [5, 150]]
+    assert card.training["sccl_bounds"] == [[10, 200], [5, 150]]
 
 
 @pytest.fixture
 def other_grid(weak_case, tmp_path):
     """A label volume on another grid (different in-plane shape and spacing)."""
-    from WeakSegLib.volume import Volume
+    from WeakSegLib.io.volume import Volume
 
     array = np.zeros((24, 50, 60), np.uint8)
     array[8:16, 10:30, 10:30] = 1
@@ -176,19 +178,19 @@ def test_samples_without_labels_are_not_visited(weak_case, tmp_path, monkeypatch
     """partial-ce on a volume whose partial labels mark 3 slices: only those slices reach the loss
     (slices with nothing labelled would only move the batch-norm statistics); the size recipe visits
     the size slices after pre-training."""
-    import WeakSegLib.training as training
-    from WeakSegLib.data import IGNORE
-    from WeakSegLib.partial import PARTIAL_BACKGROUND
+    from WeakSegLib.engine.recipe import Recipe
+    from WeakSegLib.io.labels import IGNORE
+    from WeakSegLib.io.partial import PARTIAL_BACKGROUND
 
     seen = []
+    loss = Recipe.loss
 
-    class Recording(training.RecipeLoss):
-        def forward(self, logits, batch, t, weak=True):
-            known = ((batch["labels"] != IGNORE) & batch["valid"]).flatten(1).any(1)
-            seen.append((int(known.sum()), len(known), weak))
-            return super().forward(logits, batch, t, weak)
+    def recording(self, logits, batch, t, weak):
+        known = ((batch["labels"] != IGNORE) & batch["valid"]).flatten(1).any(1)
+        seen.append((int(known.sum()), len(known), weak))
+        return loss(self, logits, batch, t, weak)
 
-    monkeypatch.setattr(training, "RecipeLoss", Recording)
+    monkeypatch.setattr(Recipe, "loss", recording)
     mask = read_label_volume(weak_case["mask"])
     only = np.zeros(mask.shape, np.uint8)
     only[weak_case["labelled"]] = np.where(mask.array[weak_case["labelled"]] > 0, mask.array[weak_case["labelled"]],

@@ -13,7 +13,6 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-
 import slicer  # the slicer-core wheel (requirements-test.txt)
 import slicer_app_standins
 

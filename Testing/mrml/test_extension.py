@@ -15,9 +15,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 import slicer
-
 from slicer_app_standins import MODULE_DIRS, REPO
-from WeakSegLib import dependencies
+
+from WeakSegLib.app import dependencies
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 MODULES = [folder.name for folder in MODULE_DIRS]
@@ -117,7 +117,7 @@ def test_extension_cmake_and_catalogue_entry():
     assert meta["EXTENSION_DEPENDS"] == "PyTorch" and meta["EXTENSION_CATEGORY"] == "Segmentation"
     assert re.findall(r"add_subdirectory\((\w+)\)", top) == MODULES
     assert "Slicer_EXTENSION_GENERATE_CONFIG" in top and "Slicer_EXTENSION_CPACK" in top
-    assert "WeakSegLib/*.py" in top  # the core package is installed with the modules
+    assert "${WeakSegLib_DIR}/*.py" in top and "app/requirements/*.txt" in top  # the core and its requirement lists
     for url_key in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
         for url in meta[url_key].split():
             assert (REPO / url.split("/main/", 1)[1]).is_file(), f"{url_key} names {url}, a file the repo lacks"
@@ -139,12 +139,28 @@ def test_module_cmake_lists_existing_files(module):
     assert all((REPO / module / f).is_file() for f in listed)
 
 
-def test_dependency_check_matches_requirements_and_finds_missing_packages():
-    pinned = (REPO / "requirements.txt").read_text().split()
-    assert all(req in pinned for req in dependencies.REQUIREMENTS.values())
-    for extra in dependencies.RECIPE_REQUIREMENTS.values():
-        assert all(req in pinned for req in extra.values())
-    assert dependencies.missing_requirements() == []  # all installed here
+def test_one_requirements_source_for_pip_and_slicer():
+    """pyproject.toml reads its dependencies and extras from the package's requirement files, the very
+    lists Slicer installs from; requirements.txt only pins versions those lists allow."""
+    import tomllib
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    dynamic = project["tool"]["setuptools"]["dynamic"]
+    files = {"core": dynamic["dependencies"]["file"],
+             **{extra: spec["file"] for extra, spec in dynamic["optional-dependencies"].items()}}
+    for name, paths in files.items():
+        assert f"WeakSegLib/app/requirements/{name}.txt" in paths
+    assert not {"dependencies", "optional-dependencies"} & set(project["project"])  # no second list
+    core = {Requirement(r).name: Requirement(r) for r in dependencies.read_requirements("core")}
+    for line in (REPO / "requirements.txt").read_text().splitlines():
+        if line and not line.startswith(("#", "-e")):
+            pin = Requirement(line)
+            assert pin.name in core and core[pin.name].specifier.contains(next(iter(pin.specifier)).version), pin
+    wanted = dependencies.requirements_for()
+    assert "torch" not in wanted and "numpy" not in wanted  # Slicer provides them
+    assert wanted["monai"] == str(core["monai"]) and wanted["skimage"] == str(core["scikit-image"])
+    assert dependencies.missing_requirements(wanted) == []  # all installed here
     assert dependencies.missing_requirements({"no_such_module_xyz": "no-such-package==1"}) == ["no-such-package==1"]
     assert dependencies.torch_missing() is False
 
@@ -153,12 +169,11 @@ def test_the_crf_package_is_asked_for_only_when_deepcut_is_chosen(monkeypatch):
     import WeakSegTrain
 
     asked = []
-    monkeypatch.setattr(dependencies, "missing_requirements",
-                        lambda requirements=None: asked.append(dict(requirements or {})) or [])
+    monkeypatch.setattr(dependencies, "missing_requirements", lambda requirements: asked.append(dict(requirements)) or [])
     WeakSegTrain.ensureDependencies(recipe="tightness+size+emptiness")
     WeakSegTrain.ensureDependencies(recipe="deepcut")
     assert "pydensecrf" not in asked[0] and asked[-1]["pydensecrf"] == "pydensecrf2==1.1"
-    assert set(dependencies.REQUIREMENTS) < set(asked[-1])
+    assert set(asked[0]) < set(asked[-1])
 
 
 def test_ensure_dependencies_installs_missing_packages_through_slicer(monkeypatch):
@@ -168,7 +183,7 @@ def test_ensure_dependencies_installs_missing_packages_through_slicer(monkeypatc
     import WeakSegTrain
 
     state = {"missing": ["monai==1.6.1"], "calls": []}
-    monkeypatch.setattr(dependencies, "missing_requirements", lambda requirements=None: list(state["missing"]))
+    monkeypatch.setattr(dependencies, "missing_requirements", lambda requirements: list(state["missing"]))
 
     def pip_ensure(requirements, requester):
         state["calls"].append((list(requirements), requester))

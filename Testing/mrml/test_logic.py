@@ -8,14 +8,14 @@ import time
 import numpy as np
 import pytest
 
-from WeakSegLib import mrml
-from WeakSegLib.boxes import BoxSet, boxes_from_mask, load_boxes, save_boxes
-from WeakSegLib.errors import InputError, ModelError, WeakSegError
-from WeakSegLib.inference import predict_file
-from WeakSegLib.model import read_card
-from WeakSegLib.mrml.tasks import JobFailed
-from WeakSegLib.volume import read_label_volume
 from WeakSegInfer import WeakSegInferLogic
+from WeakSegLib import mrml
+from WeakSegLib.engine.inference import predict_file
+from WeakSegLib.errors import InputError, ModelError, WeakSegError
+from WeakSegLib.io.boxes import BoxSet, boxes_from_mask, load_boxes, save_boxes
+from WeakSegLib.io.card import TightenerCard, read_card
+from WeakSegLib.io.volume import read_label_volume
+from WeakSegLib.mrml.tasks import JobFailed
 from WeakSegTrain import VOLUME_ATTRIBUTE, WeakSegTrainLogic
 
 
@@ -51,24 +51,28 @@ def test_boxes_train_and_predict_from_nodes(wired, spine_ct, spine_nodes, tmp_pa
     job = train.train(volume, tmp_path / "model", config={"epochs": 2, "device": "cpu"}, referenceNode=spine_nodes[1],
                       curves=True)
     assert job.wait(timeout=300) == tmp_path / "model"
+    assert job.status() == "finished" and job.progress() == 1.0
     card = read_card(tmp_path / "model")
-    assert card["training"]["axis"] == axis and card["training"]["epochs"] == 2
+    assert card.training["axis"] == axis and card.training["epochs"] == 2
     rows = job.curves.rows()
     assert rows[:, 0].tolist() == [1.0, 2.0] and np.isfinite(rows[:, 1:]).all()  # loss and Dice each epoch
 
     infer = WeakSegInferLogic()
     assert "tightness+size+emptiness" in infer.modelSummary(tmp_path / "model")
-    segmentation = infer.predict(tmp_path / "model", volume, wait=True)
+    prediction = infer.predict(tmp_path / "model", volume)
+    segmentation = prediction.wait(timeout=120)
+    assert [e["event"] for e in prediction.events].count("predict") > 1  # per-batch progress events
+    assert prediction.progress() == 1.0 and prediction.status() == "finished"
     segment = segmentation.GetSegmentation().GetNthSegment(0)
-    assert segment.GetName() == card["labels"][0]["name"]
-    np.testing.assert_allclose(segment.GetColor(), card["labels"][0]["color"])
+    assert segment.GetName() == card.labels[0].name
+    np.testing.assert_allclose(segment.GetColor(), card.labels[0].color)
     # Reference: the same model run on the same file by the command-line path.
     predict_file(tmp_path / "model", spine_ct["image"], tmp_path / "reference.nii.gz", device="cpu")
     got, _ = mrml.labelmap_from_segmentation(segmentation, volume)
     np.testing.assert_array_equal(got, read_label_volume(tmp_path / "reference.nii.gz").array)
     # Predicting again into the same node replaces its content.
     assert infer.predict(tmp_path / "model", volume, segmentation, wait=True) is segmentation
-    assert segmentation.GetSegmentation().GetNumberOfSegments() == len(card["labels"])
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == len(card.labels)
 
 
 def test_cancelled_training_resumes_from_its_checkpoint(wired, spine_nodes, tmp_path):
@@ -97,7 +101,7 @@ def test_tightener_from_a_segmentation_then_tighten_a_3d_box(wired, spine_ct, sp
     train = WeakSegTrainLogic()
     folder = train.trainTightener([(volume, segmentation)], tmp_path / "tightener",
                                   {"patch": 8, "epochs": 2, "device": "cpu", "axis": spine_ct["axis"]}, wait=True)
-    assert "val_accuracy" in read_card(folder, "weakseg-tightener")["metrics"]
+    assert "val_accuracy" in read_card(folder, TightenerCard).metrics
     (box3d,) = train.showBoxes(boxes_from_mask(mask, "3d", margin=2), volume)
     tightened = train.tightenBoxes(folder, volume, settings={"stride": 2}, wait=True)
     boxes = mrml.boxes_from_roi_nodes(tightened, volume).boxset.boxes
@@ -120,6 +124,14 @@ def test_logic_input_errors(wired, spine_nodes, tmp_path):
     with pytest.raises(ModelError):
         infer.modelSummary(tmp_path)
     train.showBoxes(boxes_from_mask(mask, "slice", mrml.slice_axis(volume)), volume)
+    for bad, message in (({"epochs": 0}, "epochs"), ({"recipe": "magic"}, "unknown recipe"),
+                         ({"learning_speed": 3}, "unknown settings: learning_speed")):
+        with pytest.raises(InputError, match=message):  # checked before any file is written
+            train.train(volume, tmp_path / "refused", config=bad)
+    for bad, message in (({"epochs": 0}, "epochs"), ({"patch": 5}, "even number")):
+        with pytest.raises(InputError, match=message):
+            train.trainTightener([(volume, spine_nodes[1])], tmp_path / "refused", bad)
+    assert not (tmp_path / "refused").exists()
     (tmp_path / "t").mkdir()
     (tmp_path / "t" / "model.json").write_text(json.dumps({"format": "weakseg-tightener", "network": {},
                                                             "patch": {}, "input": {}}))

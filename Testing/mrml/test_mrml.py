@@ -7,13 +7,13 @@ import pytest
 import SimpleITK as sitk
 import slicer
 import vtk
-
 from synthetic import oblique_volume
+
 from WeakSegLib import mrml
-from WeakSegLib.mrml import nodes
-from WeakSegLib.boxes import Box, BoxSet
 from WeakSegLib.errors import InputError
-from WeakSegLib.volume import Volume, read_volume, write_volume
+from WeakSegLib.io.boxes import Box, BoxSet
+from WeakSegLib.io.volume import Volume, read_volume, write_volume
+from WeakSegLib.mrml import nodes
 
 
 def _oblique_volume(shape=(6, 9, 11)) -> Volume:

@@ -1,8 +1,8 @@
 """Slicer nodes ↔ WeakSegLib's arrays, boxes and events.
 
-Geometry (see DESIGN.md): arrays are ``(z, y, x)`` as ``SimpleITK.GetArrayFromImage``; a voxel index
+Geometry (docs/architecture.md): arrays are ``(z, y, x)`` as ``SimpleITK.GetArrayFromImage``; a voxel index
 ``(k, j, i)`` is Slicer's IJK ``(i, j, k)`` reversed. Slicer places voxels in RAS mm through the volume's
-IJK→RAS matrix (and any linear parent transform); :class:`~WeakSegLib.volume.Volume` holds ITK's LPS
+IJK→RAS matrix (and any linear parent transform); :class:`~WeakSegLib.io.volume.Volume` holds ITK's LPS
 geometry. Every conversion between the two goes through :func:`ijk_to_world` here.
 
 Boxes are half-open voxel ranges. An ROI covers voxel ``v`` when the voxel *centre* lies inside the ROI
@@ -17,9 +17,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from WeakSegLib.boxes import Box, BoxSet, validate_boxes
+from WeakSegLib import events
 from WeakSegLib.errors import InputError
-from WeakSegLib.volume import Volume, axial_axis, check_finite
+from WeakSegLib.io.boxes import Box, BoxSet, validate_boxes
+from WeakSegLib.io.volume import Volume, axial_axis, check_finite
 
 #: RAS ↔ LPS: flip the first two axes.
 _LPS = np.diag([-1.0, -1.0, 1.0])
@@ -381,7 +382,7 @@ class TrainingCurves:
 
     def add(self, event: dict) -> bool:
         """Append an ``{"event": "epoch", ...}`` event as a row; return whether it was one."""
-        if event.get("event") != "epoch":
+        if event.get("event") != events.EPOCH:
             return False
         table = self.table.GetTable()
         row = self.table.AddEmptyRow()

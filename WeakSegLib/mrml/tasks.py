@@ -1,7 +1,7 @@
 """Background jobs started from MRML nodes, with their results put back into nodes.
 
 Each ``start_*`` function writes its inputs (volume nodes as NRRD through SimpleITK, boxes as box JSON)
-into a work folder, starts ``python -m WeakSegLib.worker`` on them (:func:`WeakSegLib.jobs.start_job`)
+into a work folder, starts ``python -m WeakSegLib.app.worker`` on them (:func:`WeakSegLib.app.jobs.start_job`)
 and returns a :class:`NodeJob`. The caller polls it (a Qt timer in the GUI; :meth:`NodeJob.wait` in a
 script); when the worker has finished, the job reads the worker's output back into the scene once.
 
@@ -20,13 +20,19 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from WeakSegLib.boxes import BoxSet, load_boxes, save_boxes
-from WeakSegLib.card import read_card
+from WeakSegLib import events
+from WeakSegLib.app.jobs import EXIT_CANCELLED, EXIT_CODES, EXIT_OK, JobHandle, start_job
+from WeakSegLib.config import TightenerConfig, TrainConfig, from_dict
 from WeakSegLib.errors import WeakSegError
-from WeakSegLib.jobs import EXIT_CANCELLED, EXIT_CODES, EXIT_OK, JobHandle, start_job
-from WeakSegLib.mrml.nodes import (labelmap_from_segmentation, segmentation_from_labelmap, volume_from_node,
-                                   volume_from_node_geometry)
-from WeakSegLib.volume import Volume, read_label_volume, write_volume
+from WeakSegLib.io.boxes import BoxSet, load_boxes, save_boxes
+from WeakSegLib.io.card import TightenerCard, read_card
+from WeakSegLib.io.volume import Volume, read_label_volume, write_volume
+from WeakSegLib.mrml.nodes import (
+    labelmap_from_segmentation,
+    segmentation_from_labelmap,
+    volume_from_node,
+    volume_from_node_geometry,
+)
 
 JOB_FOLDER = ".job"
 
@@ -69,7 +75,7 @@ class NodeJob:
 
     def status(self) -> str:
         """``running``, ``finished``, ``cancelled``, ``bad input``, …"""
-        return self.handle.status()
+        return self.handle.status
 
     def then(self, step: Callable[[Any], Any]) -> "NodeJob":
         """Run ``step(result)`` after the job's own finishing step; its return value becomes the result."""
@@ -102,7 +108,7 @@ class NodeJob:
                 if self._cleanup:
                     shutil.rmtree(self.workdir, ignore_errors=True)
         else:
-            messages = [e.get("message") for e in self.events if e.get("event") in ("error", "cancelled")]
+            messages = [e.get("message") for e in self.events if e.get("event") in (events.ERROR, events.CANCELLED)]
             reason = next((m for m in reversed(messages) if m), None)
             self.error = f"{self.kind} {EXIT_CODES.get(code, f'exited with code {code}')}" + (f": {reason}" if reason
                                                                                                 else "")
@@ -141,17 +147,8 @@ class NodeJob:
         self.poll()
 
     def progress(self) -> float | None:
-        """Fraction done (0–1) from the latest epoch/batch event, or None before the first one."""
-        for event in reversed(self.events):
-            if event.get("event") == "batch" and event.get("of"):
-                epochs = next((e.get("epochs") for e in self.events if e.get("event") == "start"), None)
-                if epochs:
-                    return min(1.0, ((event["epoch"] - 1) + event["batch"] / event["of"]) / epochs)
-            if event.get("event") == "epoch" and event.get("of"):
-                return min(1.0, event["epoch"] / event["of"])
-            if event.get("event") == "progress" and event.get("of"):
-                return min(1.0, event.get("done", 0) / event["of"])
-        return None
+        """Fraction done (0–1) from the latest progress event, or None before the first one."""
+        return events.fraction_done(self.events)
 
 
 def _write_volume(node: Any, path: Path) -> str:
@@ -182,9 +179,11 @@ def start_training(volume_node: Any, boxset: BoxSet, out_folder: str | Path, con
                    workdir: str | Path | None = None) -> NodeJob:
     """Train a segmentation model from the boxes on one volume; the result is the model folder (Path).
 
-    ``config`` holds :class:`~WeakSegLib.training.TrainConfig` fields (``recipe``, ``epochs``, ...).
-    ``reference_node`` (a label volume or segmentation node, optional) is only used to report Dice per epoch.
+    ``config`` holds :class:`~WeakSegLib.config.TrainConfig` fields (``recipe``, ``epochs``, ...), checked
+    before any file is written. ``reference_node`` (a label volume or segmentation node, optional) is only
+    used to report Dice per epoch.
     """
+    from_dict(TrainConfig, config, "training settings").validate()
     out = Path(out_folder)
     folder = _job_folder(workdir, out)
     case = {"image": _write_volume(volume_node, folder / "image.nrrd"),
@@ -200,8 +199,10 @@ def start_tightener_training(cases: Sequence[tuple[Any, Any]], out_folder: str |
                              workdir: str | Path | None = None) -> NodeJob:
     """Train a box tightener on fully labelled cases ``[(volume node, label volume or segmentation node)]``.
 
-    The result is the tightener folder (Path).
+    ``config`` holds :class:`~WeakSegLib.config.TightenerConfig` fields, checked before any file is
+    written. The result is the tightener folder (Path).
     """
+    from_dict(TightenerConfig, config, "tightener settings").validate()
     out = Path(out_folder)
     folder = _job_folder(workdir, out)
     files = []
@@ -216,7 +217,7 @@ def start_tightener_training(cases: Sequence[tuple[Any, Any]], out_folder: str |
 def start_tightening(tightener_folder: str | Path, volume_node: Any, boxset: BoxSet, settings: dict | None = None,
                      device: str = "auto", python: str | Sequence[str] | None = None) -> NodeJob:
     """Tighten the per-slice boxes cut from ``boxset``'s 3D boxes; the result is ``(BoxSet, report)``."""
-    read_card(tightener_folder, "weakseg-tightener")  # a wrong folder fails here, not in the worker
+    read_card(tightener_folder, TightenerCard)  # a wrong folder fails here, not in the worker
     folder = Path(tempfile.mkdtemp(prefix="weakseg-"))
     job = {"kind": "tighten", "model": str(tightener_folder), "image": _write_volume(volume_node, folder / "image.nrrd"),
            "boxes": str(save_boxes(boxset, folder / "boxes3d.json")), "out": str(folder / "boxes2d.json"),
@@ -224,7 +225,7 @@ def start_tightening(tightener_folder: str | Path, volume_node: Any, boxset: Box
     handle = start_job(job, folder, python)
 
     def finish() -> tuple[BoxSet, dict]:
-        report = next((e for e in reversed(handle.history) if e.get("event") == "done"), {})
+        report = next((e for e in reversed(handle.history) if e.get("event") == events.DONE), {})
         return load_boxes(folder / "boxes2d.json"), report
 
     return NodeJob("tighten", handle, folder, finish, cleanup=True)
@@ -246,10 +247,8 @@ def start_prediction(model_folder: str | Path, volume_node: Any, segmentation_no
 
     def finish() -> Any:
         labels = read_label_volume(folder / "prediction.nrrd").array
-        names = {int(entry["value"]): {"name": entry.get("name", f"label {entry['value']}"),
-                                       "color": entry.get("color", (0.5, 0.5, 0.5))} for entry in card["labels"]}
-        return segmentation_from_labelmap(labels, volume_node, names, segmentation_node,
-                                          name=f"{volume_node.GetName()} {card.get('recipe', 'WeakSeg')}", scene=scene)
+        return segmentation_from_labelmap(labels, volume_node, card.label_table(), segmentation_node,
+                                          name=f"{volume_node.GetName()} {card.recipe}", scene=scene)
 
     return NodeJob("predict", handle, folder, finish, cleanup=True)
 
@@ -257,13 +256,11 @@ def start_prediction(model_folder: str | Path, volume_node: Any, segmentation_no
 def model_summary(folder: str | Path) -> str:
     """A few lines describing a model folder's card (recipe, labels, input, metrics), for the GUI."""
     card = read_card(folder)
-    labels = ", ".join(f"{e.get('value')}: {e.get('name')}" for e in card["labels"])
-    inputs = card["input"]
-    mode = inputs.get("mode", f"{card['network'].get('spatial_dims', '?')}D")
-    metrics = ", ".join(f"{k} {v:.3f}" for k, v in card.get("metrics", {}).items() if isinstance(v, (int, float)))
-    spacing = " × ".join(f"{s:.2f}" for s in inputs.get("spacing", []))
+    labels = ", ".join(f"{e.value}: {e.name}" for e in card.labels)
+    metrics = ", ".join(f"{k} {v:.3f}" for k, v in card.metrics.items() if isinstance(v, (int, float)))
+    spacing = " × ".join(f"{s:.2f}" for s in card.input.spacing)
     return "\n".join(line for line in (
-        f"recipe: {card.get('recipe', '?')}    network: {card['network'].get('name', '?')} ({mode})",
+        f"recipe: {card.recipe}    network: {card.network.name} ({card.input.mode})",
         f"labels: {labels}",
         f"trained on spacing {spacing} mm" if spacing else "",
         f"metrics: {metrics}" if metrics else "") if line)

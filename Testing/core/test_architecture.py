@@ -1,0 +1,127 @@
+"""The package layout of docs/architecture.md: layers, no import cycle, torch-free parts, the recipe
+registry as the one place a recipe is added."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from WeakSegLib.engine.recipe import Recipe
+from WeakSegLib.recipes import registry
+
+PACKAGE = Path(__file__).resolve().parents[2] / "WeakSegLib"
+#: module prefix → layer (longest prefix wins); see docs/architecture.md
+LAYERS = {"WeakSegLib": 0, "WeakSegLib.errors": 1, "WeakSegLib.events": 1, "WeakSegLib.config": 1,
+          "WeakSegLib.recipes.registry": 1, "WeakSegLib.io": 2, "WeakSegLib.nets": 3, "WeakSegLib.losses": 3,
+          "WeakSegLib.engine": 4, "WeakSegLib.recipes": 5, "WeakSegLib.tightener": 5, "WeakSegLib.app": 6,
+          "WeakSegLib.mrml": 7, "WeakSegLib.__main__": 8}
+#: what must import without torch (Slicer's own process, `weakseg --help`)
+TORCH_FREE = ("WeakSegLib", "WeakSegLib.config", "WeakSegLib.events", "WeakSegLib.errors",
+              "WeakSegLib.recipes.registry", "WeakSegLib.io.card", "WeakSegLib.io.boxes", "WeakSegLib.io.volume",
+              "WeakSegLib.io.sizes", "WeakSegLib.app.cli", "WeakSegLib.app.jobs", "WeakSegLib.app.dependencies",
+              "WeakSegLib.app.progress", "WeakSegLib.mrml.tasks", "WeakSegLib.mrml.nodes")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every WeakSegLib module ``path`` imports, at file scope or inside a function."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("WeakSegLib")}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("WeakSegLib"):
+            for alias in node.names:  # `from WeakSegLib.app import dependencies` imports a module
+                sub = f"{node.module}.{alias.name}"
+                out.add(sub if (PACKAGE.parent / (sub.replace(".", "/") + ".py")).exists() else node.module)
+    return out
+
+
+def layer(module: str) -> tuple[int, str]:
+    prefix = max((p for p in LAYERS if module == p or module.startswith(p + ".")), key=len)
+    return LAYERS[prefix], prefix
+
+
+GRAPH = {module_name(p): imports_of(p) for p in PACKAGE.rglob("*.py")}
+
+
+def test_no_module_imports_a_higher_layer_or_a_sibling_package():
+    bad = []
+    for module, imported in GRAPH.items():
+        mine, home = layer(module)
+        for other in imported:
+            theirs, where = layer(other)
+            same_package = where == home or mine == theirs == 1
+            if theirs > mine or (theirs == mine and not same_package):
+                bad.append(f"{module} (layer {mine}) imports {other} (layer {theirs})")
+    assert not bad, "\n".join(bad)
+
+
+def test_there_is_no_import_cycle():
+    state: dict[str, int] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for other in GRAPH.get(module, ()):
+            if other == module or other not in GRAPH:
+                continue
+            assert state.get(other) != 1, " → ".join(path + [other])
+            if other not in state:
+                visit(other, path + [other])
+        state[module] = 2
+
+    for module in GRAPH:
+        if module not in state:
+            visit(module, [module])
+
+
+def test_every_module_but_the_package_itself_has_a_layer():
+    assert [m for m in GRAPH if layer(m)[0] == 0] == ["WeakSegLib"]
+
+
+def run_python(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=PACKAGE.parent).stdout.strip()
+
+
+def test_the_vocabulary_the_slicer_side_and_the_command_line_import_no_torch():
+    code = (f"import sys, importlib\nfor m in {TORCH_FREE!r}: importlib.import_module(m)\n"
+            "from WeakSegLib.app.cli import build_parser\n"
+            "for argv in (['--help'], ['train', '--help'], ['tighten-train', '--help'], ['tighten', '--help']):\n"
+            "    try:\n        build_parser().parse_args(argv)\n    except SystemExit:\n        pass\n"
+            "print(sorted(m for m in ('torch', 'monai', 'scipy', 'skimage') if m in sys.modules))")
+    assert run_python(code).splitlines()[-1] == "[]"
+
+
+def test_weakseg_help_imports_no_torch():
+    code = ("import sys, runpy\nsys.argv = ['weakseg', '--help']\n"
+            "try:\n    runpy.run_module('WeakSegLib', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules)")
+    assert run_python(code).splitlines()[-1] == "False"
+
+
+@pytest.mark.parametrize("spec", registry.specs(), ids=lambda s: s.name)
+def test_every_registry_line_names_a_recipe_class_and_declares_known_inputs(spec):
+    assert issubclass(spec.load(), Recipe)
+    assert set(spec.inputs()) <= set(registry.INPUT_NAMES) and spec.labels
+    assert set(spec.dims) <= {2, 3} and (spec.dims == (2, 3) or spec.dims_reason)
+
+
+def test_registry_refuses_a_second_recipe_of_the_same_name_and_unknown_inputs():
+    with pytest.raises(ValueError, match="registered already"):
+        registry.register(registry.specs()[0])
+    with pytest.raises(ValueError, match="bad inputs"):
+        registry.register(registry.RecipeSpec("x", "x", "x:X", labels=("scribbles",)))
+
+
+def test_panel_recipes_and_the_default_come_from_the_registry():
+    panel = registry.recipe_names(panel=True)
+    assert registry.DEFAULT_RECIPE == panel[0] and "size" not in panel and "deepcut" in panel
+    assert registry.default_recipe({"boxes"}) == registry.DEFAULT_RECIPE
+    assert registry.default_recipe({"mask"}) == "full" and registry.default_recipe({"sizes", "mask"}) == "size"
+    assert registry.default_recipe({"partial"}) == "partial-ce" and registry.extras_of(["deepcut"]) == {"crf"}

@@ -1,0 +1,380 @@
+"""The ``weakseg`` command line (also ``python -m WeakSegLib``).
+
+The options of ``train``, ``tighten-train`` and ``tighten`` are generated from the settings classes of
+:mod:`WeakSegLib.config` (:func:`add_options`): their help texts, choices and defaults live there
+once. Importing this module (and ``weakseg --help``) imports no torch; each command imports what it
+needs when it runs.
+
+Exit codes are those of the worker (:mod:`WeakSegLib.app.jobs`): 0 ok, 2 bad input, 3 cancelled
+(Ctrl-C), 1 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from typing import Any, Sequence
+
+from WeakSegLib import __version__
+from WeakSegLib.app.jobs import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_OK
+from WeakSegLib.app.progress import ProgressPrinter
+from WeakSegLib.config import DEVICES, TightenerCase, TightenerConfig, TightenSettings, TrainCase, TrainConfig
+from WeakSegLib.errors import CancelledError, WeakSegError
+from WeakSegLib.recipes.registry import DEFAULT_RECIPE, default_recipe, recipe_names
+
+#: the per-image file options of ``train``, in :class:`~WeakSegLib.config.TrainCase` order
+CASE_FILES = ("boxes", "mask", "eval_mask", "sizes", "partial", "reference")
+
+
+def _axis(value: str) -> int | str:
+    if value == "auto":
+        return value
+    if value not in ("0", "1", "2"):
+        raise argparse.ArgumentTypeError("axis must be 0, 1, 2 (array order z, y, x) or 'auto' (axial)")
+    return int(value)
+
+
+def _setting(value: str) -> tuple[str, float]:
+    name, sep, number = value.partition("=")
+    try:
+        return name.strip(), (int(number) if name.strip() == "iterations" else float(number))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=NUMBER, got {value!r}") from None
+
+
+def _resolve_axis(axis: int | str, direction) -> int:
+    """``--axis`` as given, or for ``auto`` the axial axis of ``direction`` (a callable returning
+    the direction cosines, so that they are only looked up when needed)."""
+    if axis != "auto":
+        return int(axis)
+    from WeakSegLib.io.volume import axial_axis
+
+    return axial_axis(direction())
+
+
+def _unwrap(hint: Any) -> Any:
+    """``X | None`` → ``X``."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if type(None) in typing.get_args(hint) and len(args) == 1 else hint
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add one option per field of the settings class ``cls`` that the command line offers (field
+    metadata: :func:`WeakSegLib.config.option`); the destination is the field name."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if not meta.get("cli"):
+            continue
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        flag = meta["flag"] or "--" + f.name.replace("_", "-")
+        kind, origin = _unwrap(hints[f.name]), typing.get_origin(_unwrap(hints[f.name]))
+        kwargs: dict[str, Any] = {"dest": f.name, "help": meta["help"]}
+        if kind is bool:
+            if default:
+                flag, kwargs["help"] = "--no-" + flag[2:], "do not " + kwargs["help"]
+            kwargs.update(action="store_false" if default else "store_true", default=default)
+        elif kind is dict:
+            kwargs.update(action="append", type=_setting, metavar=meta["metavar"], default=None)
+        elif kind is list or origin is list:
+            element = (typing.get_args(kind) or (float,))[0]
+            kwargs.update(action="append", type=element, default=None)
+            if isinstance(meta["metavar"], tuple):
+                kwargs.update(nargs=len(meta["metavar"]), metavar=meta["metavar"])
+        elif origin is tuple:
+            elements = typing.get_args(kind)
+            nargs = "+" if elements[-1] is Ellipsis else len(elements)
+            kwargs.update(type=elements[0], nargs=nargs, metavar=meta["metavar"], default=default)
+        else:
+            kwargs.update(type=kind, choices=meta["choices"], metavar=meta["metavar"], default=default)
+        if default is not None and not isinstance(default, (bool, dict)):
+            kwargs["help"] += f" (default: {' '.join(map(str, default)) if isinstance(default, tuple) else default})"
+        parser.add_argument(flag, **kwargs)
+
+
+def settings_from(args: argparse.Namespace, cls: type, **given: Any) -> Any:
+    """``cls`` built from the parsed options :func:`add_options` added, and the values ``given``."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("cli") and f.name not in given:
+            value, kind = getattr(args, f.name), _unwrap(hints[f.name])
+            if kind is dict:
+                value = dict(value or [])
+            elif isinstance(value, list) and typing.get_origin(kind) is tuple:
+                value = tuple(value)
+            values[f.name] = value
+    return cls(**values, **given)
+
+
+def cmd_boxes_from_mask(args: argparse.Namespace) -> int:
+    from WeakSegLib.io.boxes import BoxSet, boxes_from_mask, save_boxes
+    from WeakSegLib.io.volume import read_label_volume
+
+    mask = read_label_volume(args.mask)
+    axis = _resolve_axis(args.axis, lambda: mask.direction)
+    boxes = boxes_from_mask(mask.array, args.mode, axis, args.margin, args.label, not args.per_label)
+    names = {b.label: (args.name or f"label {b.label}") for b in boxes}
+    save_boxes(BoxSet(boxes, mask.shape, names, mask.geometry()), args.out)
+    print(f"{len(boxes)} {args.mode} boxes (axis {axis}, margin {args.margin}) → {args.out}")
+    return EXIT_OK
+
+
+def cmd_sizes_from_mask(args: argparse.Namespace) -> int:
+    from WeakSegLib.io.sizes import SizeSet, save_sizes
+    from WeakSegLib.io.volume import read_label_volume
+    from WeakSegLib.recipes.size import sizes_from_mask
+
+    mask = read_label_volume(args.mask)
+    axis = _resolve_axis(args.axis, lambda: mask.direction)
+    sizes = sizes_from_mask(mask.array, axis, args.label, args.slices)
+    names = {s.label: (args.name or f"label {s.label}") for s in sizes}
+    save_sizes(SizeSet(sizes, mask.shape, axis, names, mask.geometry()), args.out)
+    present = sum(s.size > 0 for s in sizes)
+    print(f"{len(sizes)} size labels on axis {axis} ({present} with an object) → {args.out}")
+    return EXIT_OK
+
+
+def cmd_partial_from_mask(args: argparse.Namespace) -> int:
+    from WeakSegLib.io.partial import partial_from_mask
+    from WeakSegLib.io.volume import read_label_volume, write_volume
+
+    mask = read_label_volume(args.mask)
+    axis = _resolve_axis(args.axis, lambda: mask.direction)
+    partial, ratio = partial_from_mask(mask.array, axis, args.erode, args.background_margin, args.label)
+    write_volume(mask.with_array(partial), args.out)
+    r = ratio.to_dict()
+    print(f"annotation ratio: object {r['object']:.1%}, background {r['background']:.1%}, overall {r['overall']:.1%}, "
+          f"slices with an object scribble {r['slices_with_object']:.1%} → {args.out}")
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from WeakSegLib.engine.training import train
+    from WeakSegLib.io.volume import read_direction
+
+    images = args.image
+    per_image = {kind: getattr(args, kind) for kind in CASE_FILES}
+    for kind, files in per_image.items():
+        if files and len(files) != len(images):
+            flag = "--" + kind.replace("_", "-")
+            raise WeakSegError(f"give one {flag} per --image ({len(images)} images, {len(files)} {flag}; '-' for none)")
+    if not (args.boxes or args.mask or args.sizes or args.partial):
+        raise WeakSegError("give --boxes (box recipes), --mask (recipe 'full'), --sizes (recipe 'size') or "
+                           "--partial (partial-label recipes) for the images")
+    recipe = args.recipe or default_recipe(k for k in ("boxes", "mask", "sizes", "partial") if per_image[k])
+
+    def given(kind: str, i: int) -> str | None:
+        files = per_image[kind]
+        return files[i] if files and files[i] != "-" else None
+
+    cases = [TrainCase(img, **{kind: given(kind, i) for kind in CASE_FILES}) for i, img in enumerate(images)]
+    config = settings_from(args, TrainConfig, recipe=recipe, spatial_dims=3 if args.dims == "3d" else 2,
+                           axis=_resolve_axis(args.axis, lambda: read_direction(images[0])))
+    printer = ProgressPrinter(args.events, args.quiet)
+    try:
+        card = train(cases, config, args.out, on_event=printer, resume=not args.no_resume)
+    finally:
+        printer.close()
+    print(f"model → {args.out}  metrics {json.dumps(card.metrics)}")
+    return EXIT_OK
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from WeakSegLib.engine.inference import predict_file
+
+    printer = ProgressPrinter(None, args.quiet)
+    result = predict_file(args.model, args.image, args.out, prob_out=args.prob, device=args.device, on_event=printer)
+    print(f"prediction → {result['prediction']}" + (f", probability → {result['probability']}" if args.prob else ""))
+    return EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from WeakSegLib.engine.metrics import evaluate
+    from WeakSegLib.io.volume import check_same_grid, read_label_volume
+
+    pred, ref = read_label_volume(args.pred), read_label_volume(args.ref)
+    check_same_grid(ref, pred, "reference", "prediction")
+    scores = evaluate(pred.array, ref.array, pred.spacing, args.label)
+    if args.json:
+        print(json.dumps(scores))
+    else:
+        print(f"Dice {scores['dice']:.4f}   IoU {scores['iou']:.4f}   HD95 {scores['hd95']:.2f} mm")
+    return EXIT_OK
+
+
+def cmd_tighten_train(args: argparse.Namespace) -> int:
+    from WeakSegLib.io.volume import read_direction
+    from WeakSegLib.tightener.training import train_tightener
+
+    if len(args.mask) != len(args.image):
+        raise WeakSegError(f"give one --mask per --image ({len(args.image)} images, {len(args.mask)} masks)")
+    config = settings_from(args, TightenerConfig, axis=_resolve_axis(args.axis, lambda: read_direction(args.image[0])))
+    printer = ProgressPrinter(args.events, args.quiet)
+    try:
+        card = train_tightener([TightenerCase(i, m) for i, m in zip(args.image, args.mask)], config, args.out,
+                               on_event=printer, resume=not args.no_resume)
+    finally:
+        printer.close()
+    print(f"tightener → {args.out}  {card.training['patches']['total']} patches, metrics {json.dumps(card.metrics)}")
+    return EXIT_OK
+
+
+def cmd_tighten(args: argparse.Namespace) -> int:
+    from WeakSegLib.io.atomic import atomic_write_json
+    from WeakSegLib.tightener.tighten import tighten_file
+
+    report = tighten_file(args.model, args.image, args.boxes, args.out, settings_from(args, TightenSettings),
+                          device=args.device)
+    for w in report["warnings"]:
+        print(f"weakseg: warning: {w}", file=sys.stderr)
+    for b in report["boxes"]:
+        print(f"box #{b['box']} (label {b['label']}): {b['slices_in']} slices → {b['slices_out']} boxes "
+              f"({b['dropped_ends']} empty end slices dropped, {b['outliers']} outliers, {b['filled']} filled, "
+              f"{b['smoothed']} smoothed{', UNTIGHTENED' if b['fallback'] else ''})")
+    if args.report:
+        atomic_write_json(args.report, report)
+    print(f"boxes → {args.out}")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from WeakSegLib.app.demo import run_demo
+
+    report = run_demo(args.out, case=args.case, epochs=args.epochs, device=args.device, quiet=args.quiet)
+    print(f"report → {report}")
+    return EXIT_OK
+
+
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    """``--events``, ``--no-resume`` and ``--quiet`` of the training commands."""
+    parser.add_argument("--events", help="append JSON-lines events to this file")
+    parser.add_argument("--no-resume", action="store_true", help="ignore a checkpoint in --out")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="weakseg", description="Train segmentation networks from bounding boxes.")
+    p.add_argument("--version", action="version", version=f"weakseg {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    axis_help = "slice axis in array order (z,y,x): 0, 1, 2 or auto (axial)"
+
+    b = sub.add_parser("boxes-from-mask", help="tight boxes around the objects of a label mask")
+    b.add_argument("mask")
+    b.add_argument("--out", required=True, help="box JSON file to write")
+    b.add_argument("--mode", choices=("slice", "3d"), default="slice")
+    b.add_argument("--axis", type=_axis, default="auto", help=axis_help)
+    b.add_argument("--margin", type=int, default=0, help="voxels added on each side")
+    b.add_argument("--label", type=int, action="append", help="label value(s) to box (default: all)")
+    b.add_argument("--per-label", action="store_true", help="one box per label and slice, not per connected component")
+    b.add_argument("--name", help="name of the object (stored in the box file)")
+    b.set_defaults(func=cmd_boxes_from_mask)
+
+    t = sub.add_parser("train", help="train a model from boxes (or masks, sizes, partial labels)")
+    t.add_argument("--image", action="append", required=True, help="training image (repeat for several)")
+    t.add_argument("--boxes", action="append", help="box JSON file, one per --image ('-' for none)")
+    t.add_argument("--mask", action="append",
+                   help="label mask, one per --image ('-' for none): recipe 'full'; with 'boxsup', images given "
+                        "a mask and no boxes train on the mask (semi-supervised)")
+    t.add_argument("--eval-mask", action="append", help="reference mask to report Dice per epoch (not trained on)")
+    t.add_argument("--sizes", action="append",
+                   help="size: size label file, one per --image ('-' for none); with --mask, the mask labels "
+                        "the slices where it holds an object")
+    t.add_argument("--partial", action="append", help="partial-label recipes: partial label volume, one per --image")
+    t.add_argument("--reference", action="append",
+                   help="reference masks, one per --image ('-' for none): accl-unpaired (any masks of the "
+                        "structure), accl-paired (the image's true mask), sccl (to derive its size bounds)")
+    t.add_argument("--out", required=True, help="model folder to write (resumes when it holds a checkpoint)")
+    t.add_argument("--recipe", choices=recipe_names(),
+                   help=f"default {DEFAULT_RECIPE} (full with --mask only, size with --sizes, partial-ce with --partial)")
+    t.add_argument("--dims", choices=("2d", "3d"), default="2d")
+    t.add_argument("--axis", type=_axis, default="auto", help=axis_help)
+    add_options(t, TrainConfig)
+    _run_options(t)
+    t.set_defaults(func=cmd_train)
+
+    sz = sub.add_parser("sizes-from-mask", help="per-slice object size labels from a label mask")
+    sz.add_argument("mask")
+    sz.add_argument("--out", required=True, help="size JSON file to write")
+    sz.add_argument("--axis", type=_axis, default="auto", help=axis_help)
+    sz.add_argument("--label", type=int, action="append", help="label value(s) to measure (default: all)")
+    sz.add_argument("--slices", type=int, nargs="+", help="only these slice indices (default: all)")
+    sz.add_argument("--name", help="name of the object (stored in the size file)")
+    sz.set_defaults(func=cmd_sizes_from_mask)
+
+    pm = sub.add_parser("partial-from-mask", help="partial labels (scribbles) made by shrinking a label mask")
+    pm.add_argument("mask")
+    pm.add_argument("--out", required=True, help="partial label volume to write (0 unknown, 255 background)")
+    pm.add_argument("--axis", type=_axis, default="auto", help=axis_help)
+    pm.add_argument("--erode", type=float, default=3.0, help="object voxels within this distance of its edge become unknown")
+    pm.add_argument("--background-margin", type=float, default=10.0,
+                    help="background voxels within this distance of an object become unknown")
+    pm.add_argument("--label", type=int, action="append", help="label value(s) to keep (default: all)")
+    pm.set_defaults(func=cmd_partial_from_mask)
+
+    r = sub.add_parser("predict", help="predict a label volume with a model folder")
+    r.add_argument("--model", required=True)
+    r.add_argument("--image", required=True)
+    r.add_argument("--out", required=True)
+    r.add_argument("--prob", help="also write the foreground probability volume here")
+    r.add_argument("--device", choices=DEVICES, default="auto")
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=cmd_predict)
+
+    e = sub.add_parser("evaluate", help="Dice, IoU and HD95 of a prediction against a reference mask")
+    e.add_argument("--pred", required=True)
+    e.add_argument("--ref", required=True)
+    e.add_argument("--label", type=int, help="compare only this label value (default: any non-zero)")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.set_defaults(func=cmd_evaluate)
+
+    tt = sub.add_parser("tighten-train", help="train a box tightener (patch classifier) on fully labelled volumes")
+    tt.add_argument("--image", action="append", required=True, help="labelled training image (repeat for several)")
+    tt.add_argument("--mask", action="append", required=True, help="its label mask, one per --image")
+    tt.add_argument("--out", required=True, help="tightener folder to write (resumes when it holds a checkpoint)")
+    tt.add_argument("--axis", type=_axis, default="auto", help=axis_help)
+    add_options(tt, TightenerConfig)
+    _run_options(tt)
+    tt.set_defaults(func=cmd_tighten_train)
+
+    ti = sub.add_parser("tighten", help="tighten the per-slice boxes of 3D boxes with a trained tightener")
+    ti.add_argument("--model", required=True, help="tightener folder")
+    ti.add_argument("--image", required=True)
+    ti.add_argument("--boxes", required=True, help="box JSON file (3D boxes, or slice boxes on the tightener's axis)")
+    ti.add_argument("--out", required=True, help="box JSON file of the tightened slice boxes")
+    add_options(ti, TightenSettings)
+    ti.add_argument("--device", choices=DEVICES, default="auto")
+    ti.add_argument("--report", help="write the per-box report (JSON) here")
+    ti.set_defaults(func=cmd_tighten)
+
+    d = sub.add_parser("demo", help="the whole path on a real case: boxes → training → prediction → report")
+    d.add_argument("--out", default="weakseg-demo")
+    d.add_argument("--case", default="vertebral-body-ct")
+    d.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    d.add_argument("--device", choices=DEVICES, default="auto")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CancelledError as exc:
+        print(f"weakseg: cancelled: {exc}", file=sys.stderr)
+        return EXIT_CANCELLED
+    except KeyboardInterrupt:
+        print("weakseg: interrupted; the last epoch's checkpoint is kept (run the same command to resume)",
+              file=sys.stderr)
+        return EXIT_CANCELLED
+    except WeakSegError as exc:
+        print(f"weakseg: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

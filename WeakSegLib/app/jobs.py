@@ -1,0 +1,157 @@
+"""Run training and inference jobs in a background worker process, and watch them.
+
+A job is a JSON file (:func:`write_job`)::
+
+    {"kind": "train", "out": "MODEL_DIR", "resume": true,
+     "cases": [{"image": "img.nrrd", "boxes": "boxes.json", "mask": null, "eval_mask": null}],
+     "config": {"recipe": "tightness+size+emptiness", "epochs": 50, ...}}       # TrainConfig fields
+    {"kind": "predict", "model": "MODEL_DIR", "image": "img.nrrd", "out": "pred.nrrd",
+     "prob_out": null, "device": "auto"}
+    {"kind": "tighten-train", "out": "TIGHTENER_DIR", "resume": true,
+     "cases": [{"image": "img.nrrd", "mask": "labels.nrrd"}], "config": {...}}     # TightenerConfig fields
+    {"kind": "tighten", "model": "TIGHTENER_DIR", "image": "img.nrrd", "boxes": "boxes3d.json",
+     "out": "boxes2d.json", "settings": {...}, "device": "auto"}                   # TightenSettings fields
+
+``python -m WeakSegLib.app.worker JOB.json`` runs it, prints one JSON event per line on stdout
+(:mod:`WeakSegLib.events`), logs to stderr, and exits with one of the codes below. SIGTERM
+cancels at the next batch: the last epoch's checkpoint stays, and the same job started again resumes
+from it (so does a job whose worker was killed).
+
+In Python (e.g. a Slicer module): ``handle = start_job(job, workdir)``, then ``handle.poll()``,
+``handle.events()``, ``handle.cancel()``, ``handle.wait()``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Sequence
+
+from WeakSegLib import events
+from WeakSegLib.io.atomic import atomic_write_json
+
+EXIT_OK = 0
+EXIT_INTERNAL_ERROR = 1  # unexpected failure; the traceback is in the log
+EXIT_BAD_INPUT = 2       # bad image, boxes, mask or model: the "error" event says which
+EXIT_CANCELLED = 3       # SIGTERM / cancel(): stopped at a batch boundary, checkpoint kept
+EXIT_BAD_JOB = 4         # the job file is missing, unreadable or incomplete
+EXIT_CODES = {EXIT_OK: "finished", EXIT_INTERNAL_ERROR: "internal error", EXIT_BAD_INPUT: "bad input",
+              EXIT_CANCELLED: "cancelled", EXIT_BAD_JOB: "bad job file"}
+JOB_KINDS = ("train", "predict", "tighten-train", "tighten")
+
+
+def write_job(job: dict, path: str | os.PathLike) -> Path:
+    """Check the job's kind and write it atomically."""
+    if job.get("kind") not in JOB_KINDS:
+        raise ValueError(f"job kind must be one of {JOB_KINDS}, got {job.get('kind')!r}")
+    return atomic_write_json(path, job)
+
+
+def package_root() -> str:
+    """Folder that holds the ``WeakSegLib`` package (put on the worker's PYTHONPATH)."""
+    return str(Path(__file__).resolve().parent.parent)
+
+
+class JobHandle:
+    """A running worker process: its events, state and cancellation."""
+
+    def __init__(self, process: subprocess.Popen, job_path: Path, log_path: Path) -> None:
+        self.process = process
+        self.job_path = job_path
+        self.log_path = log_path
+        self._queue: "queue.Queue[dict]" = queue.Queue()
+        self.history: list[dict] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                event = {"event": events.OUTPUT, "text": line}
+            self._queue.put(event)
+
+    def poll(self) -> int | None:
+        """Exit code, or None while the worker runs."""
+        return self.process.poll()
+
+    def events(self) -> list[dict]:
+        """Events that arrived since the last call (never blocks)."""
+        out = []
+        while True:
+            try:
+                out.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        self.history.extend(out)
+        return out
+
+    def all_events(self) -> list[dict]:
+        """Every event since the start, including those not yet fetched by :meth:`events`."""
+        self.events()
+        return list(self.history)
+
+    def cancel(self, timeout: float = 30.0) -> int:
+        """Ask the worker to stop (SIGTERM: it stops at the next batch, keeping its checkpoint);
+        kill its process group when it has not exited after ``timeout`` seconds."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                if hasattr(os, "killpg"):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                else:
+                    self.process.kill()
+        return self.wait()
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the worker to exit; returns its exit code (all its events are then queued)."""
+        code = self.process.wait(timeout)
+        self._reader.join(timeout=5)
+        return code
+
+    def log(self) -> str:
+        """The worker's log (its stderr)."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+
+    @property
+    def status(self) -> str:
+        code = self.poll()
+        return "running" if code is None else EXIT_CODES.get(code, f"exit code {code}")
+
+
+def start_job(job: dict, workdir: str | os.PathLike, python: str | Sequence[str] | None = None) -> JobHandle:
+    """Write ``job`` to ``workdir/job.json`` and start a worker on it.
+
+    Args:
+        job: see the module docstring.
+        workdir: folder for the job file and the worker's log (``worker.log``).
+        python: interpreter command (default: this one; inside Slicer pass ``PythonSlicer``).
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    job_path = write_job(job, workdir / "job.json")
+    log_path = workdir / "worker.log"
+    cmd = [python] if isinstance(python, str) else list(python or [sys.executable])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root(), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    with open(log_path, "ab") as log:
+        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} start {job_path}\n".encode())
+        process = subprocess.Popen([*cmd, "-m", "WeakSegLib.app.worker", str(job_path)], stdout=subprocess.PIPE,
+                                   stderr=log, env=env, text=True, bufsize=1,
+                                   start_new_session=hasattr(os, "setsid"))
+    return JobHandle(process, job_path, log_path)

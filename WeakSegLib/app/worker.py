@@ -1,0 +1,104 @@
+"""Background worker: ``python -m WeakSegLib.app.worker JOB.json`` (job format and exit codes:
+:mod:`WeakSegLib.app.jobs`). Prints JSON events on stdout, logs on stderr."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+from WeakSegLib import events
+from WeakSegLib.app.jobs import EXIT_BAD_INPUT, EXIT_BAD_JOB, EXIT_CANCELLED, EXIT_INTERNAL_ERROR, EXIT_OK, JOB_KINDS
+from WeakSegLib.config import TightenerCase, TightenerConfig, TightenSettings, TrainCase, TrainConfig, from_dict
+from WeakSegLib.errors import CancelledError, WeakSegError
+
+
+def emit(event: dict) -> None:
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
+def read_job(path: str) -> dict:
+    try:
+        job = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ValueError(f"job file {path} not found") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"job file {path} is not valid JSON ({exc})") from exc
+    if not isinstance(job, dict) or job.get("kind") not in JOB_KINDS:
+        raise ValueError(f"job file {path}: 'kind' must be one of {JOB_KINDS}")
+    return job
+
+
+def _train(job: dict, should_stop, config_class: type, case_class: type, trainer) -> dict:
+    """A training job (segmentation or tightener): settings and cases checked, then ``trainer``."""
+    config = from_dict(config_class, job.get("config"), "job config")
+    cases = [from_dict(case_class, c, "job case") for c in job["cases"]]
+    card = trainer(cases, config, job["out"], on_event=emit, should_stop=should_stop,
+                   resume=bool(job.get("resume", True)))
+    return {"model": job["out"], "metrics": card.metrics}
+
+
+def run_job(job: dict, should_stop) -> dict:
+    """Run a parsed job in this process; returns the final payload."""
+    if job["kind"] == "train":
+        from WeakSegLib.engine.training import train
+
+        return _train(job, should_stop, TrainConfig, TrainCase, train)
+    if job["kind"] == "tighten-train":
+        from WeakSegLib.tightener.training import train_tightener
+
+        return _train(job, should_stop, TightenerConfig, TightenerCase, train_tightener)
+    if job["kind"] == "tighten":
+        from WeakSegLib.tightener.tighten import tighten_file
+
+        settings = from_dict(TightenSettings, job.get("settings"), "job settings")
+        report = tighten_file(job["model"], job["image"], job["boxes"], job["out"], settings,
+                              device=job.get("device", "auto"), on_event=emit, should_stop=should_stop)
+        emit(events.done(**report))
+        return report
+    from WeakSegLib.engine.inference import predict_file
+
+    result = predict_file(job["model"], job["image"], job["out"], prob_out=job.get("prob_out"),
+                          device=job.get("device", "auto"), on_event=emit, should_stop=should_stop)
+    emit(events.done(**result))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m WeakSegLib.app.worker JOB.json", file=sys.stderr)
+        return EXIT_BAD_JOB
+    stop = {"requested": False}
+
+    def on_term(signum, frame):  # noqa: ARG001 - signal handler signature
+        stop["requested"] = True
+        print("worker: cancel requested (SIGTERM)", file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        job = read_job(argv[0])
+    except ValueError as exc:
+        emit(events.error(EXIT_BAD_JOB, str(exc)))
+        return EXIT_BAD_JOB
+    try:
+        run_job(job, lambda: stop["requested"])
+    except CancelledError as exc:
+        emit(events.cancelled(message=str(exc)))
+        return EXIT_CANCELLED
+    except (WeakSegError, ValueError, KeyError, TypeError) as exc:
+        traceback.print_exc()
+        emit(events.error(EXIT_BAD_INPUT, str(exc)))
+        return EXIT_BAD_INPUT
+    except Exception as exc:  # report anything else with its traceback in the log
+        traceback.print_exc()
+        emit(events.error(EXIT_INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"))
+        return EXIT_INTERNAL_ERROR
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,326 @@
+"""Settings and the names a user picks from, in one torch-free module.
+
+Everything a run can be told lives here as a typed dataclass: :class:`TrainConfig` (segmentation
+training), :class:`TightenerConfig` (box-tightener training), :class:`TightenSettings` (using a
+tightener), :class:`CRFSettings` (DeepCut's dense CRF), and the input files of a case
+(:class:`TrainCase`, :class:`TightenerCase`). Each field carries its help text, choices and command
+line flag in its metadata, so the ``weakseg`` options are generated from these classes
+(:func:`WeakSegLib.app.cli.add_options`) and the defaults exist once. The Slicer modules import this
+module without torch to check a configuration before they write any file.
+
+Recipe-specific rules (allowed dimensions, optimiser defaults) come from the recipe registry
+(:mod:`WeakSegLib.recipes.registry`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from WeakSegLib.errors import InputError
+from WeakSegLib.recipes.registry import DEFAULT_RECIPE, recipe_spec
+
+#: compute devices: ``auto`` takes a CUDA GPU when present, else the CPU
+DEVICES = ("auto", "cpu", "cuda")
+#: intensity normalisations (:func:`WeakSegLib.io.volume.normalize`)
+NORMALIZATIONS = ("percentile", "minmax", "ct-window", "none")
+DEFAULT_NORMALIZATION = "percentile"
+#: percentiles the ``percentile`` normalisation clips to
+DEFAULT_PERCENTILES = (0.5, 99.5)
+#: Hounsfield window of the ``ct-window`` normalisation
+DEFAULT_WINDOW = (-1000.0, 1000.0)
+#: segmentation networks (:mod:`WeakSegLib.nets.segmentation`) and the UNet's channels per level
+NETWORKS = ("unet", "enet")
+DEFAULT_CHANNELS = (16, 32, 64, 128, 256)
+#: patch classifiers of the box tightener (:mod:`WeakSegLib.nets.classifier`)
+CLASSIFIERS = ("light", "vgg16")
+#: how the tightener's probability threshold is chosen on held-out slices
+THRESHOLD_RULES = ("balanced", "accuracy")
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING,
+           choices: tuple | None = None, flag: str | None = None, metavar: Any = None, cli: bool = True) -> Any:
+    """A dataclass field with the metadata the command line is generated from.
+
+    Args:
+        default, factory: the field's default (or default factory).
+        help: one-line help text (the default is appended by the command line).
+        choices: allowed values.
+        flag: command line flag when it is not ``--`` + the field name with ``-`` for ``_``.
+        metavar: argparse metavar.
+        cli: False for settings the command line does not offer (set from scripts and job files).
+    """
+    meta = {"help": help, "choices": choices, "flag": flag, "metavar": metavar, "cli": cli}
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def from_dict(cls: type, values: dict | None, what: str) -> Any:
+    """``cls(**values)``; unknown keys are an :class:`InputError` naming them (and ``what``)."""
+    values = dict(values or {})
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InputError(f"{what} has unknown settings: {', '.join(unknown)}")
+    return cls(**values)
+
+
+def fingerprint(config: Any, ignore: tuple[str, ...]) -> dict:
+    """The settings of ``config`` that must match for a checkpoint to be resumed, JSON-like."""
+    d = dataclasses.asdict(config)
+    for key in ignore:
+        d.pop(key)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def _check_choice(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise InputError(f"unknown {name} {value!r}; choose one of {', '.join(map(str, choices))}")
+
+
+@dataclass
+class TrainCase:
+    """File paths of one training volume; which ones a recipe needs is in its registry entry
+    (:mod:`WeakSegLib.recipes.registry`).
+
+    ``boxes``: a box file; ``mask``: a label volume (recipe ``full``; ``boxsup`` trains a volume given
+    a mask and no boxes on it; ``size`` takes the slices where it holds an object); ``sizes``: a size
+    file; ``partial``: a partial label volume; ``reference``: reference masks (ACCL, SCCL bounds);
+    ``eval_mask``: only reports Dice per epoch.
+    """
+
+    image: str
+    boxes: str | None = None
+    mask: str | None = None
+    eval_mask: str | None = None
+    sizes: str | None = None
+    partial: str | None = None
+    reference: str | None = None
+
+
+@dataclass(frozen=True)
+class CRFSettings:
+    """Dense CRF of DeepCut's label revisions (Rajchl et al.; docs/methods.md): ``*_sxy`` in pixels,
+    ``bilateral_srgb`` in 0–255 intensity units, ``eps`` the probability floor of the unary."""
+
+    gauss_sxy: float = 1.0
+    gauss_compat: float = 3.0
+    bilateral_sxy: float = 10.0
+    bilateral_srgb: float = 20.0
+    bilateral_compat: float = 10.0
+    iterations: int = 5
+    eps: float = 1e-5
+
+
+@dataclass
+class TrainConfig:
+    """Segmentation training settings (defaults: Kervadec et al. 2020, see docs/methods.md).
+
+    ``spatial_dims`` 2 with ``context`` 1 is 2D, ``context`` k > 1 is 2.5D (k slices in), 3 is 3D.
+    ``lr``, ``betas`` and ``decay_from`` left None take the recipe's defaults (:meth:`resolved`).
+    Settings named after a recipe (``proposal_every``, ``size_*``, ``sccl_*``, ``adv_*``, …) only
+    matter to it.
+    """
+
+    recipe: str = option(DEFAULT_RECIPE, "training recipe (WeakSegLib.recipes.registry)", cli=False)
+    network: str = option("unet", "segmentation network", choices=NETWORKS)
+    spatial_dims: int = option(2, "2 (slices, 2D or 2.5D) or 3 (volumes)", cli=False)
+    context: int = option(1, "slices per input: 1 = 2D, 3 or 5 = 2.5D")
+    axis: int = option(0, "slice axis in array order (z, y, x)", cli=False)
+    epochs: int = option(100, "epochs (the barrier's t grows ×t_factor per epoch)")
+    batch_size: int = option(8, "samples per step")
+    lr: float | None = option(None, "Adam learning rate (default by recipe: 5e-4; accl-* 2e-4)")
+    betas: tuple[float, float] | None = option(None, "Adam betas (default by recipe)", metavar=("B1", "B2"))
+    decay_from: float | None = option(None, "fraction of the epochs after which the learning rates decay linearly "
+                                            "towards 0 (default by recipe: 1 = constant; accl-* 0.5)")
+    band_width: int = option(5, "tightness prior: band width w in lines")
+    tightness_weight: float = option(1e-4, "tightness prior: weight λ")
+    size_bounds: tuple[float, float] = option((0.5, 0.9), "box size bounds as fractions of the box area",
+                                              metavar=("LOWER", "UPPER"))
+    t0: float = option(5.0, "log-barrier t of the first epoch")
+    t_factor: float = option(1.1, "log-barrier t growth per epoch")
+    seed: int = option(0, "random seed")
+    device: str = option("auto", "compute device", choices=DEVICES)
+    normalization: str = option(DEFAULT_NORMALIZATION, "intensity normalisation", choices=NORMALIZATIONS)
+    percentiles: tuple[float, float] = option(DEFAULT_PERCENTILES, "percentile normalisation: clip percentiles",
+                                              metavar=("LOW", "HIGH"))
+    window: tuple[float, float] = option(DEFAULT_WINDOW, "ct-window normalisation: window in HU",
+                                         metavar=("LOW", "HIGH"))
+    channels: tuple[int, ...] = option(DEFAULT_CHANNELS, "UNet feature channels per level", metavar="C")
+    labels: list[int] | None = option(None, "train only these label values (repeat; default: all)", flag="--label")
+    eval_every: int = option(1, "epochs between Dice evaluations of --eval-mask")
+    augment: bool = option(False, "random mirroring of each batch (boxes follow)")
+    proposal_every: int = option(10, "deepcut: epochs between CRF label revisions (k)")
+    processes: int = option(2, "deepcut: CRF worker processes")
+    boxsup_k: int = option(5, "boxsup: draw among the k cheapest candidates")
+    boxsup_weight: float = option(1.0, "boxsup: λ of the network-disagreement cost")
+    crf: dict = option(help="deepcut: CRF setting NAME=VALUE (repeat; names of CRFSettings)", factory=dict,
+                       metavar="NAME=VALUE")
+    pretrain_epochs: int = option(20, "size: first epochs on the mask slices only (then batch-norm statistics stay)")
+    size_weight: float = option(1.0, "size: weight of the expected size loss")
+    size_samples: int = option(1, "size: masks drawn per slice for the gradient estimate")
+    size_anchors: int = option(2, "size: mask slices added to every batch once sizes join")
+    sccl_weight: float = option(0.01, "sccl: λ_s")
+    sccl_bounds: list | None = option(None, "sccl: size bounds in pixels (repeat once per label, in label order)",
+                                      metavar=("LO", "HI"))
+    adv_weight: float | None = option(None, "accl-*: λ_a (default 1e-3 partial, 1e-2 unpaired/paired)")
+    adv_lr: float = option(2e-4, "accl-*: the discriminator's learning rate")
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with the recipe's optimiser defaults in place of the settings left None."""
+        spec = recipe_spec(self.recipe)
+        return dataclasses.replace(
+            self, lr=spec.lr if self.lr is None else self.lr,
+            betas=spec.betas if self.betas is None else tuple(self.betas),
+            decay_from=spec.decay_from if self.decay_from is None else self.decay_from)
+
+    def lr_factor(self, epoch: int) -> float:
+        """Multiplier of the learning rates in ``epoch`` (0-based): 1 up to ``decay_from``·epochs,
+        then falling linearly, 1/(n + 1) in the last of the n decaying epochs (never 0)."""
+        start = round(self.resolved().decay_from * self.epochs)
+        return 1.0 - max(0, epoch + 1 - start) / (self.epochs - start + 1)
+
+    def barrier_t(self, epoch: int) -> float:
+        """The log-barrier parameter of 0-based ``epoch``: t₀·factor^epoch, one t for every constraint."""
+        return self.t0 * self.t_factor ** epoch
+
+    def validate(self) -> "TrainConfig":
+        """Raise :class:`InputError` naming the first bad setting; return self when all are fine."""
+        spec = recipe_spec(self.recipe)
+        _check_choice("network", self.network, NETWORKS)
+        _check_choice("normalisation", self.normalization, NORMALIZATIONS)
+        _check_choice("device", self.device.split(":")[0], DEVICES)
+        if self.spatial_dims not in (2, 3):
+            raise InputError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
+        if self.spatial_dims == 3 and self.context != 1:
+            raise InputError("context (2.5D) applies to 2D networks only")
+        if self.context < 1 or self.context % 2 == 0:
+            raise InputError(f"context (slices per input) must be an odd number ≥ 1, got {self.context}")
+        if self.spatial_dims not in spec.dims:
+            raise InputError(f"recipe {self.recipe!r} {spec.dims_reason}: use a 2D or 2.5D network")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise InputError("epochs and batch_size must be ≥ 1")
+        if self.decay_from is not None and not 0 <= self.decay_from <= 1:
+            raise InputError(f"decay_from is a fraction of the epochs in [0, 1], got {self.decay_from}")
+        if self.lr is not None and not self.lr > 0:
+            raise InputError(f"lr must be positive, got {self.lr}")
+        if self.axis not in (0, 1, 2):
+            raise InputError(f"axis must be 0, 1 or 2, got {self.axis}")
+        if self.band_width < 1:
+            raise InputError(f"band_width must be ≥ 1 line, got {self.band_width}")
+        if not 0 <= self.size_bounds[0] <= self.size_bounds[1] <= 1:
+            raise InputError(f"size_bounds must satisfy 0 ≤ lower ≤ upper ≤ 1 (fractions of the box area), "
+                             f"got {tuple(self.size_bounds)}")
+        if min(self.proposal_every, self.processes, self.boxsup_k, self.size_samples, self.size_anchors) < 1:
+            raise InputError("proposal_every, processes, boxsup_k, size_samples and size_anchors must be ≥ 1")
+        if self.pretrain_epochs < 0:
+            raise InputError(f"pretrain_epochs must be ≥ 0, got {self.pretrain_epochs}")
+        self.crf_settings()
+        return self
+
+    def crf_settings(self) -> CRFSettings:
+        """DeepCut's CRF settings: :class:`CRFSettings` with the overrides of ``crf`` (field → value)."""
+        known = {f.name for f in dataclasses.fields(CRFSettings)}
+        unknown = sorted(set(self.crf) - known)
+        if unknown:
+            raise InputError(f"unknown CRF setting(s) {', '.join(unknown)}; choose from {', '.join(sorted(known))}")
+        return dataclasses.replace(CRFSettings(), **self.crf)
+
+    def fingerprint(self) -> dict:
+        """Settings that must match for a checkpoint to be resumed (all but epochs, device and
+        what only changes reporting or speed)."""
+        return fingerprint(self, ("epochs", "device", "eval_every", "processes"))
+
+
+def check_patch_geometry(patch: int, stride: int) -> None:
+    """Raise :class:`InputError` unless ``patch`` is an even number ≥ 4 and ``stride`` in [1, patch]."""
+    if patch < 4 or patch % 2:
+        raise InputError(f"patch size must be an even number ≥ 4, got {patch}")
+    if stride < 1 or stride > patch:
+        raise InputError(f"patch stride must be in [1, patch size {patch}], got {stride}")
+
+
+@dataclass
+class TightenerCase:
+    """A fully labelled training volume of the box tightener: image and label mask file paths."""
+
+    image: str
+    mask: str
+
+
+@dataclass
+class TightenerConfig:
+    """Box-tightener training settings (defaults: Redekop & Chernyavskiy 2021, with a light network for
+    CPUs; docs/methods.md)."""
+
+    patch: int = option(16, "patch side in voxels (16, 32; 8 for coarse images)", flag="--patch-size")
+    train_stride: int | None = option(None, "stride of the training tiling (default: patch / 2)", cli=False)
+    context: int = option(0, "voxels of surrounding image the classifier sees on every side of a patch "
+                             "(its label stays the patch's)")
+    network: str = option("light", "patch classifier", choices=CLASSIFIERS)
+    epochs: int = option(50, "epochs")
+    batch_size: int = option(32, "patches per step")
+    lr: float = option(1e-4, "Adam learning rate")
+    margin: int = option(4, "voxels added around each object's 3D box")
+    axis: int = option(0, "slice axis in array order (z, y, x)", cli=False)
+    labels: list[int] | None = option(None, "objects of these label values only (repeat)", flag="--label")
+    per_component: bool = option(False, "one object per connected component (default: one per label)")
+    normalization: str = option(DEFAULT_NORMALIZATION, "intensity normalisation", choices=NORMALIZATIONS)
+    percentiles: tuple[float, float] = option(DEFAULT_PERCENTILES, "percentile normalisation: clip percentiles",
+                                              cli=False)
+    window: tuple[float, float] = option(DEFAULT_WINDOW, "ct-window normalisation: window in HU", cli=False)
+    val_fraction: float = option(0.2, "fraction of the slices held out for validation")
+    threshold_rule: str = option("balanced", "pick the probability threshold by balanced or plain accuracy on "
+                                             "held-out slices", choices=THRESHOLD_RULES)
+    augment: bool = option(True, "random flips and 90° rotations of the patches", cli=False)
+    seed: int = option(0, "random seed")
+    device: str = option("auto", "compute device", choices=DEVICES)
+
+    @property
+    def stride(self) -> int:
+        return self.train_stride or self.patch // 2
+
+    def validate(self) -> "TightenerConfig":
+        check_patch_geometry(self.patch, self.stride)
+        _check_choice("patch classifier", self.network, CLASSIFIERS)
+        _check_choice("normalisation", self.normalization, NORMALIZATIONS)
+        _check_choice("device", self.device.split(":")[0], DEVICES)
+        if self.epochs < 1 or self.batch_size < 1:
+            raise InputError("epochs and batch_size must be ≥ 1")
+        if self.axis not in (0, 1, 2):
+            raise InputError(f"axis must be 0, 1 or 2, got {self.axis}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise InputError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.threshold_rule not in THRESHOLD_RULES:
+            raise InputError(f"threshold_rule must be 'balanced' or 'accuracy', got {self.threshold_rule!r}")
+        if self.context < 0:
+            raise InputError(f"context must be ≥ 0 pixels, got {self.context}")
+        if self.margin < 0:
+            raise InputError(f"margin must be ≥ 0, got {self.margin}")
+        return self
+
+    def fingerprint(self) -> dict:
+        return fingerprint(self, ("epochs", "device"))
+
+
+@dataclass
+class TightenSettings:
+    """Use-time settings of a tightener; None takes the card's value.
+
+    ``threshold`` on the object probability (the card's is the one with the best balanced accuracy on
+    the held-out slices); ``component`` ``"largest"`` keeps only the largest connected group of positive
+    cells of a box (in 3D over its slices: other groups are look-alikes such as a neighbouring organ),
+    ``"all"`` bounds every positive cell (the paper).
+    """
+
+    stride: int | None = option(None, "patch grid stride in voxels (default: the card's, patch/4)")
+    extent: str | None = option(None, "bound the positive cells (default) or whole patches",
+                                choices=("cells", "patches"))
+    component: str = option("largest", "keep the largest connected group of positive patches or all",
+                            choices=("largest", "all"))
+    threshold: float | None = option(None, "object probability threshold (default: the card's)")
+    max_gap: int = option(2, "missed slices bridged inside one object")
+    smooth: bool = option(True, "median-filter each box coordinate over 3 slices")
+    axis: int | None = option(None, "slice axis (default: the card's)", cli=False)

@@ -1,0 +1,296 @@
+"""Training samples from volumes and boxes (or masks), as padded in-memory tensors.
+
+2D / 2.5D: every slice along ``axis`` of every case is one sample, boxes or not (slices without
+boxes take part: their size bounds are [0, 0]). A sample's image holds ``context`` neighbouring
+slices as channels (edge slices repeated at the volume border). 3D: every case is one sample.
+
+Training labels are class indices with :data:`IGNORE` where nothing is known (no loss there):
+masks and filled boxes label every pixel; partial labels (:mod:`WeakSegLib.io.partial`) only their
+scribbles; a size-labelled case (:mod:`WeakSegLib.io.sizes`) labels the slices its mask covers, the
+outside of its boxes and (as background) the slices measured empty for every class, and carries
+per (slice, class) sizes for the size loss.
+
+Spatial sizes are padded at the far end (bottom/right/back) to a common multiple of
+:data:`WeakSegLib.nets.segmentation.SIZE_MULTIPLE`, so box indices need no shift; the padding is outside
+every box and holds the volume's minimum intensity.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from WeakSegLib.errors import InputError
+from WeakSegLib.io.boxes import Box, rasterize
+from WeakSegLib.io.labels import IGNORE, labels_from_mask, partial_to_labels
+from WeakSegLib.io.sizes import SizeLabel
+from WeakSegLib.nets.segmentation import SIZE_MULTIPLE
+
+#: the spatial axes of each batch entry start at this dimension (``boxes`` and ``sizes`` have none)
+_SPATIAL_START = {"image": 2, "labels": 1, "box_mask": 2, "valid": 1, "reference": 1}
+
+
+@dataclass
+class Case:
+    """One training volume, already normalised.
+
+    Attributes:
+        image: ``(z, y, x)`` float32 normalised intensities.
+        boxes: boxes on this grid (slice boxes along the training axis, or 3D boxes for 3D), or None.
+        mask: ``(z, y, x)`` integer label volume (training labels for ``full``), or None.
+        eval_mask: ``(z, y, x)`` reference labels used only to report Dice, never in a loss.
+        name: shown in messages and reports.
+        sizes: per-slice size labels along the training axis (recipe ``size``); with them, ``mask``
+            labels only the slices where it holds an object, and ``boxes`` mark background outside them.
+        partial: ``(z, y, x)`` partial label volume (:mod:`WeakSegLib.io.partial`).
+        reference: ``(z, y, x)`` reference masks for ACCL (any grid with the same in-plane size or
+            smaller; the image's own grid for paired references).
+    """
+
+    image: np.ndarray
+    boxes: list[Box] | None = None
+    mask: np.ndarray | None = None
+    eval_mask: np.ndarray | None = None
+    name: str = "case"
+    sizes: list[SizeLabel] | None = None
+    partial: np.ndarray | None = None
+    reference: np.ndarray | None = None
+
+
+@dataclass
+class SampleSet:
+    """Samples as tensors.
+
+    Attributes:
+        images: ``(N, k, *S)`` float32.
+        labels: ``(N, *S)`` uint8 class indices (0 = background, :data:`IGNORE` = unknown).
+        box_mask: ``(N, C, *S)`` uint8, 1 inside any box of the class.
+        boxes: ``(M, 2 + 2·nd)`` long ``[sample, class, lo_0, hi_0, …]``.
+        eval_labels: ``(N, *S)`` uint8 reference class indices or None.
+        valid: ``(N, *S)`` bool, False on padding.
+        case_index: ``(N,)`` long, the case each sample comes from.
+        sizes: ``(N, C)`` float32 size labels in pixels (< 0: none), or None without size labels.
+        references: ``(R, *S)`` uint8 reference masks (class indices) for ACCL, or None.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    box_mask: torch.Tensor
+    boxes: torch.Tensor
+    eval_labels: torch.Tensor | None
+    valid: torch.Tensor
+    case_index: torch.Tensor
+    sizes: torch.Tensor | None = None
+    references: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def to(self, device: torch.device) -> "SampleSet":
+        """All tensors on ``device`` (done once, so a training step moves nothing)."""
+        return SampleSet(*[None if v is None else v.to(device) for v in
+                           (self.images, self.labels, self.box_mask, self.boxes, self.eval_labels, self.valid,
+                            self.case_index, self.sizes, self.references)])
+
+    def batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Rows ``index`` (long, on the samples' device) with their boxes renumbered 0..len(index)-1;
+        ``sizes`` when the set has size labels."""
+        remap = torch.full((len(self),), -1, dtype=torch.long, device=index.device)
+        remap[index] = torch.arange(len(index), device=index.device)
+        rows = remap[self.boxes[:, 0]]
+        boxes = self.boxes[rows >= 0].clone()
+        boxes[:, 0] = rows[rows >= 0]
+        out = {"image": self.images[index], "labels": self.labels[index].long(),
+               "box_mask": self.box_mask[index], "boxes": boxes, "valid": self.valid[index]}
+        if self.sizes is not None:
+            out["sizes"] = self.sizes[index]
+        return out
+
+    @classmethod
+    def of_batch(cls, batch: dict[str, torch.Tensor]) -> "SampleSet":
+        """Samples that hold exactly ``batch`` (fields as :meth:`batch` gives them; one case; ``reference``
+        masks when the batch has them): a recipe exercised on a hand-made batch."""
+        n = batch["image"].shape[0]
+        return cls(batch["image"], batch["labels"].to(torch.uint8), batch["box_mask"], batch["boxes"], None,
+                   batch["valid"], torch.zeros(n, dtype=torch.long), batch.get("sizes"), batch.get("reference"))
+
+    def labelled(self) -> torch.Tensor:
+        """``(N,)`` bool: samples with at least one labelled pixel (padding not counted)."""
+        return ((self.labels != IGNORE) & self.valid).flatten(1).any(1)
+
+
+def flip_batch(batch: dict[str, torch.Tensor], axes: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Mirror a batch along spatial ``axes`` (0 = first spatial axis): every spatial entry and the box
+    coordinates together (a box ``[lo, hi)`` on an axis of size S becomes ``[S − hi, S − lo)``)."""
+    if not axes:
+        return batch
+    out = {k: v.flip([_SPATIAL_START[k] + a for a in axes]) if k in _SPATIAL_START else v for k, v in batch.items()}
+    boxes = batch["boxes"].clone()
+    for a in axes:
+        size = batch["image"].shape[2 + a]
+        lo, hi = 2 + 2 * a, 3 + 2 * a
+        boxes[:, lo], boxes[:, hi] = size - batch["boxes"][:, hi], size - batch["boxes"][:, lo]
+    out["boxes"] = boxes
+    return out
+
+
+def padded_size(size: Sequence[int], multiple: int = SIZE_MULTIPLE) -> tuple[int, ...]:
+    return tuple(int(math.ceil(s / multiple) * multiple) for s in size)
+
+
+def stack_context(vol: np.ndarray, k: int) -> np.ndarray:
+    """``(n, a, b)`` slices → ``(n, k, a, b)``: each slice with its (k−1)/2 neighbours on each side,
+    the border slices repeated. ``k`` must be odd."""
+    if k < 1 or k % 2 == 0:
+        raise InputError(f"context (slices per input) must be an odd number ≥ 1, got {k}")
+    half = k // 2
+    idx = np.clip(np.arange(vol.shape[0])[:, None] + np.arange(-half, half + 1)[None, :], 0, vol.shape[0] - 1)
+    return vol[idx]
+
+
+def _size_case_labels(case: Case, label_values: Sequence[int], axis: int,
+                      box_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and ``(slices, C)`` sizes of a size-labelled case (see :class:`Case`). A slice whose
+    every class has size 0 holds no object: it is labelled background (CE) instead of a size target.
+
+    Raises:
+        InputError: a slice with both a mask and a size label, or a size label of a class on a slice
+            whose boxes are all of other classes.
+    """
+    C = len(label_values)
+    shape = case.image.shape
+    labels = np.full(shape, IGNORE, np.uint8)
+    sizes = np.full((shape[axis], C), -1.0, np.float32)
+    lab = np.moveaxis(labels, axis, 0)  # a view: writes reach ``labels``
+    boxed = np.moveaxis(box_mask, axis + 1, 1).reshape(C, shape[axis], -1).any(2)  # (C, slices)
+    lab[boxed.any(0)] = 0  # boxed slices: background outside the boxes, unknown inside
+    labels[box_mask.any(0)] = IGNORE
+    masked = np.zeros(shape[axis], bool)
+    if case.mask is not None:
+        planes = np.moveaxis(labels_from_mask(case.mask, label_values), axis, 0)
+        masked = planes.reshape(shape[axis], -1).any(1)
+        lab[masked] = planes[masked]
+    for s in case.sizes or []:
+        if s.label not in label_values:
+            continue
+        c = label_values.index(s.label)
+        if masked[s.slice]:
+            raise InputError(f"{case.name}: slice {s.slice} has both a mask and a size label; give each slice one")
+        if boxed[:, s.slice].any() and not boxed[c, s.slice]:
+            others = [label_values[k] for k in range(C) if boxed[k, s.slice]]
+            raise InputError(f"{case.name}: size label of label {s.label} on slice {s.slice}, whose boxes are "
+                             f"of label(s) {others}: box the object the size measures")
+        sizes[s.slice, c] = s.size
+    empty = (sizes == 0).all(1)  # every class measured absent: the whole slice is background
+    lab[empty] = 0
+    sizes[empty] = -1
+    return labels, sizes
+
+
+def _reference_slices(case: Case, label_values: Sequence[int], axis: int, target: Sequence[int]) -> np.ndarray:
+    """A case's reference masks as padded 2D class-index slices ``(n, *target)``."""
+    ref = np.moveaxis(labels_from_mask(case.reference, label_values), axis, 0)
+    if any(s > t for s, t in zip(ref.shape[1:], target)):
+        raise InputError(f"{case.name}: reference masks have slices of shape {ref.shape[1:]}, larger than "
+                         f"the training slices {tuple(target)}: give reference masks of the training shape")
+    return np.pad(ref, [(0, 0)] + [(0, t - s) for t, s in zip(target, ref.shape[1:])])
+
+
+def build_samples(cases: Sequence[Case], label_values: Sequence[int], *, spatial_dims: int = 2,
+                  axis: int = 0, context: int = 1, pad_to: Sequence[int] | None = None) -> SampleSet:
+    """Turn cases into padded sample tensors (see module docstring).
+
+    Args:
+        cases: training volumes with boxes and/or masks.
+        label_values: label values of the foreground classes, in class order 1..C.
+        spatial_dims: 2 (slices, 2D or 2.5D) or 3 (whole volumes).
+        axis: slice axis for 2D.
+        context: slices per 2D input (1 = 2D, 3/5 = 2.5D).
+        pad_to: padded spatial size; default the largest case, rounded up to a multiple of 16.
+    """
+    if not cases:
+        raise InputError("no training case given")
+    C = len(label_values)
+    per_images, per_labels, per_boxmask, per_eval, per_valid, per_boxes, per_case = [], [], [], [], [], [], []
+    offset = 0
+    views = []
+    with_sizes = any(c.sizes is not None for c in cases)  # then every sample gets a sizes row
+    for case in cases:
+        shape = case.image.shape
+        box_mask = (rasterize(case.boxes, shape, label_values) if case.boxes is not None
+                    else np.zeros((C, *shape), np.uint8))
+        sizes = None
+        if case.sizes is not None:
+            if spatial_dims != 2:
+                raise InputError("size labels are per slice: train a 2D or 2.5D network")
+            labels, sizes = _size_case_labels(case, label_values, axis, box_mask)
+        elif case.partial is not None:
+            labels = partial_to_labels(case.partial, label_values)
+        elif case.mask is not None:
+            labels = labels_from_mask(case.mask, label_values)
+        else:  # filled boxes as labels (box-mask recipe)
+            labels = np.zeros(shape, np.uint8)
+            for c in range(C):
+                labels[box_mask[c] > 0] = c + 1
+        ev = None if case.eval_mask is None else labels_from_mask(case.eval_mask, label_values)
+        box_rows = []
+        for box in case.boxes or []:
+            if spatial_dims == 2:
+                if box.kind != "slice" or box.axis != axis:
+                    raise InputError(f"{case.name}: 2D training needs slice boxes along axis {axis}; "
+                                     f"got {box.to_dict()} (cut 3D boxes first)")
+                bounds = list(box.in_plane())
+                sample = box.slice_index
+            else:
+                bounds = [v for a, b in zip(box.start, box.stop) for v in (a, b)]
+                sample = 0
+            box_rows.append([sample, label_values.index(box.label), *bounds])
+        if spatial_dims == 2:
+            img = stack_context(np.moveaxis(case.image, axis, 0), context)
+            lab, bm = np.moveaxis(labels, axis, 0), np.moveaxis(box_mask, axis + 1, 0)
+            ev = None if ev is None else np.moveaxis(ev, axis, 0)
+        else:
+            img, lab, bm = case.image[None, None], labels[None], box_mask[None]
+            ev = None if ev is None else ev[None]
+        boxes = np.asarray(box_rows, dtype=np.int64).reshape(-1, 2 + 2 * spatial_dims)
+        boxes[:, 0] += offset
+        offset += img.shape[0]
+        if sizes is None and with_sizes:
+            sizes = np.full((img.shape[0], C), -1.0, np.float32)
+        views.append((img, lab, bm, ev, boxes, float(case.image.min()), sizes))
+    spatial = np.max([v[0].shape[2:] for v in views], axis=0)
+    target = tuple(int(s) for s in (pad_to or padded_size(spatial)))
+    if any(t < s for t, s in zip(target, spatial)):
+        raise InputError(f"pad_to {target} is smaller than the largest sample {tuple(spatial)}")
+    has_eval = all(v[3] is not None for v in views)
+    for i, (img, lab, bm, ev, boxes, fill, _) in enumerate(views):
+        per_case.append(np.full(img.shape[0], i, dtype=np.int64))
+        pad = [(0, 0), (0, 0)] + [(0, t - s) for t, s in zip(target, img.shape[2:])]
+        per_images.append(np.pad(img, pad, constant_values=fill))
+        per_labels.append(np.pad(lab, pad[1:]))
+        per_boxmask.append(np.pad(bm, pad))
+        valid = np.zeros((img.shape[0], *target), bool)
+        valid[(slice(None), *[slice(0, s) for s in img.shape[2:]])] = True
+        per_valid.append(valid)
+        if has_eval:
+            per_eval.append(np.pad(ev, pad[1:]))
+        per_boxes.append(boxes)
+    with_refs = [c for c in cases if c.reference is not None]
+    if with_refs and spatial_dims != 2:
+        raise InputError("reference masks are used slice by slice: train a 2D or 2.5D network")
+    references = [_reference_slices(c, label_values, axis, target) for c in with_refs]
+    return SampleSet(
+        images=torch.from_numpy(np.concatenate(per_images).astype(np.float32)),
+        labels=torch.from_numpy(np.concatenate(per_labels)),
+        box_mask=torch.from_numpy(np.concatenate(per_boxmask)),
+        boxes=torch.from_numpy(np.concatenate(per_boxes)),
+        eval_labels=torch.from_numpy(np.concatenate(per_eval)) if has_eval else None,
+        valid=torch.from_numpy(np.concatenate(per_valid)),
+        case_index=torch.from_numpy(np.concatenate(per_case)),
+        sizes=torch.from_numpy(np.concatenate([v[6] for v in views])) if views[0][6] is not None else None,
+        references=torch.from_numpy(np.concatenate(references)) if references else None,
+    )

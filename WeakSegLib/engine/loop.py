@@ -1,0 +1,158 @@
+"""The one epoch loop every trainer uses (segmentation recipes, the box tightener's classifier).
+
+It owns what must behave the same everywhere: the seeded sample order of each epoch, cancellation
+at batch boundaries, an atomic checkpoint after every epoch, bit-exact resume from it, and the
+events (``start``, ``batch``, ``epoch``, ``cancelled``). What a step computes is the caller's.
+
+Checkpoint (``torch.save`` dict, read with ``weights_only=True``)::
+
+    {"model": state_dict, "optimizer": state_dict, "epoch": int (epochs done), "history": [record, …],
+     "config": fingerprint (dict that must match to resume), "rng": {"torch": …, "cuda": …},
+     "hooks": the hooks' state_dict() (recipes that change their labels while training)}
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from WeakSegLib import events
+from WeakSegLib.engine.model import load_state
+from WeakSegLib.engine.recipe import EpochHooks
+from WeakSegLib.errors import CancelledError, ModelError
+from WeakSegLib.events import EventSink
+from WeakSegLib.io.atomic import atomic_torch_save
+
+#: ``step(index, epoch, batch)`` trains on the samples ``index`` (long, on the device) of 0-based
+#: ``epoch`` and ``batch``; returns the loss terms to average over the epoch (0-dim tensors, detached).
+StepFn = Callable[[torch.Tensor, int, int], dict[str, torch.Tensor]]
+#: ``epoch_info(epoch, last)`` → extra values for the epoch record (e.g. validation scores); ``last``
+#: is True on the final epoch.
+InfoFn = Callable[[int, bool], dict]
+
+
+@dataclass
+class LoopSettings:
+    """``samples`` items, ``batch_size`` per step, ``epochs`` in all, ``seed`` of the sample order."""
+
+    samples: int
+    batch_size: int
+    epochs: int
+    seed: int = 0
+
+
+def step_generator(seed: int, epoch: int, batch: int) -> torch.Generator:
+    """A generator seeded by (seed, 0-based epoch, 0-based batch): random choices inside a step that a
+    resumed run repeats exactly (augmentation, extra samples of a batch)."""
+    return torch.Generator().manual_seed((seed * 100003 + epoch) * 10007 + batch)
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def resume_from(checkpoint: Path, network: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                fingerprint: dict, device: torch.device, hooks: EpochHooks | None = None,
+                defaults: dict | None = None) -> tuple[int, list[dict]]:
+    """Load ``checkpoint`` into ``network`` and ``optimizer``; returns (epochs done, history).
+
+    A setting the checkpoint does not record (it was written before that setting existed) matches
+    when the current value is its value in ``defaults`` (the settings' defaults), so a new setting
+    does not orphan the checkpoints of runs that never used it.
+
+    Raises:
+        ModelError: corrupt checkpoint, or one made with other settings (names the settings).
+    """
+    ckpt = load_state(checkpoint)
+    saved = ckpt.get("config")
+    if isinstance(saved, dict) and defaults:
+        saved = {**{k: v for k, v in defaults.items() if k in fingerprint and k not in saved}, **saved}
+    if saved != fingerprint:
+        saved = saved if isinstance(saved, dict) else {}
+        diff = sorted(k for k in set(fingerprint) | set(saved) if saved.get(k) != fingerprint.get(k))
+        raise ModelError(f"{checkpoint} was made with other settings (differ: {', '.join(diff)}); "
+                         "use another output folder or start without resuming")
+    network.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    _set_rng_state(ckpt["rng"], device)
+    if hooks is not None:
+        if "hooks" not in ckpt:
+            raise ModelError(f"{checkpoint} holds no label state for this recipe; start without resuming")
+        hooks.load_state_dict(ckpt["hooks"])
+    return int(ckpt["epoch"]), list(ckpt["history"])
+
+
+def run_epochs(network: torch.nn.Module, optimizer: torch.optim.Optimizer, settings: LoopSettings,
+               step: StepFn, *, checkpoint: Path, fingerprint: dict, device: torch.device,
+               epoch_info: InfoFn | None = None, emit: EventSink | None = None,
+               should_stop: Callable[[], bool] | None = None, resume: bool = True,
+               start_info: dict | None = None, hooks: EpochHooks | None = None,
+               defaults: dict | None = None) -> list[dict]:
+    """Train ``network`` for ``settings.epochs`` epochs and return the history (one record per epoch).
+
+    Each epoch visits every sample once in an order drawn from ``(seed, epoch)``, so an interrupted
+    run resumed from its checkpoint continues exactly as if it had not stopped.
+
+    Args:
+        network, optimizer: trained in place (the network is put in train mode every epoch).
+        settings: sample count, batch size, epochs, seed.
+        step: one optimisation step (see :data:`StepFn`).
+        checkpoint: written atomically after every epoch; read first when ``resume`` and present.
+        fingerprint: settings that must match for a checkpoint to be resumed.
+        defaults: values of settings an older checkpoint may not record (see :func:`resume_from`).
+        device: where the order tensor goes.
+        epoch_info: extra values for each epoch record (see :data:`InfoFn`).
+        emit: receives the events.
+        should_stop: polled before every batch; True stops the run (:class:`CancelledError`), keeping
+            the last complete epoch's checkpoint.
+        start_info: extra fields of the ``start`` event.
+        hooks: label revisions between epochs, saved with the checkpoint (see :class:`EpochHooks`).
+    """
+    emit = emit or events.ignore
+    stop = should_stop or (lambda: False)
+    first, history = 0, []
+    if resume and checkpoint.exists():
+        first, history = resume_from(checkpoint, network, optimizer, fingerprint, device, hooks, defaults)
+    n = settings.samples
+    n_batches = math.ceil(n / settings.batch_size)
+    emit(events.start(epochs=settings.epochs, first_epoch=first + 1, samples=n, batches=n_batches, device=str(device),
+                      **(start_info or {})))
+    for epoch in range(first, settings.epochs):
+        began = time.perf_counter()
+        revised = hooks.before_epoch(epoch) if hooks is not None else None
+        network.train()
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(settings.seed * 100003 + epoch)).to(device)
+        sums: dict[str, torch.Tensor] = {}
+        for b in range(n_batches):
+            if stop():
+                emit(events.cancelled(epoch=epoch + 1, checkpoint=str(checkpoint) if checkpoint.exists() else None))
+                raise CancelledError(f"training cancelled in epoch {epoch + 1}; the checkpoint of epoch {epoch} is kept")
+            parts = step(order[b * settings.batch_size:(b + 1) * settings.batch_size], epoch, b)
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            emit(events.batch(epoch + 1, b + 1, n_batches))
+        record = {"epoch": epoch + 1, **{k: float(v) / n_batches for k, v in sums.items()}, **(revised or {})}
+        if epoch_info is not None:
+            record.update(epoch_info(epoch, epoch + 1 == settings.epochs))
+        record["seconds"] = time.perf_counter() - began
+        history.append(record)
+        atomic_torch_save(checkpoint, {"model": network.state_dict(), "optimizer": optimizer.state_dict(),
+                                       "epoch": epoch + 1, "history": history, "config": fingerprint,
+                                       "rng": _rng_state(device),
+                                       **({"hooks": hooks.state_dict()} if hooks is not None else {})})
+        emit(events.epoch(record, settings.epochs))
+    return history

@@ -1,0 +1,154 @@
+"""Recipes from partial labels (scribbles; docs/methods.md §4): SCCL and ACCL.
+
+Both add a term to the cross-entropy on the labelled pixels (recipe ``partial-ce``):
+
+- ``sccl`` (Kervadec et al.'s constrained-CNN loss): λ_s·(soft size outside [a, b])² / |Ω| on the
+  slices with an object scribble; [a, b] from ``sccl_bounds`` or 0.9·min / 1.1·max of the reference
+  masks' per-slice sizes.
+- ``accl-partial|unpaired|paired`` (Zhang et al.): λ_a·mean((D(X, G(X)) − 1)²) with a conditional
+  PatchGAN D (:mod:`WeakSegLib.losses.adversarial`) trained by least squares against reference masks:
+  the partial labels themselves, slices drawn from other volumes' masks, or the image's own true mask.
+  :class:`Adversary` holds D, its Adam and the references; it goes into every checkpoint.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from WeakSegLib.engine.recipe import RecipeContext, Term
+from WeakSegLib.errors import InputError
+from WeakSegLib.losses.adversarial import PatchDiscriminator, one_hot
+from WeakSegLib.losses.labels import SoftSizePenalty, sccl_bounds
+from WeakSegLib.recipes.label_map import CrossEntropy
+
+MODES = ("partial", "unpaired", "paired")
+#: λ_a per mode (Zhang et al.)
+DEFAULT_WEIGHTS = {"partial": 1e-3, "unpaired": 1e-2, "paired": 1e-2}
+
+
+class Adversary:
+    """The discriminator side of ACCL (module docstring).
+
+    Args:
+        mode: ``"partial"``, ``"unpaired"`` or ``"paired"``.
+        image_channels: k, the network's input channels.
+        n_classes: foreground classes C (masks have 1 + C channels).
+        device: where D lives.
+        references: ``(R, H, W)`` class-index reference slices for ``unpaired`` (the pool to draw from);
+            ``paired`` takes them from the batch (``batch["reference"]``).
+        weight: λ_a.
+        lr, betas: D's Adam.
+    """
+
+    def __init__(self, mode: str, image_channels: int, n_classes: int, device: torch.device, *,
+                 references: torch.Tensor | None = None, weight: float | None = None, lr: float = 2e-4,
+                 betas: tuple[float, float] = (0.5, 0.999)) -> None:
+        if mode not in MODES:
+            raise InputError(f"unknown ACCL reference mode {mode!r}; choose one of {', '.join(MODES)}")
+        if mode == "unpaired" and (references is None or len(references) == 0):
+            raise InputError("accl-unpaired needs reference masks (--reference): any masks of the structure")
+        self.mode, self.n_channels = mode, n_classes + 1
+        self.weight = DEFAULT_WEIGHTS[mode] if weight is None else float(weight)
+        self.references = references
+        self.discriminator = PatchDiscriminator(image_channels + self.n_channels).to(device)
+        self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=betas)
+
+    def generator_loss(self, image: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        """λ_a·mean((D(X, G(X)) − 1)²); ``probs`` ``(B, 1 + C, H, W)`` softmax of the network. The
+        gradient reaches the network only: D's parameters are left out of this graph (D steps on its own loss)."""
+        params = list(self.discriminator.parameters())
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            return self.weight * ((self.discriminator(image, probs) - 1) ** 2).mean()
+        finally:
+            for p in params:
+                p.requires_grad_(True)
+
+    def reference_masks(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One-hot reference masks ``(B, 1 + C, H, W)`` for the batch (module docstring)."""
+        if self.mode == "partial":
+            labels = batch["labels"]
+        elif self.mode == "paired":
+            labels = batch["reference"]
+        else:
+            draw = torch.randint(len(self.references), (batch["image"].shape[0],), device=self.references.device)
+            labels = self.references[draw]
+        return one_hot(labels, self.n_channels)
+
+    def discriminator_step(self, batch: dict[str, torch.Tensor], probs: torch.Tensor) -> torch.Tensor:
+        """One LSGAN step of D on the batch; ``probs`` the network's softmax (detached here).
+        Returns D's loss (detached)."""
+        fake = self.discriminator(batch["image"], probs.detach())
+        real = self.discriminator(batch["image"], self.reference_masks(batch))
+        loss = (fake ** 2).mean() + ((real - 1) ** 2).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    # --- EpochHooks -------------------------------------------------------------------------------
+    def before_epoch(self, epoch: int) -> None:
+        return None
+
+    def start_info(self) -> dict:
+        return {"adversarial_weight": self.weight, "reference_mode": self.mode}
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def state_dict(self) -> dict:
+        return {"discriminator": self.discriminator.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+class SCCL(CrossEntropy):
+    """Recipe ``sccl`` (module docstring)."""
+
+    def __init__(self, ctx: RecipeContext) -> None:
+        config = ctx.config
+        if config.sccl_bounds is not None:
+            self.bounds = torch.tensor(config.sccl_bounds, dtype=torch.float32)
+        elif ctx.samples.references is None:
+            raise InputError("recipe 'sccl' needs size bounds: give --sccl-bounds LO HI or --reference masks to "
+                             "derive them")
+        else:
+            self.bounds = sccl_bounds(ctx.samples.references.cpu(), ctx.n_classes)
+        super().__init__(ctx)
+
+    def terms(self) -> list[Term]:
+        return super().terms() + [Term("sccl", SoftSizePenalty(self.bounds, self.ctx.config.sccl_weight),
+                                       ("probs", "labels"))]
+
+    def card_info(self) -> dict:
+        return {"sccl_bounds": self.bounds.tolist()}
+
+
+class ACCL(CrossEntropy):
+    """Recipes ``accl-partial``, ``accl-unpaired``, ``accl-paired`` (module docstring)."""
+
+    def __init__(self, ctx: RecipeContext) -> None:
+        config = ctx.config
+        self.adversary = Adversary(config.recipe.removeprefix("accl-"), config.context, ctx.n_classes, ctx.device,
+                                   references=ctx.samples.references, weight=config.adv_weight, lr=config.adv_lr)
+        super().__init__(ctx)
+
+    def terms(self) -> list[Term]:
+        return super().terms() + [Term("adversarial", self.adversary.generator_loss, ("image", "softmax"), weak=True)]
+
+    def prepare(self, batch: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.adversary.mode == "paired":
+            batch["reference"] = self.ctx.samples.references[index]
+        return batch
+
+    def after_step(self, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"discriminator": self.adversary.discriminator_step(batch, torch.softmax(logits.detach(), 1))}
+
+    def hooks(self) -> Adversary:
+        return self.adversary
+
+    def optimizers(self) -> list[tuple[torch.optim.Optimizer, float]]:
+        return [(self.adversary.optimizer, self.ctx.config.adv_lr)]

@@ -1,0 +1,107 @@
+"""Learning from object sizes (Baručić & Kybic; docs/methods.md §3): recipe ``size``.
+
+Per slice either a mask or a size label. The first ``pretrain_epochs`` train on the mask slices alone
+(cross-entropy); then the expected size loss (:class:`~WeakSegLib.losses.size.SizeLoss`) joins on the
+size-labelled slices, every batch also carries ``size_anchors`` mask slices drawn at random (with Adam,
+a step on the size loss alone would be a full-size step whatever its weight), and the batch-norm
+statistics stay at their pre-training values (trained further on slices no mask constrains, they let
+the network paint whole slices). :func:`sizes_from_mask` makes size labels from a mask.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from WeakSegLib.engine.loop import step_generator
+from WeakSegLib.engine.recipe import RecipeContext, Term
+from WeakSegLib.errors import InputError
+from WeakSegLib.io.sizes import SizeLabel
+from WeakSegLib.losses.distance import object_size
+from WeakSegLib.losses.size import SizeLoss
+from WeakSegLib.recipes.label_map import CrossEntropy
+
+
+def sizes_from_mask(mask: np.ndarray, axis: int = 0, labels: Iterable[int] | None = None,
+                    slices: Sequence[int] | None = None) -> list[SizeLabel]:
+    """Size labels of every slice (or of ``slices``) along ``axis`` for each label value.
+
+    Slices without the object get size 0. ``labels`` default: every non-zero value in ``mask``.
+
+    Raises:
+        InputError: not a 3D mask, or no object of the requested labels.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 3:
+        raise InputError(f"mask must be 3D (z, y, x), got shape {mask.shape}")
+    if axis not in (0, 1, 2):
+        raise InputError(f"axis must be 0, 1 or 2, got {axis!r}")
+    values = sorted(int(v) for v in np.unique(mask) if v != 0) if labels is None else [int(v) for v in labels]
+    if not values or not np.isin(mask, values).any():
+        raise InputError(f"the mask holds no object with label(s) {values or 'any'}: no size to measure")
+    planes = np.moveaxis(mask, axis, 0)
+    index = np.arange(planes.shape[0]) if slices is None else np.asarray(slices, dtype=np.int64)
+    if index.size and (index.min() < 0 or index.max() >= planes.shape[0]):
+        raise InputError(f"slices {list(index)} outside 0..{planes.shape[0] - 1} along axis {axis}")
+    out = []
+    for value in values:
+        g = object_size(torch.from_numpy(planes[index] == value)).tolist()
+        out.extend(SizeLabel(int(k), value, float(s)) for k, s in zip(index, g))
+    out.sort(key=lambda s: (s.slice, s.label))
+    return out
+
+
+def freeze_batch_norm(network: nn.Module) -> None:
+    """Put the batch-norm layers in eval mode: their statistics stay those of the pre-training data
+    (fine-tuning with frozen statistics; the other layers keep training)."""
+    for module in network.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+class SizeTerm(nn.Module):
+    """The size loss on the pixels where a drawn mask may have object: valid pixels inside the boxes of
+    the class, or anywhere valid on a slice without a box of the class. Inputs: foreground
+    probabilities ``(B, C, H, W)``, sizes ``(B, C)`` (< 0: none), ``box_mask`` ``(B, C, H, W)``,
+    ``valid`` ``(B, H, W)``; returns ``(surrogate, {"size_error": …})``."""
+
+    def __init__(self, samples: int) -> None:
+        super().__init__()
+        self.loss = SizeLoss(samples)
+
+    def forward(self, probs: torch.Tensor, sizes: torch.Tensor, box_mask: torch.Tensor,
+                valid: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        inside = box_mask > 0
+        allowed = valid.unsqueeze(1) & (inside | ~inside.flatten(2).any(-1)[..., None, None])
+        surrogate, error = self.loss(probs, sizes, allowed)
+        return surrogate, {"size_error": error}
+
+
+class Size(CrossEntropy):
+    """Recipe ``size`` (module docstring)."""
+
+    def __init__(self, ctx: RecipeContext) -> None:
+        super().__init__(ctx)
+        self.anchors = self.labelled.nonzero().flatten()  # the mask slices
+
+    def terms(self) -> list[Term]:
+        config = self.ctx.config
+        return super().terms() + [Term("size", SizeTerm(config.size_samples), ("probs", "sizes", "box_mask", "valid"),
+                                       weight=config.size_weight, weak=True)]
+
+    def weak(self, epoch: int) -> bool:
+        return epoch >= self.ctx.config.pretrain_epochs
+
+    def select(self, index: torch.Tensor, epoch: int, batch: int, weak: bool) -> torch.Tensor:
+        if not weak:
+            return super().select(index, epoch, batch, weak)
+        config = self.ctx.config
+        if config.pretrain_epochs:
+            freeze_batch_norm(self.ctx.network)
+        if not len(self.anchors):
+            return index
+        draw = torch.randperm(len(self.anchors), generator=step_generator(config.seed, epoch, batch))
+        return torch.cat([index, self.anchors[draw[:config.size_anchors].to(index.device)]])
