@@ -15,6 +15,7 @@ Recipe-specific rules (allowed dimensions, optimiser defaults) come from the rec
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,14 +58,52 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any =
     return field(default=default, metadata=meta)
 
 
-def from_dict(cls: type, values: dict | None, what: str) -> Any:
-    """``cls(**values)``; unknown keys are an :class:`InputError` naming them (and ``what``)."""
-    values = dict(values or {})
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
+def _typed(name: str, value: Any, hint: Any, what: str) -> Any:
+    """``value`` checked against the type ``hint`` of setting ``name`` (lists become tuples where a
+    tuple is expected); a wrong type is an :class:`InputError`."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        args = typing.get_args(hint)
+    origin = typing.get_origin(hint) or hint
+    ok = {bool: lambda v: isinstance(v, bool), int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), str: lambda v: isinstance(v, str),
+          dict: lambda v: isinstance(v, dict), list: lambda v: isinstance(v, list),
+          tuple: lambda v: isinstance(v, (list, tuple))}[origin]
+    if not ok(value):
+        raise InputError(f"{what}: {name} is {value!r}, not {_TYPE_NAMES[origin]}")
+    if origin is tuple:
+        items = args[:1] * len(value) if args and args[-1] is Ellipsis else args
+        if len(items) != len(value):
+            raise InputError(f"{what}: {name} is {value!r}, not {len(items)} values")
+        return tuple(_typed(f"{name}[{i}]", v, t, what) for i, (v, t) in enumerate(zip(value, items)))
+    if origin is list and args:
+        return [_typed(f"{name}[{i}]", v, args[0], what) for i, v in enumerate(value)]
+    return float(value) if origin is float else value
+
+
+_TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a text", dict: "an object",
+               list: "a list", tuple: "a list"}
+
+
+def from_dict(cls: type, values: Any, what: str) -> Any:
+    """``cls(**values)`` with every value checked against the field's type; unknown or missing keys and
+    wrong types are an :class:`InputError` naming them (and ``what``, e.g. ``"job config"``)."""
+    values = {} if values is None else values
+    if not isinstance(values, dict):
+        raise InputError(f"{what} is {values!r}, not an object of settings")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
     if unknown:
         raise InputError(f"{what} has unknown settings: {', '.join(unknown)}")
-    return cls(**values)
+    missing = [name for name, f in fields.items() if name not in values and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise InputError(f"{what} has no {', '.join(missing)}")
+    hints = typing.get_type_hints(cls)
+    return cls(**{name: _typed(name, value, hints[name], what) for name, value in values.items()})
 
 
 def fingerprint(config: Any, ignore: tuple[str, ...]) -> dict:

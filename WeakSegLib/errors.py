@@ -19,3 +19,8 @@ class ModelError(WeakSegError):
 
 class CancelledError(WeakSegError):
     """A job was cancelled by the user (SIGTERM to the worker, or ``cancel()`` on a handle)."""
+
+
+class OutputError(WeakSegError):
+    """A file cannot be written (disk full, no permission, a folder in its place) or an output folder is
+    in use by another run; nothing was changed."""

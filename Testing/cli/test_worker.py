@@ -4,10 +4,10 @@ import json
 import os
 import signal
 import sys
-import time
 
 import pytest
 import torch
+from worker_events import wait_for
 
 from WeakSegLib.app.jobs import EXIT_BAD_INPUT, EXIT_BAD_JOB, EXIT_CANCELLED, EXIT_OK, start_job
 from WeakSegLib.io.volume import read_label_volume
@@ -16,19 +16,6 @@ from WeakSegLib.io.volume import read_label_volume
 def train_job(spine_ct, boxes, out, epochs):
     return {"kind": "train", "out": str(out), "cases": [{"image": spine_ct["image"], "boxes": boxes}],
             "config": {"epochs": epochs, "device": "cpu", "channels": [8, 16, 32, 64, 128], "axis": spine_ct["axis"]}}
-
-
-def wait_for(handle, kind, timeout=120):
-    end = time.time() + timeout
-    while time.time() < end:
-        for e in handle.events():
-            if e["event"] == kind:
-                return e
-        if handle.poll() is not None:
-            handle.events()
-            break
-        time.sleep(0.05)
-    raise AssertionError(f"no {kind!r} event; worker log:\n{handle.log()}")
 
 
 def test_train_then_predict_jobs(spine_ct, spine_boxes, tmp_path):

@@ -1,10 +1,12 @@
-"""Atomic writes: a write that fails half-way leaves the previous file as it was and no temporary file."""
+"""Atomic writes: a write that fails half-way leaves the previous file as it was and no temporary file;
+files staged together change together or not at all; a killed writer's leftovers are cleaned up."""
 
 import os
 
 import pytest
 
-from WeakSegLib.io.atomic import atomic_write, atomic_write_json
+from WeakSegLib.errors import OutputError
+from WeakSegLib.io.atomic import Staged, atomic_write_bytes, atomic_write_json, remove_stale_temporaries
 
 
 def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path):
@@ -12,24 +14,64 @@ def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path
     atomic_write_json(path, {"good": True})
     before = path.read_bytes()
 
-    def half_then_fail(f):
-        f.write(b'{"good": fal')
-        raise OSError(28, "No space left on device")
+    def half_then_fail(tmp):
+        tmp.write_bytes(b'{"good": fal')
+        raise RuntimeError("writer stopped")
 
-    with pytest.raises(OSError, match="No space"):
-        atomic_write(path, half_then_fail)
+    with pytest.raises(OutputError, match=r"card.json: cannot be written: writer stopped$"):
+        with Staged() as out:
+            out.write_file(path, half_then_fail, verify=lambda tmp: None)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["card.json"]
 
 
+def test_a_file_that_does_not_read_back_right_is_not_moved_into_place(tmp_path):
+    path = tmp_path / "a.bin"
+    atomic_write_bytes(path, b"old")
+
+    def verify(tmp):
+        raise OSError("the file read back differs from what was written")
+
+    with pytest.raises(OutputError, match="read back differs"):
+        with Staged() as out:
+            out.write_file(path, lambda tmp: tmp.write_bytes(b"new"), verify)
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["a.bin"]
+
+
+def test_files_staged_together_change_together(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    atomic_write_bytes(a, b"old a")
+    with pytest.raises(OutputError):
+        with Staged() as out:
+            out.write_bytes(a, b"new a")
+            out.write_file(b, lambda tmp: (_ for _ in ()).throw(OSError(28, "No space left on device")),
+                           verify=lambda tmp: None)
+    assert a.read_bytes() == b"old a" and not b.exists() and sorted(os.listdir(tmp_path)) == ["a.json"]
+    with Staged() as out:
+        out.write_bytes(a, b"new a")
+        out.write_bytes(b, b"new b")
+        assert a.read_bytes() == b"old a"  # nothing moves before the commit
+    assert (a.read_bytes(), b.read_bytes()) == (b"new a", b"new b")
+
+
 def test_the_new_content_replaces_the_old_only_when_complete(tmp_path):
     path = tmp_path / "a.bin"
-    atomic_write(path, lambda f: f.write(b"old"))
+    atomic_write_bytes(path, b"old")
     seen = []
 
-    def write(f):
-        f.write(b"new")
+    def write(tmp):
+        tmp.write_bytes(b"new")
         seen.append(path.read_bytes())  # a reader during the write still sees the old file
 
-    atomic_write(path, write)
+    with Staged() as out:
+        out.write_file(path, write, verify=lambda tmp: None)
     assert seen == [b"old"] and path.read_bytes() == b"new"
+
+
+def test_leftovers_of_a_killed_writer_are_removed_and_nothing_else(tmp_path):
+    keep = ["checkpoint.pt", ".hidden", "model.json", "notes.tmp"]
+    for name in keep + [".checkpoint.pt.a1b2c3d4.tmp", ".pred.nii.gz.x_y_z_12.tmp.nii.gz"]:
+        (tmp_path / name).write_bytes(b"x")
+    assert sorted(remove_stale_temporaries(tmp_path)) == [".checkpoint.pt.a1b2c3d4.tmp",
+                                                           ".pred.nii.gz.x_y_z_12.tmp.nii.gz"]
+    assert sorted(os.listdir(tmp_path)) == sorted(keep)

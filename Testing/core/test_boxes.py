@@ -135,12 +135,32 @@ def test_failed_save_keeps_the_previous_file(tmp_path):
 
 
 @pytest.mark.parametrize("content,message", [
-    ("{not json", "not a valid JSON"),
+    ("{not json", "not valid JSON"),
     ('{"format": "other"}', "not a WeakSeg box file"),
     ('{"format": "weakseg-boxes", "version": 99, "geometry": {"shape": [1, 1, 1]}}', "newer"),
-    ('{"format": "weakseg-boxes", "version": 1}', "no geometry.shape"),
+    ('{"format": "weakseg-boxes", "version": "abc", "geometry": {"shape": [1, 1, 1]}}', "version is 'abc', not a"),
+    ('{"format": "weakseg-boxes", "version": 1}', "has no 'geometry'"),
+    ('{"format": "weakseg-boxes", "version": 1, "geometry": {"shape": [2, 4]}}', "geometry.shape is"),
+    ('{"format": "weakseg-boxes", "version": 1, "geometry": {"shape": [2, 4, 4], "spacing": "abc"}}',
+     "geometry.spacing is 'abc', not a list"),
+    ('{"format": "weakseg-boxes", "version": 1, "geometry": {"shape": [2, 4, 4], "spacing": [1, 0, 1]}}',
+     r"spacing\[1\] is 0, not a positive number"),
+    ('{"format": "weakseg-boxes", "version": 1, "geometry": {"shape": [2, 4, 4]}, "labels": ["a"]}',
+     "labels is \\['a'\\], not an object"),
+    ('{"format": "weakseg-boxes", "version": 1, "geometry": {"shape": [2, 4, 4]}, "labels": {"one": "a"}}',
+     "labels maps 'one'"),
+    ('{"format": "weakseg-boxes", "version": 1, "geometry": {"shape": [2, 4, 4]}, "boxes": null}',
+     "box list is empty"),
+    ('{"format": "weakseg-boxes", "version": 1, "geometry": {"shape": [2, 4, 4]}, "boxes": {"a": 1}}',
+     "boxes is .*, not a list"),
     ('{"format": "weakseg-boxes", "version": 1, "geometry": {"shape": [2, 4, 4]}, "boxes": [{"start": [0, 0]}]}',
-     "malformed box"),
+     r"box #0.start is \[0, 0\], not 3 whole numbers"),
+    ('{"format": "weakseg-boxes", "version": 1, "geometry": {"shape": [2, 4, 4]}, '
+     '"boxes": [{"start": [0, 1.7, 0], "stop": [1, 3, 3]}]}', r"box #0.start\[1\] is 1.7, not a whole number"),
+    ('{"format": "weakseg-boxes", "version": 1, "geometry": {"shape": [2, 4, 4]}, '
+     '"boxes": [{"start": [0, 0, 0], "stop": [1, 3, 3], "label": 1e20}]}', r"box #0.label is 1e\+20, outside 1..65535"),
+    ('{"format": "weakseg-boxes", "version": 1, "geometry": {"shape": [2, 4, 4]}, "boxes": ["x"]}',
+     "box #0 is a text, not an object"),
     ('{"format": "weakseg-boxes", "version": 1, "geometry": {"shape": [2, 4, 4]}, "boxes": []}', "box list is empty"),
 ])
 def test_bad_box_files_are_rejected(tmp_path, content, message):

@@ -5,6 +5,7 @@ import pytest
 from scipy.spatial.distance import cdist
 
 from WeakSegLib.engine.metrics import _surface, box_iou, dice, dice_per_slice, evaluate, hd95, iou
+from WeakSegLib.errors import InputError
 from WeakSegLib.io.boxes import Box
 
 
@@ -52,7 +53,8 @@ def test_evaluate_uses_itk_spacing_order_and_label():
     pred[1:3, 2:5, 3:6] = 2
     s = evaluate(pred, ref, (1.0, 1.0, 5.0), label=2)  # x, y spacing 1 mm, z 5 mm
     assert s["dice"] == pytest.approx(2 * 12 / 36) and s["hd95"] == pytest.approx(1.0)
-    assert evaluate(pred, ref, (1.0, 1.0, 5.0), label=1)["dice"] == 1.0  # label 1 absent from both
+    with pytest.raises(InputError, match=r"label 1 occurs in neither the prediction nor the reference \(labels there: \[2\]\)"):
+        evaluate(pred, ref, (1.0, 1.0, 5.0), label=1)  # not a perfect score: a wrong label
 
 
 def test_box_iou():

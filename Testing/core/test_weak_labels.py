@@ -63,8 +63,9 @@ def size_file(tmp_path, entries, **extra):
 @pytest.mark.parametrize("entries, message", [
     ([{"slice": 1, "label": 1, "size": -3}], "≥ 0"),
     ([{"slice": 1, "label": 1, "size": float("nan")}], "not a finite number"),
-    ([{"slice": 1, "label": 1, "size": None}], "malformed size entry"),
-    ([{"slice": 1, "label": 1, "size": "big"}], "malformed size entry"),
+    ([{"slice": 1, "label": 1, "size": None}], "size #0 has no 'size'"),
+    ([{"slice": 1, "label": 1, "size": "big"}], "size #0.size is 'big', not a finite number"),
+    ([{"slice": 1.5, "label": 1, "size": 3}], "size #0.slice is 1.5, not a whole number"),
     ([{"slice": 4, "label": 1, "size": 3}], "slice outside the volume"),
     ([{"slice": 1, "label": 3, "size": 3}], "not named in the label table"),
     ([{"slice": 1, "label": 1, "size": 3}, {"slice": 1, "label": 1, "size": 4}], "two sizes"),

@@ -111,9 +111,11 @@ def settings_from(args: argparse.Namespace, cls: type, **given: Any) -> Any:
 
 
 def cmd_boxes_from_mask(args: argparse.Namespace) -> int:
+    from WeakSegLib.io.atomic import check_writable
     from WeakSegLib.io.boxes import BoxSet, boxes_from_mask, save_boxes
     from WeakSegLib.io.volume import read_label_volume
 
+    check_writable(args.out, "box file")
     mask = read_label_volume(args.mask)
     axis = _resolve_axis(args.axis, lambda: mask.direction)
     boxes = boxes_from_mask(mask.array, args.mode, axis, args.margin, args.label, not args.per_label)
@@ -124,10 +126,12 @@ def cmd_boxes_from_mask(args: argparse.Namespace) -> int:
 
 
 def cmd_sizes_from_mask(args: argparse.Namespace) -> int:
+    from WeakSegLib.io.atomic import check_writable
     from WeakSegLib.io.sizes import SizeSet, save_sizes
     from WeakSegLib.io.volume import read_label_volume
     from WeakSegLib.recipes.size import sizes_from_mask
 
+    check_writable(args.out, "size file")
     mask = read_label_volume(args.mask)
     axis = _resolve_axis(args.axis, lambda: mask.direction)
     sizes = sizes_from_mask(mask.array, axis, args.label, args.slices)
@@ -140,8 +144,9 @@ def cmd_sizes_from_mask(args: argparse.Namespace) -> int:
 
 def cmd_partial_from_mask(args: argparse.Namespace) -> int:
     from WeakSegLib.io.partial import partial_from_mask
-    from WeakSegLib.io.volume import read_label_volume, write_volume
+    from WeakSegLib.io.volume import check_output_volume, read_label_volume, write_volume
 
+    check_output_volume(args.out)
     mask = read_label_volume(args.mask)
     axis = _resolve_axis(args.axis, lambda: mask.direction)
     partial, ratio = partial_from_mask(mask.array, axis, args.erode, args.background_margin, args.label)
@@ -224,20 +229,17 @@ def cmd_tighten_train(args: argparse.Namespace) -> int:
 
 
 def cmd_tighten(args: argparse.Namespace) -> int:
-    from WeakSegLib.io.atomic import atomic_write_json
     from WeakSegLib.tightener.tighten import tighten_file
 
     report = tighten_file(args.model, args.image, args.boxes, args.out, settings_from(args, TightenSettings),
-                          device=args.device)
+                          device=args.device, report_out=args.report)
     for w in report["warnings"]:
         print(f"weakseg: warning: {w}", file=sys.stderr)
     for b in report["boxes"]:
         print(f"box #{b['box']} (label {b['label']}): {b['slices_in']} slices → {b['slices_out']} boxes "
               f"({b['dropped_ends']} empty end slices dropped, {b['outliers']} outliers, {b['filled']} filled, "
               f"{b['smoothed']} smoothed{', UNTIGHTENED' if b['fallback'] else ''})")
-    if args.report:
-        atomic_write_json(args.report, report)
-    print(f"boxes → {args.out}")
+    print(f"boxes → {args.out}" + (f", report → {args.report}" if args.report else ""))
     return EXIT_OK
 
 

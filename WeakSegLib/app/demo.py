@@ -9,6 +9,7 @@ recipe (``model-<recipe>/``), ``prediction.nii.gz`` (default recipe), ``training
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from WeakSegLib.config import TrainCase, TrainConfig
 from WeakSegLib.engine.inference import predict_file
 from WeakSegLib.engine.metrics import evaluate
 from WeakSegLib.engine.training import train
+from WeakSegLib.io.atomic import atomic_write_bytes
 from WeakSegLib.io.boxes import BoxSet, boxes_from_mask, rasterize, save_boxes
 from WeakSegLib.io.sample_data import CASES, materialize
 from WeakSegLib.io.volume import read_label_volume
@@ -46,10 +48,10 @@ def plot_curves(histories: dict[str, list[dict]], path: str | os.PathLike) -> Pa
     ax_l.set(xlabel="epoch", ylabel="loss (min–max scaled)", title="training loss")
     ax_d.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
-    return path
+    return atomic_write_bytes(path, png.getvalue())
 
 
 FILLED = "filled boxes (no training)"
@@ -119,6 +121,4 @@ def run_demo(out: str | os.PathLike = "weakseg-demo", case: str = "vertebral-bod
         lines.append(f"| {name} | {r['dice']:.3f} | {r['iou']:.3f} | {r['hd95']:.2f} | {r['seconds']:.0f} |")
     lines += ["", "![training curves](training_curves.png)", "",
               f"Prediction of the default recipe: `prediction.nii.gz`; model folder: `model-{DEFAULT_RECIPE}/`.", ""]
-    report = out / "report.md"
-    report.write_text("\n".join(lines), encoding="utf-8")
-    return report
+    return atomic_write_bytes(out / "report.md", "\n".join(lines).encode("utf-8"))

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Sequence
 
 from WeakSegLib import events
+from WeakSegLib.errors import WeakSegError
 from WeakSegLib.io.atomic import atomic_write_json
 
 EXIT_OK = 0
@@ -44,14 +45,47 @@ EXIT_CANCELLED = 3       # SIGTERM / cancel(): stopped at a batch boundary, chec
 EXIT_BAD_JOB = 4         # the job file is missing, unreadable or incomplete
 EXIT_CODES = {EXIT_OK: "finished", EXIT_INTERNAL_ERROR: "internal error", EXIT_BAD_INPUT: "bad input",
               EXIT_CANCELLED: "cancelled", EXIT_BAD_JOB: "bad job file"}
-JOB_KINDS = ("train", "predict", "tighten-train", "tighten")
+#: the fields of each job kind: name → (type, required); ``cases`` are checked against the case class
+JOB_FIELDS = {
+    "train": {"out": (str, True), "cases": (list, True), "config": (dict, False), "resume": (bool, False)},
+    "tighten-train": {"out": (str, True), "cases": (list, True), "config": (dict, False), "resume": (bool, False)},
+    "predict": {"model": (str, True), "image": (str, True), "out": (str, True), "prob_out": (str, False),
+                "device": (str, False)},
+    "tighten": {"model": (str, True), "image": (str, True), "boxes": (str, True), "out": (str, True),
+                "settings": (dict, False), "device": (str, False)},
+}
+JOB_KINDS = tuple(JOB_FIELDS)
+
+
+class JobFileError(WeakSegError):
+    """A job file that is missing, not JSON, or not shaped as its kind requires (exit code 4)."""
+
+
+def check_job(job: object, where: str = "job") -> dict:
+    """Raise :class:`JobFileError` unless ``job`` has a known kind and exactly the fields of that kind,
+    each of the right type (``None`` stands for an absent optional field); returns the job."""
+    if not isinstance(job, dict) or job.get("kind") not in JOB_KINDS:
+        kind = job.get("kind") if isinstance(job, dict) else None
+        raise JobFileError(f"{where}: 'kind' must be one of {', '.join(JOB_KINDS)}, got {kind!r}")
+    fields = JOB_FIELDS[job["kind"]]
+    unknown = sorted(set(job) - set(fields) - {"kind"})
+    if unknown:
+        raise JobFileError(f"{where}: unknown field(s) {', '.join(unknown)} for a {job['kind']} job")
+    for name, (kind, required) in fields.items():
+        value = job.get(name)
+        if value is None:
+            if required:
+                raise JobFileError(f"{where}: a {job['kind']} job needs {name!r}")
+        elif not isinstance(value, kind):
+            raise JobFileError(f"{where}: {name!r} is {value!r}, not {kind.__name__}")
+    if "cases" in fields and not job["cases"]:
+        raise JobFileError(f"{where}: 'cases' is empty")
+    return job
 
 
 def write_job(job: dict, path: str | os.PathLike) -> Path:
-    """Check the job's kind and write it atomically."""
-    if job.get("kind") not in JOB_KINDS:
-        raise ValueError(f"job kind must be one of {JOB_KINDS}, got {job.get('kind')!r}")
-    return atomic_write_json(path, job)
+    """Check the job (:func:`check_job`) and write it atomically."""
+    return atomic_write_json(path, check_job(job))
 
 
 def package_root() -> str:

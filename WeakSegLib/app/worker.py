@@ -10,9 +10,18 @@ import traceback
 from pathlib import Path
 
 from WeakSegLib import events
-from WeakSegLib.app.jobs import EXIT_BAD_INPUT, EXIT_BAD_JOB, EXIT_CANCELLED, EXIT_INTERNAL_ERROR, EXIT_OK, JOB_KINDS
+from WeakSegLib.app.jobs import (
+    EXIT_BAD_INPUT,
+    EXIT_BAD_JOB,
+    EXIT_CANCELLED,
+    EXIT_INTERNAL_ERROR,
+    EXIT_OK,
+    JobFileError,
+    check_job,
+)
 from WeakSegLib.config import TightenerCase, TightenerConfig, TightenSettings, TrainCase, TrainConfig, from_dict
 from WeakSegLib.errors import CancelledError, WeakSegError
+from WeakSegLib.io.fields import read_json
 
 
 def emit(event: dict) -> None:
@@ -21,15 +30,8 @@ def emit(event: dict) -> None:
 
 
 def read_job(path: str) -> dict:
-    try:
-        job = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ValueError(f"job file {path} not found") from exc
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"job file {path} is not valid JSON ({exc})") from exc
-    if not isinstance(job, dict) or job.get("kind") not in JOB_KINDS:
-        raise ValueError(f"job file {path}: 'kind' must be one of {JOB_KINDS}")
-    return job
+    """The job of a job file, checked (:func:`WeakSegLib.app.jobs.check_job`); raises JobFileError."""
+    return check_job(read_json(Path(path), "job file", JobFileError), f"job file {path}")
 
 
 def _train(job: dict, should_stop, config_class: type, case_class: type, trainer) -> dict:
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     try:
         job = read_job(argv[0])
-    except ValueError as exc:
+    except JobFileError as exc:
         emit(events.error(EXIT_BAD_JOB, str(exc)))
         return EXIT_BAD_JOB
     try:
@@ -89,11 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     except CancelledError as exc:
         emit(events.cancelled(message=str(exc)))
         return EXIT_CANCELLED
-    except (WeakSegError, ValueError, KeyError, TypeError) as exc:
-        traceback.print_exc()
+    except WeakSegError as exc:
+        print(f"worker: {exc}", file=sys.stderr)
         emit(events.error(EXIT_BAD_INPUT, str(exc)))
         return EXIT_BAD_INPUT
-    except Exception as exc:  # report anything else with its traceback in the log
+    except Exception as exc:  # a fault of WeakSeg itself: its traceback goes to the log
         traceback.print_exc()
         emit(events.error(EXIT_INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"))
         return EXIT_INTERNAL_ERROR

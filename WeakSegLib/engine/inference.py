@@ -8,6 +8,7 @@ spacing, origin, direction) of the input.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -17,10 +18,11 @@ from WeakSegLib import events
 from WeakSegLib.engine.data import padded_size, stack_context
 from WeakSegLib.engine.devices import resolve_device
 from WeakSegLib.engine.model import load_model
-from WeakSegLib.errors import CancelledError, InputError
+from WeakSegLib.errors import CancelledError, InputError, OutputError
 from WeakSegLib.events import EventSink
+from WeakSegLib.io.atomic import Staged
 from WeakSegLib.io.card import ModelCard
-from WeakSegLib.io.volume import Volume, read_volume, write_volume
+from WeakSegLib.io.volume import Volume, check_output_volume, read_volume, stage_volume
 
 
 @torch.no_grad()
@@ -79,6 +81,9 @@ def predict_volume(model: str | os.PathLike | tuple[torch.nn.Module, ModelCard],
                             f"training spacing {tuple(round(s, 3) for s in inp.spacing)} mm"))
     if volume.array.ndim != 3:
         raise InputError(f"image must be 3D, got shape {volume.array.shape}")
+    if volume.array.min() == volume.array.max():
+        emit(events.warning(f"every voxel of the image has the value {float(volume.array.min()):g}: "
+                            "the prediction carries no information"))
     array = inp.normalization.apply(volume.array)
     progress = (lambda i, n: emit(events.predict(i, n)))
     if card.network.spatial_dims == 2:
@@ -108,15 +113,26 @@ def predict_volume(model: str | os.PathLike | tuple[torch.nn.Module, ModelCard],
 def predict_file(model_dir: str | os.PathLike, image: str | os.PathLike, out: str | os.PathLike, *,
                  prob_out: str | os.PathLike | None = None, device: str = "auto",
                  on_event: EventSink | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
-    """Read ``image``, predict, write the label volume (and probability map) atomically.
+    """Read ``image``, predict, write the label volume (and probability map).
+
+    Every output location is checked before any work, and the outputs are written together
+    (:class:`~WeakSegLib.io.atomic.Staged`): verified, then renamed into place, so a failure leaves
+    every previous file as it was.
 
     Returns:
         ``{"prediction": path, "probability": path or None}``.
     """
+    outputs = [out] + ([prob_out] if prob_out is not None else [])
+    if len({Path(p).resolve() for p in outputs}) < len(outputs):
+        raise OutputError(f"{out}: the prediction and the probability map need two different files")
+    for path in outputs:
+        check_output_volume(path)
+    model = load_model(model_dir)
     volume = read_volume(image)
-    labels, prob = predict_volume(model_dir, volume, device=device, probabilities=prob_out is not None,
+    labels, prob = predict_volume(model, volume, device=device, probabilities=prob_out is not None,
                                   on_event=on_event, should_stop=should_stop)
-    write_volume(labels, out)
-    if prob_out is not None and prob is not None:
-        write_volume(prob, prob_out)
+    with Staged() as staged:
+        stage_volume(staged, labels, out)
+        if prob is not None:
+            stage_volume(staged, prob, prob_out)
     return {"prediction": str(out), "probability": None if prob_out is None else str(prob_out)}

@@ -77,7 +77,10 @@ def resume_from(checkpoint: Path, network: torch.nn.Module, optimizer: torch.opt
     Raises:
         ModelError: corrupt checkpoint, or one made with other settings (names the settings).
     """
-    ckpt = load_state(checkpoint)
+    try:
+        ckpt = load_state(checkpoint)
+    except ModelError as exc:
+        raise ModelError(f"{exc}; delete it or start over (--no-resume)") from exc
     saved = ckpt.get("config")
     if isinstance(saved, dict) and defaults:
         saved = {**{k: v for k, v in defaults.items() if k in fingerprint and k not in saved}, **saved}
@@ -85,7 +88,7 @@ def resume_from(checkpoint: Path, network: torch.nn.Module, optimizer: torch.opt
         saved = saved if isinstance(saved, dict) else {}
         diff = sorted(k for k in set(fingerprint) | set(saved) if saved.get(k) != fingerprint.get(k))
         raise ModelError(f"{checkpoint} was made with other settings (differ: {', '.join(diff)}); "
-                         "use another output folder or start without resuming")
+                         "use another output folder or start over (--no-resume)")
     network.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     _set_rng_state(ckpt["rng"], device)

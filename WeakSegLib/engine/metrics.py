@@ -95,4 +95,7 @@ def evaluate(pred: np.ndarray, ref: np.ndarray, spacing_xyz: Sequence[float], la
     """
     p = pred == label if label is not None else pred > 0
     r = ref == label if label is not None else ref > 0
+    if label is not None and not p.any() and not r.any():
+        raise InputError(f"label {label} occurs in neither the prediction nor the reference (labels there: "
+                         f"{sorted((set(np.unique(pred).tolist()) | set(np.unique(ref).tolist())) - {0})})")
     return {"dice": dice(p, r), "iou": iou(p, r), "hd95": hd95(p, r, tuple(spacing_xyz)[::-1])}

@@ -6,6 +6,7 @@ Inference needs nothing but the folder. Weights are read with ``torch.load(weigh
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +26,21 @@ def versions() -> dict[str, str]:
 
 
 def load_state(path: Path, what: str = "checkpoint") -> dict:
-    """``torch.load(path, weights_only=True)``; missing or corrupt files are a :class:`ModelError`."""
+    """``torch.load(path, weights_only=True)``; missing or corrupt files are a :class:`ModelError`.
+
+    A file that holds more than tensors and plain values is refused (loading it could run code), and
+    the message never suggests loading it otherwise.
+    """
     if not path.exists():
         raise ModelError(f"{path}: {what} not found")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ModelError(f"{path}: {what} is corrupt or not a WeakSeg file: it holds more than weights "
+                         "(not loaded, as that could run code)") from exc
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise ModelError(f"{path}: {what} is corrupt or not a WeakSeg file ({type(exc).__name__}: {exc})") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path}: {what} is corrupt or not a WeakSeg file ({first})") from exc
 
 
 def save_model(folder: str | os.PathLike, network: torch.nn.Module, card: Any) -> Path:

@@ -35,8 +35,10 @@ from WeakSegLib.engine.model import build_from_card, save_model
 from WeakSegLib.engine.recipe import Recipe, RecipeContext
 from WeakSegLib.errors import InputError
 from WeakSegLib.events import EventSink
+from WeakSegLib.io.atomic import check_output_folder
 from WeakSegLib.io.boxes import BoxSet, check_boxes_fit, check_drawn_grid, load_boxes
 from WeakSegLib.io.card import CARD, InputSpec, LabelSpec, ModelCard, NetworkSpec, default_color
+from WeakSegLib.io.lock import FolderLock
 from WeakSegLib.io.partial import PARTIAL_BACKGROUND
 from WeakSegLib.io.sizes import load_sizes
 from WeakSegLib.io.volume import Normalization, Volume, check_same_grid, read_label_volume, read_volume
@@ -146,6 +148,8 @@ def load_training_data(cases: Sequence[TrainCase], config: TrainConfig) -> Loade
     norm = Normalization.of(config)
     for tc in cases:
         image = read_volume(tc.image)
+        if image.array.min() == image.array.max():
+            raise InputError(f"{tc.image}: every voxel has the value {float(image.array.min()):g}: nothing to learn from")
         spacing = spacing or list(image.spacing)
         reader = _CaseReader(tc, image, config, names)
         case = Case(np.empty(0), name=str(tc.image))
@@ -163,6 +167,9 @@ def load_training_data(cases: Sequence[TrainCase], config: TrainConfig) -> Loade
             raise InputError(f"recipe {spec.name!r} needs {INPUT_NAMES[kind]}: give --{kind} for at least one image"
                              + (" (any masks of the structure)" if kind == "reference" else ""))
     values = sorted(config.labels or names)
+    if not values:
+        raise InputError(f"no object to learn: the {' / '.join(INPUT_NAMES[k] for k in spec.labels)} of "
+                         f"{', '.join(str(tc.image) for tc in cases)} hold no label")
     return LoadedData(out, values, {v: names.get(v, f"label {v}") for v in values}, spacing or [1.0] * 3,
                       [str(c.image) for c in cases], warnings)
 
@@ -242,13 +249,22 @@ def train(cases: Sequence[TrainCase], config: TrainConfig, out_dir: str | os.Pat
     """
     config = config.validate().resolved()
     emit = on_event or events.ignore
-    out = Path(out_dir)
+    out = check_output_folder(out_dir, "model folder")
     device = resolve_device(config.device)
     data = load_training_data(cases, config)
     for message in data.warnings:
         emit(events.warning(message))
     samples = build_samples(data.cases, data.label_values, spatial_dims=config.spatial_dims, axis=config.axis,
                             context=config.context)
+    with FolderLock(out, "training"):  # inputs are fine: from here on the folder is this run's
+        card = _train_in(out, config, data, samples, device, emit, should_stop, resume)
+    emit(events.done(model=str(out), card=str(out / CARD), metrics=card.metrics))
+    return card
+
+
+def _train_in(out: Path, config: TrainConfig, data: LoadedData, samples: SampleSet, device: torch.device,
+              emit: EventSink, should_stop: Callable[[], bool] | None, resume: bool) -> ModelCard:
+    """The training run of :func:`train` once its inputs are read and its folder is locked."""
     card = new_card(config, data, samples)
     n_classes = len(data.label_values)
     torch.manual_seed(config.seed)
@@ -304,5 +320,4 @@ def train(cases: Sequence[TrainCase], config: TrainConfig, out_dir: str | os.Pat
     last = history[-1] if history else {}
     card.metrics = {k: last[k] for k in ("loss", "dice") if k in last}
     save_model(out, network, card)
-    emit(events.done(model=str(out), card=str(out / CARD), metrics=card.metrics))
     return card

@@ -24,7 +24,6 @@ name. Several boxes per slice and several labels are allowed; boxes may overlap.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +32,9 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from WeakSegLib.errors import InputError
-from WeakSegLib.io.atomic import atomic_write_json
-from WeakSegLib.io.volume import geometry_differences
+from WeakSegLib.io.atomic import atomic_write_bytes, json_bytes
+from WeakSegLib.io.fields import Fields, read_versioned
+from WeakSegLib.io.volume import MAX_LABEL, geometry_differences
 
 BOX_FORMAT = "weakseg-boxes"
 BOX_FORMAT_VERSION = 1
@@ -82,17 +82,11 @@ class Box:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "box") -> "Box":
-        try:
-            start = tuple(int(v) for v in d["start"])
-            stop = tuple(int(v) for v in d["stop"])
-            kind = d.get("kind", "3d")
-            axis = d.get("axis")
-            box = cls(start, stop, int(d.get("label", 1)), kind, None if axis is None else int(axis))  # type: ignore[arg-type]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"{where}: malformed box entry {d!r} ({exc})") from exc
-        if len(box.start) != 3 or len(box.stop) != 3:
-            raise InputError(f"{where}: start and stop need 3 indices (z, y, x), got {d!r}")
-        return box
+        """A box from its JSON object (see the module docstring); wrong fields are named."""
+        f = Fields(d, where)
+        axis = f.whole("axis", None, low=0, high=2)
+        return cls(tuple(f.wholes("start", 3)), tuple(f.wholes("stop", 3)),  # type: ignore[arg-type]
+                   f.whole("label", 1, low=1, high=MAX_LABEL), f.text("kind", "3d"), axis)
 
 
 @dataclass
@@ -222,6 +216,8 @@ def boxes_from_mask(
     mask = np.asarray(mask)
     if mask.ndim != 3:
         raise InputError(f"mask must be 3D (z, y, x), got shape {mask.shape}")
+    if margin < 0:
+        raise InputError(f"margin must be ≥ 0 voxels, got {margin}")
     if mode not in ("slice", "3d"):
         raise InputError(f"mode must be 'slice' or '3d', got {mode!r}")
     if axis not in (0, 1, 2):
@@ -269,34 +265,39 @@ def rasterize(boxes: Sequence[Box], shape: Sequence[int], labels: Sequence[int])
     return out
 
 
+def box_file_bytes(boxset: BoxSet) -> bytes:
+    """The content of the box file of ``boxset``, validated (format in the module docstring)."""
+    return json_bytes(boxset.validate().to_dict())
+
+
 def save_boxes(boxset: BoxSet, path: str | os.PathLike) -> Path:
     """Validate and write a box file atomically (format in the module docstring)."""
-    boxset.validate()
-    return atomic_write_json(path, boxset.to_dict())
+    return atomic_write_bytes(path, box_file_bytes(boxset))
 
 
-def read_annotation_json(path: str | os.PathLike, fmt: str, version: int, what: str) -> dict:
-    """Read a versioned WeakSeg JSON annotation file (boxes, sizes) and check its format, version and
-    geometry shape.
+def read_annotation_json(path: str | os.PathLike, fmt: str, version: int, what: str) -> tuple[Fields, dict, dict[int, str]]:
+    """Read a versioned WeakSeg JSON annotation file (boxes, sizes): its fields, the grid it was drawn on
+    (``shape``, and ``spacing``, ``origin``, ``direction`` when given) and its label names.
 
     Raises:
-        InputError: missing file, invalid JSON, another format, a newer version, no geometry.shape.
+        InputError: missing file, invalid JSON, another format, a newer version, a missing or wrong
+            geometry or label table (each named).
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: {what} file not found")
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not a valid JSON {what} file ({exc})") from exc
-    if not isinstance(d, dict) or d.get("format") != fmt:
-        raise InputError(f"{path}: not a WeakSeg {what} file (expected \"format\": \"{fmt}\")")
-    if int(d.get("version", 0)) > version:
-        raise InputError(f"{path}: {what} file version {d.get('version')} is newer than this WeakSeg "
-                         f"(reads version ≤ {version}); update WeakSeg")
-    if "shape" not in (d.get("geometry") or {}):
-        raise InputError(f"{path}: {what} file has no geometry.shape")
-    return d
+    fields = read_versioned(Path(path), fmt, version, f"WeakSeg {what} file")
+    g = fields.sub("geometry")
+    geometry: dict = {"shape": g.wholes("shape", 3, low=1)}
+    for key, count in (("spacing", 3), ("origin", 3), ("direction", 9)):
+        value = g.numbers(key, count, None, positive=key == "spacing")
+        if value is not None:
+            geometry[key] = value
+    names = fields.mapping("labels", {"1": "object"})
+    labels = {}
+    for key, name in names.items():
+        if not key.isdigit() or not 1 <= int(key) <= MAX_LABEL or not isinstance(name, str):
+            raise InputError(f"{path}: labels maps {key!r} to {name!r}; give label values 1–{MAX_LABEL} and names, "
+                             'e.g. {"1": "liver"}')
+        labels[int(key)] = name
+    return fields, geometry, labels
 
 
 def load_boxes(path: str | os.PathLike) -> BoxSet:
@@ -305,13 +306,10 @@ def load_boxes(path: str | os.PathLike) -> BoxSet:
     Raises:
         InputError: missing file, invalid JSON, another format or a newer version, bad boxes.
     """
-    d = read_annotation_json(path, BOX_FORMAT, BOX_FORMAT_VERSION, "box")
-    geometry = d["geometry"]
-    shape = tuple(int(v) for v in geometry["shape"])
-    labels = {int(k): str(v) for k, v in (d.get("labels") or {"1": "object"}).items()}
-    boxes = [Box.from_dict(b, f"{path}: box #{i}") for i, b in enumerate(d.get("boxes", []))]
+    fields, geometry, labels = read_annotation_json(path, BOX_FORMAT, BOX_FORMAT_VERSION, "box")
+    boxes = [Box.from_dict(b, f"{path}: box #{i}") for i, b in enumerate(fields.items("boxes", []))]
     try:
-        return BoxSet(boxes, shape, labels, geometry).validate()  # type: ignore[arg-type]
+        return BoxSet(boxes, tuple(geometry["shape"]), labels, geometry).validate()  # type: ignore[arg-type]
     except InputError as exc:
         raise InputError(f"{path}: {exc}") from exc
 

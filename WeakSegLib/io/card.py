@@ -27,7 +27,6 @@ Reading checks every field a user of the card relies on and names the first one 
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,7 +34,8 @@ from typing import Any
 
 from WeakSegLib.config import DEFAULT_CHANNELS
 from WeakSegLib.errors import ModelError
-from WeakSegLib.io.volume import Normalization
+from WeakSegLib.io.fields import Fields, read_versioned
+from WeakSegLib.io.volume import MAX_LABEL, Normalization
 
 MODEL_FORMAT = "weakseg-model"
 TIGHTENER_FORMAT = "weakseg-tightener"
@@ -53,43 +53,10 @@ def default_color(index: int) -> list[float]:
     return list(PALETTE[index % len(PALETTE)])
 
 
-class _Fields:
-    """Typed access to one section of a card, naming the section and field in every error."""
-
-    def __init__(self, section: Any, where: str) -> None:
-        if not isinstance(section, dict):
-            raise ModelError(f"{where} is not an object")
-        self.section, self.where = section, where
-
-    def get(self, key: str, kind: type, default: Any = ...) -> Any:
-        if key not in self.section or self.section[key] is None:
-            if default is ...:
-                raise ModelError(f"{self.where} has no {key!r}")
-            return default
-        value = self.section[key]
-        try:
-            if kind in (list, tuple):
-                if not isinstance(value, (list, tuple)):
-                    raise TypeError(f"not a list: {value!r}")
-                return list(value)
-            if kind is dict:
-                if not isinstance(value, dict):
-                    raise TypeError(f"not an object: {value!r}")
-                return value
-            if kind is int and float(value) != int(value):
-                raise ValueError(f"not a whole number: {value!r}")
-            return kind(value)
-        except (TypeError, ValueError) as exc:
-            raise ModelError(f"{self.where}.{key} is invalid ({exc})") from None
-
-    def sub(self, key: str, default: Any = ...) -> "_Fields":
-        return _Fields(self.get(key, dict, default), f"{self.where}.{key}")
-
-
-def _normalization(f: _Fields) -> Normalization:
+def _normalization(f: Fields) -> Normalization:
     default = Normalization()
-    return Normalization(f.get("method", str, default.method), tuple(f.get("percentiles", list, default.percentiles)),
-                         tuple(f.get("window", list, default.window)))
+    return Normalization(f.text("method", default.method), tuple(f.numbers("percentiles", 2, default.percentiles)),
+                         tuple(f.numbers("window", 2, default.window)))
 
 
 @dataclass
@@ -151,26 +118,26 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "model card") -> "ModelCard":
-        card = _Fields(d, where)
+        card = Fields(d, where, ModelError)
         net, inp = card.sub("network"), card.sub("input")
         labels = []
-        for i, entry in enumerate(card.get("labels", list)):
-            f = _Fields(entry, f"{where}.labels[{i}]")
-            value = f.get("value", int)
-            labels.append(LabelSpec(value, f.get("name", str, f"label {value}"),
-                                    f.get("color", list, default_color(i))))
+        for i, entry in enumerate(card.items("labels")):
+            f = Fields(entry, f"{where}.labels[{i}]", ModelError)
+            value = f.whole("value", low=1, high=MAX_LABEL)
+            labels.append(LabelSpec(value, f.text("name", f"label {value}"), f.numbers("color", 3, default_color(i))))
         if not labels:
             raise ModelError(f"{where} lists no label")
-        network = NetworkSpec(net.get("name", str), net.get("spatial_dims", int), net.get("in_channels", int),
-                              net.get("out_channels", int), tuple(net.get("channels", list, list(DEFAULT_CHANNELS))))
-        spec = InputSpec(inp.get("mode", str, "3d" if network.spatial_dims == 3 else "2d"), inp.get("axis", int),
-                         inp.get("context", int, 1), inp.get("spacing", list, []),
-                         _normalization(inp.sub("normalization", {})), inp.get("patch_size", list, None))
+        network = NetworkSpec(net.text("name"), net.whole("spatial_dims", low=2, high=3), net.whole("in_channels", low=1),
+                              net.whole("out_channels", low=2),
+                              tuple(net.wholes("channels", None, low=1, default=list(DEFAULT_CHANNELS))))
+        spec = InputSpec(inp.text("mode", "3d" if network.spatial_dims == 3 else "2d"), inp.whole("axis", low=0, high=2),
+                         inp.whole("context", 1, low=1), inp.numbers("spacing", 3, [], positive=True),
+                         _normalization(inp.sub("normalization", {})), inp.items("patch_size", None))
         if network.out_channels != len(labels) + 1:
             raise ModelError(f"{where}: {len(labels)} labels but {network.out_channels} network outputs "
                              "(one per label and the background)")
-        return cls(network, spec, labels, card.get("recipe", str, "?"), card.get("training", dict, {}),
-                   card.get("history", list, []), card.get("metrics", dict, {}), card.get("versions", dict, {}))
+        return cls(network, spec, labels, card.text("recipe", "?"), card.mapping("training", {}),
+                   card.items("history", []), card.mapping("metrics", {}), card.mapping("versions", {}))
 
 
 @dataclass
@@ -225,27 +192,17 @@ class TightenerCard:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "tightener card") -> "TightenerCard":
-        card = _Fields(d, where)
+        card = Fields(d, where, ModelError)
         net, patch, inp = card.sub("network"), card.sub("patch"), card.sub("input")
-        size = patch.get("size", int)
-        return cls(ClassifierSpec(net.get("name", str), net.get("patch", int, size), net.get("context", int, 0)),
-                   PatchSpec(size, patch.get("train_stride", int, size // 2), patch.get("stride", int, size // 4),
-                             patch.get("extent", str, "cells"), patch.get("rule", str, PatchSpec.rule),
-                             patch.get("threshold", float, 0.5)),
-                   TightenerInput(inp.get("axis", int), inp.get("spacing", list), inp.get("intensity", dict, {}),
-                                  _normalization(inp.sub("normalization", {}))),
-                   card.get("training", dict, {}), card.get("metrics", dict, {}), card.get("history", list, []),
-                   card.get("versions", dict, {}))
-
-
-def read_json(path: Path, what: str) -> Any:
-    """Read a JSON file; a missing or unparsable one is a :class:`ModelError` naming it."""
-    if not path.exists():
-        raise ModelError(f"{path}: {what} not found")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{path}: {what} is corrupt (not valid JSON: {exc})") from exc
+        size = patch.whole("size", low=2)
+        return cls(ClassifierSpec(net.text("name"), net.whole("patch", size, low=2), net.whole("context", 0, low=0)),
+                   PatchSpec(size, patch.whole("train_stride", size // 2, low=1), patch.whole("stride", size // 4, low=1),
+                             patch.text("extent", "cells"), patch.text("rule", PatchSpec.rule),
+                             patch.number("threshold", 0.5)),
+                   TightenerInput(inp.whole("axis", low=0, high=2), inp.numbers("spacing", 3, positive=True),
+                                  inp.mapping("intensity", {}), _normalization(inp.sub("normalization", {}))),
+                   card.mapping("training", {}), card.mapping("metrics", {}), card.items("history", []),
+                   card.mapping("versions", {}))
 
 
 def read_card(folder: str | os.PathLike, kind: type = ModelCard) -> Any:
@@ -260,11 +217,5 @@ def read_card(folder: str | os.PathLike, kind: type = ModelCard) -> Any:
     if not folder.is_dir():
         raise ModelError(f"{folder}: model folder not found")
     path = folder / CARD
-    d = read_json(path, "model card")
-    found = d.get("format") if isinstance(d, dict) else None
-    if found != kind.FORMAT:
-        raise ModelError(f"{path}: not a {kind.FORMAT} card (its \"format\" is {found!r})")
-    version = d.get("version", 0)
-    if not isinstance(version, int) or version > CARD_VERSION:
-        raise ModelError(f"{path}: model card version {version!r} is newer than this WeakSeg")
-    return kind.from_dict(d, str(path))
+    fields = read_versioned(path, kind.FORMAT, CARD_VERSION, f"{kind.FORMAT} card", ModelError)
+    return kind.from_dict(fields.obj, str(path))

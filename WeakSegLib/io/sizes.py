@@ -34,6 +34,8 @@ from pathlib import Path
 from WeakSegLib.errors import InputError
 from WeakSegLib.io.atomic import atomic_write_json
 from WeakSegLib.io.boxes import read_annotation_json
+from WeakSegLib.io.fields import Fields
+from WeakSegLib.io.volume import MAX_LABEL
 
 SIZE_FORMAT = "weakseg-sizes"
 SIZE_FORMAT_VERSION = 1
@@ -105,20 +107,13 @@ def load_sizes(path: str | os.PathLike) -> SizeSet:
         InputError: missing file, invalid JSON, another format or a newer version, bad entries
             (negative, NaN, slice outside the volume, duplicates).
     """
-    d = read_annotation_json(path, SIZE_FORMAT, SIZE_FORMAT_VERSION, "size")
-    geometry = d["geometry"]
-    labels = {int(k): str(v) for k, v in (d.get("labels") or {"1": "object"}).items()}
+    fields, geometry, labels = read_annotation_json(path, SIZE_FORMAT, SIZE_FORMAT_VERSION, "size")
     entries = []
-    for i, e in enumerate(d.get("sizes", [])):
-        try:
-            size = e["size"]
-            if size is None or isinstance(size, (bool, str)):
-                raise ValueError(f"size {size!r} is not a number")
-            entries.append(SizeLabel(int(e["slice"]), int(e.get("label", 1)), float(size)))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"{path}: malformed size entry #{i} {e!r} ({exc})") from exc
+    for i, entry in enumerate(fields.items("sizes", [])):
+        f = Fields(entry, f"{path}: size #{i}")
+        entries.append(SizeLabel(f.whole("slice"), f.whole("label", 1, low=1, high=MAX_LABEL), f.number("size")))
     try:
-        return SizeSet(entries, tuple(int(v) for v in geometry["shape"]), int(d.get("axis", 0)),  # type: ignore[arg-type]
-                       labels, geometry).validate()
+        return SizeSet(entries, tuple(geometry["shape"]), fields.whole("axis", 0), labels,  # type: ignore[arg-type]
+                       geometry).validate()
     except InputError as exc:
         raise InputError(f"{path}: {exc}") from exc

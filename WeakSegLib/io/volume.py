@@ -9,18 +9,27 @@ i.e. index axis 0 is ITK's k, axis 2 is ITK's i. Spacing, origin and direction a
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
 from WeakSegLib.config import DEFAULT_NORMALIZATION, DEFAULT_PERCENTILES, DEFAULT_WINDOW, NORMALIZATIONS
-from WeakSegLib.errors import InputError
+from WeakSegLib.errors import InputError, OutputError
+from WeakSegLib.io.atomic import Staged, check_writable
+from WeakSegLib.io.nifti import check_nifti_payload
 
-#: File endings SimpleITK reads and writes for us.
-SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+#: File endings of images WeakSeg reads (SimpleITK), and of those it writes: single files only, so that a
+#: file is complete or absent (a MetaImage ``.mhd`` or a detached ``.nhdr`` header names a second file)
+READ_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+OUTPUT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+#: the largest label value of a label volume (stored as uint16)
+MAX_LABEL = 65535
 
 
 @dataclass
@@ -76,6 +85,14 @@ class Volume:
         )
 
 
+def check_dimension(dim: int, size: Sequence[int], name: str = "image") -> None:
+    """Raise :class:`InputError` unless an image of ``dim`` dimensions (``size``) is 3D."""
+    if dim == 4:
+        raise InputError(f"{name}: 4D image of size {tuple(size)}; WeakSeg needs a 3D volume (pick one time point)")
+    if dim != 3:
+        raise InputError(f"{name}: {dim}D image of size {tuple(size)}; WeakSeg needs a 3D volume")
+
+
 def check_image(image: sitk.Image, name: str = "image") -> None:
     """Raise :class:`InputError` unless ``image`` is a non-empty 3D scalar image."""
     if image.GetNumberOfComponentsPerPixel() != 1:
@@ -83,11 +100,7 @@ def check_image(image: sitk.Image, name: str = "image") -> None:
             f"{name}: vector image with {image.GetNumberOfComponentsPerPixel()} components per voxel; "
             "WeakSeg needs one scalar value per voxel (pick a channel first)"
         )
-    dim = image.GetDimension()
-    if dim == 4:
-        raise InputError(f"{name}: 4D image of size {image.GetSize()}; WeakSeg needs a 3D volume (pick one time point)")
-    if dim != 3:
-        raise InputError(f"{name}: {dim}D image of size {image.GetSize()}; WeakSeg needs a 3D volume")
+    check_dimension(image.GetDimension(), image.GetSize(), name)
     if 0 in image.GetSize():
         raise InputError(f"{name}: empty image of size {image.GetSize()}")
 
@@ -104,49 +117,139 @@ def check_finite(array: np.ndarray, name: str = "image") -> None:
             )
 
 
+def _itk_reason(exc: RuntimeError, printed: Sequence[str] = ()) -> str:
+    """The informative line of an ITK read error: what the reader printed, else the exception's last line."""
+    lines = [line.strip() for line in [*printed, *str(exc).strip().splitlines()] if line.strip()]
+    last = lines[0] if printed and lines else (lines[-1] if lines else "unknown error")
+    for prefix in ("Reason: ", "[nrrd] ", "sitk::ERROR: ", "MetaImage: "):
+        last = last.removeprefix(prefix)
+    return last
+
+
+@contextmanager
+def _itk_output() -> Iterator[list[str]]:
+    """Collect what ITK's C++ readers print straight to the process's stderr while reading (MetaImage
+    and HDF5 print there, besides raising); yields the list the lines go into. Nothing printed is
+    lost: :func:`read_volume` puts it into its message or back on stderr."""
+    printed: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield printed
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            printed.extend(capture.read().decode("utf-8", "replace").splitlines())
+
+
+def _check_file(path: Path, label: str) -> None:
+    if not path.exists():
+        raise InputError(f"{label}: file not found")
+    if path.is_dir():
+        raise InputError(f"{label}: is a folder, not an image file (for a DICOM series, convert it to NRRD or "
+                         "NIfTI first, e.g. by saving it from Slicer)")
+    if not str(path).lower().endswith(READ_SUFFIXES):
+        raise InputError(f"{label}: unknown image file ending; use one of {', '.join(READ_SUFFIXES)}")
+    if str(path).lower().endswith((".nii", ".nii.gz")):
+        check_nifti_payload(path, label)
+
+
 def read_volume(path: str | os.PathLike, name: str | None = None) -> Volume:
     """Read a NIfTI, NRRD or MetaImage volume.
 
     Raises:
-        InputError: missing file, unreadable file, 4D or vector image, empty image, NaN/Inf voxels.
+        InputError: missing file, a folder, another format, unreadable or truncated file, 4D or vector
+            image, empty image, NaN/Inf voxels.
     """
     path = Path(path)
     label = name or str(path)
-    if not path.exists():
-        raise InputError(f"{label}: file not found")
+    _check_file(path, label)
     try:
-        image = sitk.ReadImage(str(path))
+        with _itk_output() as printed:
+            image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise InputError(f"{label}: cannot be read as an image ({str(exc).strip().splitlines()[-1]})") from exc
+        raise InputError(f"{label}: cannot be read as an image: the file is truncated, corrupt or not an image "
+                         f"({_itk_reason(exc, printed)})") from exc
+    for line in printed:
+        print(line, file=sys.stderr)
     volume = Volume.from_sitk(image, label)
     check_finite(volume.array, label)
     return volume
 
 
 def read_label_volume(path: str | os.PathLike, name: str | None = None) -> Volume:
-    """Read a label volume (mask); non-integer values are an error."""
+    """Read a label volume (mask): whole numbers from 0 to :data:`MAX_LABEL`, stored as uint8 or uint16.
+
+    Raises:
+        InputError: as :func:`read_volume`, and non-integer, negative or too large label values.
+    """
     volume = read_volume(path, name)
+    label = name or str(path)
     arr = volume.array
-    if arr.dtype.kind == "f":
-        if not np.all(arr == np.round(arr)):
-            raise InputError(f"{name or path}: label volume holds non-integer values")
-        arr = arr.astype(np.int32)
-    if arr.min() < 0:
-        raise InputError(f"{name or path}: label volume holds negative labels")
-    return volume.with_array(arr.astype(np.uint16 if arr.max() > 255 else np.uint8))
+    if arr.dtype.kind == "f" and not np.all(arr == np.round(arr)):
+        raise InputError(f"{label}: label volume holds non-integer values")
+    low, high = float(arr.min()), float(arr.max())
+    if low < 0:
+        raise InputError(f"{label}: label volume holds negative labels (down to {low:g})")
+    if high > MAX_LABEL:
+        raise InputError(f"{label}: label volume holds label {high:g}, above the largest label WeakSeg handles "
+                         f"({MAX_LABEL})")
+    return volume.with_array(arr.astype(np.uint16 if high > 255 else np.uint8))
+
+
+def check_output_volume(path: str | os.PathLike) -> Path:
+    """Raise :class:`~WeakSegLib.errors.OutputError` unless a volume can be written to ``path``: a
+    supported single-file ending, a file name (not a folder), a writable folder. Writes nothing."""
+    path = Path(path)
+    if not str(path).lower().endswith(OUTPUT_SUFFIXES):
+        two_files = " (a header and a separate data file are not written atomically)" \
+            if str(path).lower().endswith((".mhd", ".nhdr", ".hdr")) else ""
+        raise OutputError(f"{path}: cannot write this file ending{two_files}; use one of {', '.join(OUTPUT_SUFFIXES)}")
+    return check_writable(path, "output volume")
+
+
+def _suffix(path: Path) -> str:
+    return next(s for s in OUTPUT_SUFFIXES if str(path).lower().endswith(s))
+
+
+def _verify(expected: Volume) -> Callable[[Path], None]:
+    """A check that a written file reads back as ``expected`` (voxels and grid)."""
+    def verify(tmp: Path) -> None:
+        try:
+            back = sitk.ReadImage(str(tmp))
+        except RuntimeError as exc:
+            raise OSError(f"the file read back is unreadable ({_itk_reason(exc)})") from exc
+        if str(tmp).endswith((".nii", ".nii.gz")):
+            check_nifti_payload(tmp)
+        got = Volume.from_sitk(back)
+        if got.array.shape != expected.shape or geometry_differences(got.geometry(), expected.geometry(), 1e-5) \
+                or not np.array_equal(got.array, expected.array, equal_nan=True):
+            raise OSError("the file read back differs from what was written")
+    return verify
+
+
+def stage_volume(staged: Staged, volume: Volume, path: str | os.PathLike, compress: bool = True) -> Path:
+    """Add ``volume`` as ``path`` to ``staged`` writes: written, read back in full and compared."""
+    path = check_output_volume(path)
+
+    def write(tmp: Path) -> None:
+        with _itk_output() as printed:  # ITK's NIfTI writer reports a short write only there
+            sitk.WriteImage(volume.to_sitk(), str(tmp), useCompression=compress)
+        if printed:
+            raise OSError(printed[0].strip())
+
+    return staged.write_file(path, write, _verify(volume), _suffix(path))
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True) -> Path:
-    """Write ``volume`` to ``path`` (format from the file ending), atomically."""
-    path = Path(path)
-    if not str(path).endswith(SUPPORTED_SUFFIXES):
-        raise InputError(f"{path}: unsupported file ending; use one of {', '.join(SUPPORTED_SUFFIXES)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes[-2:]) if str(path).endswith(".nii.gz") else path.suffix
-    tmp = path.with_name(f".{path.name}.tmp{suffix}")
-    sitk.WriteImage(volume.to_sitk(), str(tmp), useCompression=compress)
-    os.replace(tmp, path)
-    return path
+    """Write ``volume`` to ``path`` (format from the file ending), atomically and verified
+    (:mod:`WeakSegLib.io.atomic`)."""
+    with Staged() as out:
+        stage_volume(out, volume, path, compress)
+    return Path(path)
 
 
 def geometry_differences(a: dict, b: dict, atol: float = 1e-3) -> list[str]:
@@ -169,8 +272,8 @@ def check_same_grid(a: Volume, b: Volume, name_a: str = "image", name_b: str = "
     for key in geometry_differences(ga, gb):
         if key == "shape":
             raise InputError(f"{name_b} has shape {b.shape} (z,y,x) but {name_a} has {a.shape}: not the same grid")
-        raise InputError(f"{name_b} {key} {tuple(np.round(gb[key], 4))} differs from {name_a} {key} "
-                         f"{tuple(np.round(ga[key], 4))}")
+        raise InputError(f"{name_b} {key} {format_numbers(gb[key])} differs from {name_a} {key} "
+                         f"{format_numbers(ga[key])}: not the same grid")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -242,14 +345,27 @@ class Normalization:
         return normalize(array, self.method, percentiles=tuple(self.percentiles), window=tuple(self.window))
 
 
+def format_numbers(values: Sequence[float]) -> str:
+    """``(1, 0.5, 2.25)``: numbers as a user reads them (4 significant decimals, no numpy types)."""
+    return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
+
+
 def read_direction(path: str | os.PathLike) -> tuple[float, ...]:
-    """Direction cosines of an image file from its header alone (no voxels are read)."""
+    """Direction cosines of a 3D image file from its header alone (no voxels are read).
+
+    Raises:
+        InputError: as :func:`read_volume` for a file that is missing, a folder or unreadable, or not 3D.
+    """
+    path = Path(path)
+    _check_file(path, str(path))
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        reader.ReadImageInformation()
+        with _itk_output() as printed:
+            reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise InputError(f"{path}: cannot be read as an image ({str(exc).strip().splitlines()[-1]})") from exc
+        raise InputError(f"{path}: cannot be read as an image ({_itk_reason(exc, printed)})") from exc
+    check_dimension(reader.GetDimension(), reader.GetSize(), str(path))
     return tuple(float(v) for v in reader.GetDirection())
 
 

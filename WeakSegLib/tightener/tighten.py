@@ -31,7 +31,8 @@ from WeakSegLib.config import TightenSettings, check_patch_geometry
 from WeakSegLib.engine.devices import resolve_device
 from WeakSegLib.errors import CancelledError, InputError
 from WeakSegLib.events import EventSink
-from WeakSegLib.io.boxes import Box, BoxSet, check_boxes_fit, load_boxes, save_boxes, split_box, validate_boxes
+from WeakSegLib.io.atomic import Staged, check_writable, json_bytes
+from WeakSegLib.io.boxes import Box, BoxSet, box_file_bytes, check_boxes_fit, load_boxes, split_box, validate_boxes
 from WeakSegLib.io.card import TightenerCard
 from WeakSegLib.io.volume import Volume, read_volume
 from WeakSegLib.tightener.model import classify, compatibility_warnings, load_tightener
@@ -174,12 +175,21 @@ def tighten(model: str | os.PathLike | tuple[torch.nn.Module, TightenerCard], vo
 
 def tighten_file(model_dir: str | os.PathLike, image: str | os.PathLike, boxes: str | os.PathLike,
                  out: str | os.PathLike, settings: TightenSettings | None = None, *, device: str = "auto",
-                 on_event: EventSink | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
-    """:func:`tighten` from and to files; the box file is written atomically. Returns the report
-    with ``"out"`` added."""
+                 on_event: EventSink | None = None, should_stop: Callable[[], bool] | None = None,
+                 report_out: str | os.PathLike | None = None) -> dict:
+    """:func:`tighten` from and to files: the box file ``out`` and, with ``report_out``, the report as
+    JSON. Both locations are checked before any work and written together, atomically. Returns the
+    report with ``"out"`` added."""
+    for path in [out] + ([report_out] if report_out is not None else []):
+        check_writable(path, "output file")
+    model = load_tightener(model_dir)
     volume = read_volume(image)
     boxset = load_boxes(boxes)
-    result, report = tighten(model_dir, volume, boxset, settings, device=device, on_event=on_event,
+    result, report = tighten(model, volume, boxset, settings, device=device, on_event=on_event,
                              should_stop=should_stop)
-    save_boxes(result, out)
-    return {**report, "out": str(out)}
+    report = {**report, "out": str(out)}
+    with Staged() as staged:
+        staged.write_bytes(out, box_file_bytes(result))
+        if report_out is not None:
+            staged.write_bytes(report_out, json_bytes(report))
+    return report

@@ -30,8 +30,10 @@ from WeakSegLib.engine.loop import LoopSettings, run_epochs, step_generator
 from WeakSegLib.engine.model import save_model
 from WeakSegLib.errors import InputError
 from WeakSegLib.events import EventSink
+from WeakSegLib.io.atomic import check_output_folder
 from WeakSegLib.io.boxes import boxes_from_mask, split_box
 from WeakSegLib.io.card import CARD, ClassifierSpec, PatchSpec, TightenerCard, TightenerInput
+from WeakSegLib.io.lock import FolderLock
 from WeakSegLib.io.volume import Normalization, check_same_grid, read_label_volume, read_volume
 from WeakSegLib.nets.classifier import PatchClassifier
 from WeakSegLib.tightener.model import classify, intensity_profile
@@ -137,9 +139,19 @@ def train_tightener(cases: Sequence[TightenerCase], config: TightenerConfig, out
     """
     config.validate()
     emit = on_event or events.ignore
-    out = Path(out_dir)
+    out = check_output_folder(out_dir, "tightener folder")
     device = resolve_device(config.device)
     data = training_patches(cases, config)
+    with FolderLock(out, "tightener training"):  # inputs are fine: from here on the folder is this run's
+        card = _train_in(out, cases, config, data, device, emit, should_stop, resume)
+    emit(events.done(model=str(out), card=str(out / CARD), metrics=card.metrics))
+    return card
+
+
+def _train_in(out: Path, cases: Sequence[TightenerCase], config: TightenerConfig, data: PatchSet,
+              device: torch.device, emit: EventSink, should_stop: Callable[[], bool] | None,
+              resume: bool) -> TightenerCard:
+    """The run of :func:`train_tightener` once its patches are cut and its folder is locked."""
     train_idx, val_idx = _split(data.groups, config.val_fraction, config.seed)
     x, y = data.images.to(device), data.labels.to(device)
     counts = torch.bincount(data.labels[train_idx], minlength=2).clamp(min=1).float()
@@ -185,5 +197,4 @@ def train_tightener(cases: Sequence[TightenerCase], config: TightenerConfig, out
         card.patch.threshold = best_threshold(prob, truth, config.threshold_rule)
         card.metrics.update({f"{k}_at_threshold": v for k, v in _accuracy(prob, truth, card.patch.threshold).items()})
     save_model(out, network, card)
-    emit(events.done(model=str(out), card=str(out / CARD), metrics=card.metrics))
     return card
