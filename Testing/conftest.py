@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from synthetic import oblique_volume
+from synthetic import oblique_volume, two_ellipsoids
 
 from WeakSegLib.io.sample_data import materialize
 from WeakSegLib.io.volume import read_label_volume, write_volume
@@ -34,12 +34,7 @@ def spine_boxes(spine_ct, tmp_path_factory):
 @pytest.fixture
 def synthetic_case(tmp_path):
     """A 24×40×48 image with two bright ellipsoids (labels 1 and 2) and its mask, as files."""
-    z, y, x = np.mgrid[:24, :40, :48]
-    a = ((z - 12) / 8) ** 2 + ((y - 14) / 8) ** 2 + ((x - 14) / 9) ** 2 < 1
-    b = ((z - 12) / 6) ** 2 + ((y - 26) / 7) ** 2 + ((x - 33) / 8) ** 2 < 1
-    mask = (a * 1 + b * 2).astype(np.uint8)
-    rng = np.random.default_rng(0)
-    image = (100 * (mask > 0) + rng.normal(0, 10, mask.shape)).astype(np.float32)
+    image, mask = two_ellipsoids()
     img_path, mask_path = tmp_path / "img.nrrd", tmp_path / "mask.nrrd"
     write_volume(oblique_volume(image), img_path)
     write_volume(oblique_volume(mask), mask_path)

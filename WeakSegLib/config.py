@@ -22,10 +22,21 @@ from typing import Any
 from WeakSegLib.errors import InputError
 from WeakSegLib.recipes.registry import DEFAULT_RECIPE, recipe_spec
 
-#: compute devices: ``auto`` takes a CUDA GPU when present, else the CPU
-DEVICES = ("auto", "cpu", "cuda")
-#: intensity normalisations (:func:`WeakSegLib.io.volume.normalize`)
+#: compute devices: ``auto`` takes a CUDA GPU when present, else an Apple GPU (``mps``), else the CPU
+DEVICES = ("auto", "cpu", "cuda", "mps")
+#: intensity normalisations of one image (:func:`WeakSegLib.io.volume.normalize`)
 NORMALIZATIONS = ("percentile", "minmax", "ct-window", "none")
+#: normalisations of a training cohort (:mod:`WeakSegLib.engine.preprocess`): ``ct`` maps every case
+#: with statistics of the whole cohort, ``auto`` picks ``ct`` for CT and ``percentile`` otherwise
+COHORT_NORMALIZATIONS = ("auto", "ct") + NORMALIZATIONS
+#: imaging modalities of a cohort: ``auto`` calls a cohort CT when its first image has voxels below −500
+MODALITIES = ("auto", "ct", "mr")
+#: the 3D training patch (voxels z, y, x; multiples of 16, as the networks need)
+DEFAULT_PATCH = (128, 128, 128)
+#: the lists of cases in a dataset file (:mod:`WeakSegLib.io.dataset`)
+SPLITS = ("training", "test")
+#: arithmetic of training: ``auto`` is bf16 mixed precision on CUDA where supported, else 32-bit
+PRECISIONS = ("auto", "32", "bf16", "16")
 DEFAULT_NORMALIZATION = "percentile"
 #: percentiles the ``percentile`` normalisation clips to
 DEFAULT_PERCENTILES = (0.5, 99.5)
@@ -167,7 +178,7 @@ class TrainConfig:
     network: str = option("unet", "segmentation network", choices=NETWORKS)
     spatial_dims: int = option(2, "2 (slices, 2D or 2.5D) or 3 (volumes)", cli=False)
     context: int = option(1, "slices per input: 1 = 2D, 3 or 5 = 2.5D")
-    axis: int = option(0, "slice axis in array order (z, y, x)", cli=False)
+    axis: int = option(0, "slice axis of the RAS grid: 0 axial, 1 coronal, 2 sagittal", cli=False)
     epochs: int = option(100, "epochs (the barrier's t grows ×t_factor per epoch)")
     batch_size: int = option(8, "samples per step")
     lr: float | None = option(None, "Adam learning rate (default by recipe: 5e-4; accl-* 2e-4)")
@@ -182,7 +193,26 @@ class TrainConfig:
     t_factor: float = option(1.1, "log-barrier t growth per epoch")
     seed: int = option(0, "random seed")
     device: str = option("auto", "compute device", choices=DEVICES)
-    normalization: str = option(DEFAULT_NORMALIZATION, "intensity normalisation", choices=NORMALIZATIONS)
+    precision: str = option("auto", "arithmetic of training (auto: bf16 mixed precision on a CUDA GPU that "
+                                    "supports it, else 32-bit; 16: float16 with a gradient scaler)",
+                            choices=PRECISIONS)
+    epoch_batches: int = option(8, "batches per epoch (an epoch is a fixed number of steps, whatever the "
+                                    "cohort's size; nnU-Net: 250)")
+    spacing: tuple[float, float, float] | None = option(None, "voxel size (mm, x y z of the RAS grid) every "
+                                                              "image is resampled to (default: median of the "
+                                                              "training images)", metavar=("X", "Y", "Z"))
+    patch_size: tuple[int, int, int] = option(DEFAULT_PATCH, "3D: training patch (voxels z y x of the canonical "
+                                                             "grid, multiples of 16); a volume that fits is "
+                                                             "trained whole", metavar=("Z", "Y", "X"))
+    foreground_ratio: float = option(1 / 3, "3D: share of the patches placed to hold a box (or, without boxes, "
+                                            "centred on the object)")
+    modality: str = option("auto", "ct or mr, for the automatic normalisation (auto: from the intensities)",
+                           choices=MODALITIES)
+    cache_gb: float = option(2.0, "keep the training samples in memory when they take at most this many GB, "
+                                  "else read them from disk per batch")
+    workers: int = option(-1, "processes reading batches from disk (-1: 2 on a GPU, none on the CPU)")
+    normalization: str = option("auto", "intensity normalisation (auto: cohort statistics for CT, per-case "
+                                        "percentiles otherwise)", choices=COHORT_NORMALIZATIONS)
     percentiles: tuple[float, float] = option(DEFAULT_PERCENTILES, "percentile normalisation: clip percentiles",
                                               metavar=("LOW", "HIGH"))
     window: tuple[float, float] = option(DEFAULT_WINDOW, "ct-window normalisation: window in HU",
@@ -229,8 +259,20 @@ class TrainConfig:
         """Raise :class:`InputError` naming the first bad setting; return self when all are fine."""
         spec = recipe_spec(self.recipe)
         _check_choice("network", self.network, NETWORKS)
-        _check_choice("normalisation", self.normalization, NORMALIZATIONS)
+        _check_choice("normalisation", self.normalization, COHORT_NORMALIZATIONS)
         _check_choice("device", self.device.split(":")[0], DEVICES)
+        _check_choice("modality", self.modality, MODALITIES)
+        _check_choice("precision", self.precision, PRECISIONS)
+        if self.epoch_batches < 1:
+            raise InputError(f"epoch_batches must be ≥ 1, got {self.epoch_batches}")
+        if self.spacing is not None and (len(self.spacing) != 3 or min(self.spacing) <= 0):
+            raise InputError(f"spacing must be 3 positive sizes in mm, got {self.spacing}")
+        if len(self.patch_size) != 3 or any(p < 16 or p % 16 for p in self.patch_size):
+            raise InputError(f"patch_size must be 3 multiples of 16 (voxels z y x), got {tuple(self.patch_size)}")
+        if not 0 <= self.foreground_ratio <= 1:
+            raise InputError(f"foreground_ratio is a fraction in [0, 1], got {self.foreground_ratio}")
+        if self.cache_gb < 0:
+            raise InputError(f"cache_gb must be ≥ 0, got {self.cache_gb}")
         if self.spatial_dims not in (2, 3):
             raise InputError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
         if self.spatial_dims == 3 and self.context != 1:
@@ -270,7 +312,7 @@ class TrainConfig:
     def fingerprint(self) -> dict:
         """Settings that must match for a checkpoint to be resumed (all but epochs, device and
         what only changes reporting or speed)."""
-        return fingerprint(self, ("epochs", "device", "eval_every", "processes"))
+        return fingerprint(self, ("epochs", "device", "eval_every", "processes", "cache_gb", "workers"))
 
 
 def check_patch_geometry(patch: int, stride: int) -> None:

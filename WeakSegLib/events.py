@@ -14,6 +14,8 @@ constructors below are the only places an event is made, so their fields are lis
                adds (``dice``, ``dice_per_case``, ``t``, ``lr``, ``val_accuracy``, …)
 ``predict``    ``done``, ``of``: slices (or windows) predicted
 ``progress``   ``done``, ``of``: boxes tightened
+``case``       ``done``, ``of``: cases of a batch prediction finished; ``name``, and ``prediction``
+               (the file written) or ``error`` (why the case was skipped)
 ``warning``    ``message``
 ``cancelled``  ``epoch`` and ``checkpoint`` (training) or ``message`` (worker)
 ``error``      ``code`` (the worker's exit code), ``message``
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
-START, BATCH, EPOCH, PREDICT, PROGRESS = "start", "batch", "epoch", "predict", "progress"
+START, BATCH, EPOCH, PREDICT, PROGRESS, CASE = "start", "batch", "epoch", "predict", "progress", "case"
 WARNING, CANCELLED, ERROR, DONE = "warning", "cancelled", "error", "done"
 #: a line of worker output that was not JSON (kept, so that nothing is lost)
 OUTPUT = "output"
@@ -60,6 +62,11 @@ def progress(done: int, of: int) -> dict:
     return {"event": PROGRESS, "done": done, "of": of}
 
 
+def case(done: int, of: int, name: str, **result: Any) -> dict:
+    """One case of a batch prediction finished: ``prediction`` (path) or ``error`` (message)."""
+    return {"event": CASE, "done": done, "of": of, "name": name, **result}
+
+
 def warning(message: str) -> dict:
     return {"event": WARNING, "message": message}
 
@@ -78,7 +85,7 @@ def done(**result: Any) -> dict:
 
 def fraction_done(events: Iterable[dict]) -> float | None:
     """How far a job is (0–1), from the latest event that tells: a ``batch`` (with the ``start``
-    event's epoch count), an ``epoch``, a ``predict`` or a ``progress`` event; None before any."""
+    event's epoch count), an ``epoch``, a ``predict``, ``progress`` or ``case`` event; None before any."""
     events = list(events)
     for event in reversed(events):
         kind, of = event.get("event"), event.get("of")
@@ -90,6 +97,6 @@ def fraction_done(events: Iterable[dict]) -> float | None:
                 return min(1.0, ((event["epoch"] - 1) + event["batch"] / of) / epochs)
         elif kind == EPOCH:
             return min(1.0, event["epoch"] / of)
-        elif kind in (PREDICT, PROGRESS):
+        elif kind in (PREDICT, PROGRESS, CASE):
             return min(1.0, event.get("done", 0) / of)
     return None

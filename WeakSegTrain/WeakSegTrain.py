@@ -231,10 +231,9 @@ class WeakSegTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # --- training ------------------------------------------------------------------------------------
     def trainingConfig(self) -> dict:
         """The panel's training settings as TrainConfig fields."""
-        volumeNode = self._volume()
         return {"recipe": self.ui.recipeComboBox.currentText, "epochs": self.ui.epochsSpinBox.value,
                 "network": self.ui.networkComboBox.currentText, "device": self.ui.deviceComboBox.currentText,
-                "axis": mrml.slice_axis(volumeNode), **MODES[self.ui.modeComboBox.currentText]}
+                **MODES[self.ui.modeComboBox.currentText]}
 
     def onApply(self) -> None:
         if self.job is not None and not self.job.done:
@@ -388,12 +387,12 @@ class WeakSegTrainLogic(ScriptedLoadableModuleLogic):
         """Train a segmentation model from the volume's boxes into ``folder`` (resumes its checkpoint).
 
         ``config``: TrainConfig fields (``recipe``, ``epochs``, ``network``, ``spatial_dims``, ``context``,
-        ``device``, ...); ``axis`` defaults to the volume's axial axis. ``referenceNode``: optional label
+        ``device``, ...); slices are axial by default. ``referenceNode``: optional label
         volume or segmentation, used only to report Dice per epoch. ``curves``: show loss/Dice in a
         table and plot chart (the job's ``curves`` attribute). The result is the model folder.
         """
         boxset = self.boxes(volumeNode, roiNodes).boxset
-        config = {"axis": mrml.slice_axis(volumeNode), **(config or {})}
+        config = dict(config or {})
         job = tasks.start_training(volumeNode, boxset, folder, config, reference_node=referenceNode, resume=resume,
                                    python=self.python)
         if curves:

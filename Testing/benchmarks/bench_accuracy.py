@@ -39,8 +39,10 @@ from WeakSegLib.io.volume import Volume, normalize, read_label_volume, read_volu
 from WeakSegLib.recipes.registry import recipe_names
 
 
-def run_case(name: str, recipes: list[str], epochs: int, folder: Path, margin: int, seed: int) -> dict:
-    run = compare_recipes(name, recipes, folder, epochs=epochs, margin=margin, seed=seed, eval_every=epochs)
+def run_case(name: str, recipes: list[str], epochs: int, folder: Path, margin: int, seed: int,
+             epoch_batches: int) -> dict:
+    run = compare_recipes(name, recipes, folder, epochs=epochs, margin=margin, seed=seed, eval_every=epochs,
+                          epoch_batches=epoch_batches)
     for recipe in recipes:
         r = run["results"][recipe]
         print(f"  {name:16s} {recipe:28s} Dice {r['dice']:.3f}  ({r['seconds']:.0f} s)", flush=True)
@@ -65,7 +67,8 @@ def crop(volume: Volume, axis: int, lo: int, hi: int) -> Volume:
     return Volume.from_sitk(volume.to_sitk()[tuple(index)])
 
 
-def run_held_out(name: str, recipes: list[str], epochs: int, folder: Path, k: int, seed: int) -> dict:
+def run_held_out(name: str, recipes: list[str], epochs: int, folder: Path, k: int, seed: int,
+                 epoch_batches: int) -> dict:
     """Dice of every recipe over the volume reassembled from k held-out slab predictions."""
     sample = materialize(name, folder)
     axis, mask = sample["axis"], read_label_volume(sample["mask"])
@@ -90,8 +93,8 @@ def run_held_out(name: str, recipes: list[str], epochs: int, folder: Path, k: in
         where[axis] = slice(lo, hi)
         for recipe in recipes:
             tcs = [training_case(recipe, f"{c}-image.nii.gz", f"{c}-boxes.json", f"{c}-mask.nii.gz") for c in cases]
-            config = TrainConfig(recipe=recipe, epochs=epochs, axis=axis, seed=seed, normalization="none",
-                                 eval_every=epochs)
+            config = TrainConfig(recipe=recipe, epochs=epochs, seed=seed, normalization="none", eval_every=epochs,
+                                 epoch_batches=epoch_batches)
             model = folder / f"fold{fold}-model-{recipe}"
             train(tcs, config, model, resume=False)
             assembled[recipe][tuple(where)] = predict_volume(str(model), test)[0].array
@@ -122,6 +125,7 @@ def main() -> None:
                                                     "tightness+size+masked-ce", "tightness+emptiness"],
                    choices=recipe_names())
     p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--epoch-batches", type=int, default=TrainConfig.epoch_batches, help="batches per epoch")
     p.add_argument("--margin", type=int, default=0, help="loosen the boxes by this many voxels")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--held-out", type=int, default=0, metavar="K",
@@ -129,10 +133,10 @@ def main() -> None:
     args = parse(p)
     if args.held_out:
         results = run_each(args.cases, lambda name, folder: run_held_out(name, args.recipes, args.epochs, folder,
-                                                                        args.held_out, args.seed))
+                                                                        args.held_out, args.seed, args.epoch_batches))
     else:
         results = run_each(args.cases, lambda name, folder: run_case(name, args.recipes, args.epochs, folder,
-                                                                    args.margin, args.seed))
+                                                                    args.margin, args.seed, args.epoch_batches))
     where = f"{args.held_out} held-out slabs" if args.held_out else "the training volume"
     print(f"\nDice on {where}, {args.epochs} epochs, tight per-slice boxes (margin {args.margin}), seed {args.seed}:\n")
     print(table(results, [FILLED, *args.recipes]))

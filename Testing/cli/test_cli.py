@@ -120,7 +120,13 @@ def test_demo_writes_report_model_prediction_and_curves(tmp_path):
     for row in ("filled boxes (no training)", "tightness+size+emptiness", "box-mask", "full"):
         assert f"| {row} |" in report
     assert (out / "prediction.nii.gz").exists() and (out / "model-tightness+size+emptiness" / "model.json").exists()
-    assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for png in ("training_curves.png", "overlay.png", "cross-subject/overlay-full.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    other = report[report.index("## Another subject: trained on `spine-ct`, predicting `chest-ct-spine`"):]
+    for row in ("filled boxes (no training)", "tightness+size+emptiness", "full"):
+        assert f"| {row} |" in other
+    prediction = read_label_volume(out / "cross-subject" / "predictions-full" / "chest-ct-spine.nii.gz")
+    assert prediction.shape == read_volume(out / "cross-subject" / "chest-ct-spine" / "image.nii.gz").shape
 
 
 def test_tighten_train_then_tighten(spine_ct, tmp_path):

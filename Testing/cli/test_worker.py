@@ -15,7 +15,7 @@ from WeakSegLib.io.volume import read_label_volume
 
 def train_job(spine_ct, boxes, out, epochs):
     return {"kind": "train", "out": str(out), "cases": [{"image": spine_ct["image"], "boxes": boxes}],
-            "config": {"epochs": epochs, "device": "cpu", "channels": [8, 16, 32, 64, 128], "axis": spine_ct["axis"]}}
+            "config": {"epochs": epochs, "device": "cpu", "channels": [8, 16, 32, 64, 128]}}
 
 
 def test_train_then_predict_jobs(spine_ct, spine_boxes, tmp_path):

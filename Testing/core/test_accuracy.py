@@ -25,7 +25,7 @@ def test_default_recipe_beats_filled_boxes_on_brain_extraction(tmp_path):
     boxes = boxes_from_mask(mask.array, "slice", case["axis"])
     save_boxes(BoxSet(boxes, mask.shape, {1: "brain"}, mask.geometry()), tmp_path / "boxes.json")
     card = train([TrainCase(case["image"], boxes=str(tmp_path / "boxes.json"), eval_mask=case["mask"])],
-                 TrainConfig(axis=case["axis"], device="cpu", eval_every=10), tmp_path / "model")
+                 TrainConfig(device="cpu", eval_every=10), tmp_path / "model")
     labels, _ = predict_volume(tmp_path / "model", read_volume(case["image"]), device="cpu")
     ours = dice(labels.array > 0, mask.array > 0)
     inside = rasterize(boxes, mask.shape, [1])[0] > 0

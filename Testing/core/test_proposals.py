@@ -10,6 +10,7 @@ import torch
 from WeakSegLib.config import TrainCase, TrainConfig
 from WeakSegLib.engine.data import Case, build_samples
 from WeakSegLib.engine.model import load_model
+from WeakSegLib.engine.preprocess import Plan, canonicalize
 from WeakSegLib.engine.training import CHECKPOINT, start_recipe, train
 from WeakSegLib.errors import InputError
 from WeakSegLib.io.boxes import BoxSet, boxes_from_mask, save_boxes
@@ -222,7 +223,7 @@ def boxed(synthetic_case, tmp_path):
 
 
 def quick(**kw):
-    base = dict(epochs=4, batch_size=8, channels=SMALL, device="cpu", proposal_every=2)
+    base = dict(epochs=4, batch_size=8, channels=SMALL, device="cpu", proposal_every=2, epoch_batches=3)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -232,7 +233,8 @@ def test_resumed_proposal_training_equals_an_uninterrupted_run(boxed, tmp_path, 
     """The revised labels travel in the checkpoint; a revision due at the resumed epoch is redone."""
     cases = [TrainCase(boxed["image"], boxes=boxed["boxes"], eval_mask=boxed["mask"])]
     events = []
-    train(cases, quick(recipe=recipe), tmp_path / "a", on_event=events.append)
+    steps = dict(epoch_batches=6)  # enough steps before the first revision for a non-empty network output
+    train(cases, quick(recipe=recipe, **steps), tmp_path / "a", on_event=events.append)
     epochs = [e for e in events if e["event"] == "epoch"]
     if recipe == "deepcut":
         assert [e.get("proposal_update") for e in epochs] == [None, None, 1, None]
@@ -240,8 +242,8 @@ def test_resumed_proposal_training_equals_an_uninterrupted_run(boxed, tmp_path, 
     else:
         assert all("proposal_cost" in e and e["fallback_boxes"] == 0 for e in epochs)
         assert events[0]["proposal_seconds"] > 0
-    train(cases, quick(recipe=recipe, epochs=2), tmp_path / "b")
-    train(cases, quick(recipe=recipe), tmp_path / "b")
+    train(cases, quick(recipe=recipe, epochs=2, **steps), tmp_path / "b")
+    train(cases, quick(recipe=recipe, **steps), tmp_path / "b")
     a, _ = load_model(tmp_path / "a")
     b, _ = load_model(tmp_path / "b")
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
@@ -309,8 +311,12 @@ def test_boxsup_labels_come_from_candidates_and_masked_volumes_keep_their_mask(b
     train(cases, quick(recipe="boxsup", epochs=1), tmp_path / "semi", on_event=events.append)
     assert events[0]["samples"] == 2 * read_volume(boxed["image"]).shape[0]
     ckpt = torch.load(tmp_path / "semi" / CHECKPOINT, weights_only=True)
-    n = read_volume(boxed["image"]).shape[0]
-    mask = torch.from_numpy(read_label_volume(boxed["mask"]).array)
+    _, card = load_model(tmp_path / "semi")
+    image = read_volume(boxed["image"])
+    canonical = canonicalize(image, Plan.from_dict(card.input.preprocessing),
+                             {"mask": read_label_volume(boxed["mask"]).array}).labels["mask"]
+    n = image.shape[0]
+    mask = torch.from_numpy(canonical)
     assert torch.equal(ckpt["hooks"]["labels"][n:, :mask.shape[1], :mask.shape[2]], mask)
 
 

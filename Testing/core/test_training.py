@@ -28,7 +28,7 @@ def boxed_case(synthetic_case, tmp_path):
 
 
 def quick(**kw):
-    base = dict(epochs=1, batch_size=8, channels=SMALL, device="cpu")
+    base = dict(epochs=1, batch_size=8, channels=SMALL, device="cpu", epoch_batches=3)
     base.update(kw)
     return TrainConfig(**base)
 

@@ -19,7 +19,7 @@ SMALL = (8, 16, 32, 64, 128)
 
 
 def quick(**kw):
-    base = dict(epochs=1, batch_size=8, channels=SMALL, device="cpu")
+    base = dict(epochs=1, batch_size=8, channels=SMALL, device="cpu", epoch_batches=3)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -158,7 +158,7 @@ def test_bad_input_of_the_weak_recipes(weak_case, other_grid, tmp_path):
          "larger than the training slices"),
         ("sccl", TrainCase(img, partial=weak_case["partial"]), {}, "needs size bounds"),
         ("size", TrainCase(img, sizes=weak_case["sizes"]), {"spatial_dims": 3}, "2D or 2.5D"),
-        ("size", TrainCase(img, sizes=weak_case["sizes"]), {"axis": 1}, "along axis 0, but training slices along axis 1"),
+        ("size", TrainCase(img, sizes=weak_case["sizes"]), {"axis": 1}, "along axis 0, which is canonical axis 0, but training slices along axis 1"),
     ]
     for recipe, case, extra, message in cases_and_messages:
         with pytest.raises(InputError, match=message):

@@ -11,6 +11,7 @@ import pytest
 from WeakSegInfer import WeakSegInferLogic
 from WeakSegLib import mrml
 from WeakSegLib.engine.inference import predict_file
+from WeakSegLib.engine.preprocess import AXIAL
 from WeakSegLib.errors import InputError, ModelError, WeakSegError
 from WeakSegLib.io.boxes import BoxSet, boxes_from_mask, load_boxes, save_boxes
 from WeakSegLib.io.card import TightenerCard, read_card
@@ -53,7 +54,7 @@ def test_boxes_train_and_predict_from_nodes(wired, spine_ct, spine_nodes, tmp_pa
     assert job.wait(timeout=300) == tmp_path / "model"
     assert job.status() == "finished" and job.progress() == 1.0
     card = read_card(tmp_path / "model")
-    assert card.training["axis"] == axis and card.training["epochs"] == 2
+    assert card.training["axis"] == AXIAL and card.training["epochs"] == 2  # the boxes' axis, reoriented
     rows = job.curves.rows()
     assert rows[:, 0].tolist() == [1.0, 2.0] and np.isfinite(rows[:, 1:]).all()  # loss and Dice each epoch
 

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 from WeakSegLib import __version__
 from WeakSegLib.app.jobs import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_OK
 from WeakSegLib.app.progress import ProgressPrinter
-from WeakSegLib.config import DEVICES, TightenerCase, TightenerConfig, TightenSettings, TrainCase, TrainConfig
+from WeakSegLib.config import DEVICES, SPLITS, TightenerCase, TightenerConfig, TightenSettings, TrainCase, TrainConfig
 from WeakSegLib.errors import CancelledError, WeakSegError
 from WeakSegLib.recipes.registry import DEFAULT_RECIPE, default_recipe, recipe_names
 
@@ -157,11 +157,27 @@ def cmd_partial_from_mask(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from WeakSegLib.engine.training import train
-    from WeakSegLib.io.volume import read_direction
+def _training_cases(args: argparse.Namespace) -> tuple[list[TrainCase], str]:
+    """The cases of ``train`` and its recipe: from ``--dataset``, or from ``--image`` and the per-image
+    file options."""
+    if args.dataset:
+        from WeakSegLib.engine.cohort import as_trained
+        from WeakSegLib.io.dataset import load_dataset
+        from WeakSegLib.recipes.registry import recipe_spec
 
+        given = [kind for kind in ("image", *CASE_FILES) if getattr(args, kind)]
+        if given:
+            raise WeakSegError(f"give the cases either as --dataset or as --image/--boxes/…, not both "
+                               f"(--{given[0].replace('_', '-')} given)")
+        cases = load_dataset(args.dataset).split("training")
+        if not cases:
+            raise WeakSegError(f"{args.dataset}: the dataset has no training case")
+        recipe = args.recipe or default_recipe({k for c in cases for k in c.files if k in ("boxes", "mask", "sizes",
+                                                                                           "partial")})
+        return [as_trained(c.train_case(), recipe_spec(recipe)) for c in cases], recipe
     images = args.image
+    if not images:
+        raise WeakSegError("give the training cases: --dataset data.json, or --image (repeat for several)")
     per_image = {kind: getattr(args, kind) for kind in CASE_FILES}
     for kind, files in per_image.items():
         if files and len(files) != len(images):
@@ -176,9 +192,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         files = per_image[kind]
         return files[i] if files and files[i] != "-" else None
 
-    cases = [TrainCase(img, **{kind: given(kind, i) for kind in CASE_FILES}) for i, img in enumerate(images)]
+    return [TrainCase(img, **{kind: given(kind, i) for kind in CASE_FILES}) for i, img in enumerate(images)], recipe
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from WeakSegLib.engine.preprocess import AXIAL
+    from WeakSegLib.engine.training import train
+
+    cases, recipe = _training_cases(args)
     config = settings_from(args, TrainConfig, recipe=recipe, spatial_dims=3 if args.dims == "3d" else 2,
-                           axis=_resolve_axis(args.axis, lambda: read_direction(images[0])))
+                           axis=AXIAL if args.axis == "auto" else args.axis)
     printer = ProgressPrinter(args.events, args.quiet)
     try:
         card = train(cases, config, args.out, on_event=printer, resume=not args.no_resume)
@@ -188,26 +211,179 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    from WeakSegLib.engine.inference import predict_file
+def _prediction_cases(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """``(name, image)`` of each case of ``predict --images`` or ``predict --dataset``."""
+    if args.dataset:
+        from WeakSegLib.io.dataset import load_dataset
 
-    printer = ProgressPrinter(None, args.quiet)
-    result = predict_file(args.model, args.image, args.out, prob_out=args.prob, device=args.device, on_event=printer)
-    print(f"prediction → {result['prediction']}" + (f", probability → {result['probability']}" if args.prob else ""))
+        cases = load_dataset(args.dataset).split(args.split)
+        if not cases:
+            raise WeakSegError(f"{args.dataset}: the dataset has no {args.split} case")
+        return [(c.name, c.image) for c in cases]
+    from WeakSegLib.io.volume import image_stem
+
+    return [(image_stem(path), path) for path in args.images]
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from WeakSegLib.engine.inference import predict_cases, predict_file
+
+    single, many = args.image is not None, bool(args.images or args.dataset)
+    if single == many or (args.images and args.dataset):
+        raise WeakSegError("give one of --image (one scan, with --out), --images or --dataset (with --out-dir)")
+    if single:
+        if not args.out:
+            raise WeakSegError("give --out: the label volume to write")
+        printer = ProgressPrinter(None, args.quiet)
+        result = predict_file(args.model, args.image, args.out, prob_out=args.prob, device=args.device,
+                              on_event=printer)
+        print(f"prediction → {result['prediction']}" + (f", probability → {result['probability']}" if args.prob else ""))
+        return EXIT_OK
+    if not args.out_dir or args.out or args.prob:
+        raise WeakSegError("several scans are predicted into --out-dir (one <case>.nii.gz each); --out and --prob "
+                           "are for one --image")
+
+    def report(event: dict) -> None:
+        if event["event"] == "case":
+            what = f"→ {event['prediction']}" if "prediction" in event else f"skipped: {event['error']}"
+            print(f"[{event['done']}/{event['of']}] {event['name']} {what}", flush=True)
+
+    results = predict_cases(args.model, _prediction_cases(args), args.out_dir, device=args.device, on_event=report)
+    failed = [r.name for r in results if r.error]
+    if failed:
+        print(f"weakseg: error: {len(failed)} of {len(results)} cases failed ({', '.join(failed)}); the others "
+              f"are in {args.out_dir}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"{len(results)} predictions → {args.out_dir}")
     return EXIT_OK
 
 
+def _number(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.pred_dir is not None:
+        return _evaluate_dataset(args)
+    if not (args.pred and args.ref):
+        raise WeakSegError("give --pred and --ref (one prediction), or --pred-dir and --dataset (a test set)")
     from WeakSegLib.engine.metrics import evaluate
     from WeakSegLib.io.volume import check_same_grid, read_label_volume
 
     pred, ref = read_label_volume(args.pred), read_label_volume(args.ref)
     check_same_grid(ref, pred, "reference", "prediction")
     scores = evaluate(pred.array, ref.array, pred.spacing, args.label)
-    if args.json:
+    if args.json == "-":
         print(json.dumps(scores))
+    elif args.json:
+        from WeakSegLib.io.atomic import atomic_write_bytes, json_bytes
+
+        atomic_write_bytes(args.json, json_bytes(scores))
     else:
         print(f"Dice {scores['dice']:.4f}   IoU {scores['iou']:.4f}   HD95 {scores['hd95']:.2f} mm")
+    return EXIT_OK
+
+
+def _evaluate_dataset(args: argparse.Namespace) -> int:
+    from WeakSegLib.engine.evaluation import evaluate_cases
+    from WeakSegLib.io.atomic import atomic_write_bytes, check_output_folder, check_writable, json_bytes
+    from WeakSegLib.io.dataset import load_dataset
+
+    if not args.dataset:
+        raise WeakSegError("--pred-dir needs --dataset: the dataset file that names the cases and their masks")
+    for path, what in ((args.json, "JSON file"), (args.csv, "CSV file")):
+        if path not in (None, "-"):
+            check_writable(path, what)
+    if args.figures:
+        check_output_folder(args.figures, "figure folder")
+    cases = load_dataset(args.dataset).split(args.split)
+    unreferenced = [c.name for c in cases if "mask" not in c.files]
+    scored = [c for c in cases if "mask" in c.files]
+    if not scored:
+        raise WeakSegError(f"{args.dataset}: no {args.split} case gives a 'mask' to score against")
+    result = evaluate_cases(args.pred_dir, [(c.name, c.files["mask"]) for c in scored],
+                            None if args.label is None else [args.label])
+    print(f"{'case':24} {'label':>5} {'Dice':>6} {'IoU':>6} {'HD95 mm':>8} {'vol mL':>8} {'ref mL':>8} {'ΔV %':>7}")
+    for s in result.scores:
+        print(f"{s.case:24} {s.label:5d} {s.dice:6.3f} {s.iou:6.3f} {_number(s.hd95, 2):>8} {s.volume_ml:8.2f} "
+              f"{s.reference_ml:8.2f} {_number(s.volume_difference_pct, 1):>7}")
+    for label, summary in result.summary().items():
+        shown = "   ".join(f"{name} {_number(summary[key]['mean'], d)} ± {_number(summary[key]['sd'], d)}"
+                           for key, name, d in (("dice", "Dice", 3), ("iou", "IoU", 3), ("hd95", "HD95", 2)))
+        print(f"label {label}, {summary['dice']['n']} cases: {shown}")
+    for name in result.missing:
+        print(f"weakseg: warning: {name}: no prediction in {args.pred_dir}", file=sys.stderr)
+    for name, why in result.failed.items():
+        print(f"weakseg: warning: {name}: not scored: {why}", file=sys.stderr)
+    for name in unreferenced:
+        print(f"weakseg: warning: {name}: the dataset gives no mask to score against", file=sys.stderr)
+    report = {**result.to_dict(), "no_reference": unreferenced}
+    if args.json == "-":
+        print(json.dumps(report))
+    elif args.json:
+        atomic_write_bytes(args.json, json_bytes(report))
+    if args.csv == "-":
+        print(result.to_csv(), end="")
+    elif args.csv:
+        atomic_write_bytes(args.csv, result.to_csv().encode("utf-8"))
+    if args.figures:
+        _case_figures(args, scored, result)
+    return EXIT_OK
+
+
+def _case_figures(args: argparse.Namespace, cases, result) -> None:
+    """``evaluate --figures``: one overlay PNG per scored case."""
+    from pathlib import Path
+
+    from WeakSegLib.app.figures import case_figure
+    from WeakSegLib.engine.evaluation import find_prediction
+    from WeakSegLib.io.boxes import load_boxes
+    from WeakSegLib.io.volume import read_label_volume, read_volume
+
+    folder = Path(args.figures)
+    folder.mkdir(parents=True, exist_ok=True)
+    dice = {}
+    for s in result.scores:
+        dice.setdefault(s.case, []).append(s.dice)
+    for case in cases:
+        if case.name not in dice:
+            continue
+        boxes = load_boxes(case.files["boxes"]).boxes if "boxes" in case.files else None
+        png = case_figure(read_volume(case.image), read_label_volume(case.files["mask"]).array,
+                          read_label_volume(find_prediction(args.pred_dir, case.name)).array, boxes,
+                          f"{case.name}: Dice {sum(dice[case.name]) / len(dice[case.name]):.3f}",
+                          folder / f"{case.name}.png")
+        print(f"figure → {png}")
+
+
+def cmd_dataset_init(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from WeakSegLib.io.atomic import check_writable
+    from WeakSegLib.io.dataset import init_dataset, save_dataset
+
+    out = Path(args.out) if args.out else Path(args.folder) / "dataset.json"
+    check_writable(out, "dataset file")
+    dataset, report = init_dataset(args.folder, masks_for_training=args.masks_for_training)
+    for line in report:
+        print(line)
+    save_dataset(dataset, out)
+    counts = ", ".join(f"{len(dataset.split(s))} {s}" for s in SPLITS)
+    print(f"{len(dataset.cases)} cases ({counts}) → {out}")
+    return EXIT_OK
+
+
+def cmd_dataset_check(args: argparse.Namespace) -> int:
+    from WeakSegLib.io.dataset import check_dataset, load_dataset
+
+    results = check_dataset(load_dataset(args.dataset))
+    for name, problems in results:
+        print(f"{name}: " + ("ok" if not problems else "; ".join(problems)))
+    bad = sum(bool(p) for _, p in results)
+    if bad:
+        print(f"weakseg: error: {bad} of {len(results)} cases have problems", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"all {len(results)} cases ok")
     return EXIT_OK
 
 
@@ -275,8 +451,21 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--name", help="name of the object (stored in the box file)")
     b.set_defaults(func=cmd_boxes_from_mask)
 
+    ds = sub.add_parser("dataset", help="dataset files: the cases of a cohort (MONAI datalist JSON)")
+    ds_sub = ds.add_subparsers(dest="dataset_command", required=True)
+    di = ds_sub.add_parser("init", help="write a dataset file from a folder of images and the files named after them")
+    di.add_argument("folder")
+    di.add_argument("--out", help="dataset file to write (default: FOLDER/dataset.json)")
+    di.add_argument("--masks-for-training", action="store_true",
+                    help="images with only a mask are training cases (recipe 'full'), not test cases")
+    di.set_defaults(func=cmd_dataset_init)
+    dc = ds_sub.add_parser("check", help="read every case of a dataset file and list each case's problems")
+    dc.add_argument("dataset")
+    dc.set_defaults(func=cmd_dataset_check)
+
     t = sub.add_parser("train", help="train a model from boxes (or masks, sizes, partial labels)")
-    t.add_argument("--image", action="append", required=True, help="training image (repeat for several)")
+    t.add_argument("--dataset", help="dataset file: its training cases (instead of --image and the per-image files)")
+    t.add_argument("--image", action="append", help="training image (repeat for several)")
     t.add_argument("--boxes", action="append", help="box JSON file, one per --image ('-' for none)")
     t.add_argument("--mask", action="append",
                    help="label mask, one per --image ('-' for none): recipe 'full'; with 'boxsup', images given "
@@ -293,7 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--recipe", choices=recipe_names(),
                    help=f"default {DEFAULT_RECIPE} (full with --mask only, size with --sizes, partial-ce with --partial)")
     t.add_argument("--dims", choices=("2d", "3d"), default="2d")
-    t.add_argument("--axis", type=_axis, default="auto", help=axis_help)
+    t.add_argument("--axis", type=_axis, default="auto",
+                   help="slice axis of the images once reoriented to RAS: 0 axial (auto), 1 coronal, 2 sagittal")
     add_options(t, TrainConfig)
     _run_options(t)
     t.set_defaults(func=cmd_train)
@@ -317,20 +507,31 @@ def build_parser() -> argparse.ArgumentParser:
     pm.add_argument("--label", type=int, action="append", help="label value(s) to keep (default: all)")
     pm.set_defaults(func=cmd_partial_from_mask)
 
-    r = sub.add_parser("predict", help="predict a label volume with a model folder")
+    r = sub.add_parser("predict", help="predict label volumes with a model folder: one scan or many")
     r.add_argument("--model", required=True)
-    r.add_argument("--image", required=True)
-    r.add_argument("--out", required=True)
-    r.add_argument("--prob", help="also write the foreground probability volume here")
+    r.add_argument("--image", help="one scan (with --out)")
+    r.add_argument("--out", help="label volume to write for --image")
+    r.add_argument("--prob", help="also write the foreground probability volume of --image here")
+    r.add_argument("--images", nargs="+", help="several scans (with --out-dir): each becomes <name>.nii.gz")
+    r.add_argument("--dataset", help="dataset file: predict the cases of --split (with --out-dir)")
+    r.add_argument("--split", choices=SPLITS, default="test", help="cases of --dataset to predict (default: test)")
+    r.add_argument("--out-dir", help="folder of the predictions of --images or --dataset (<case>.nii.gz)")
     r.add_argument("--device", choices=DEVICES, default="auto")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=cmd_predict)
 
-    e = sub.add_parser("evaluate", help="Dice, IoU and HD95 of a prediction against a reference mask")
-    e.add_argument("--pred", required=True)
-    e.add_argument("--ref", required=True)
-    e.add_argument("--label", type=int, help="compare only this label value (default: any non-zero)")
-    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e = sub.add_parser("evaluate", help="Dice, IoU, HD95 and volumes of predictions against reference masks")
+    e.add_argument("--pred", help="one prediction (with --ref)")
+    e.add_argument("--ref", help="its reference mask")
+    e.add_argument("--pred-dir", help="folder of predictions <case>.nii.gz (with --dataset)")
+    e.add_argument("--dataset", help="dataset file naming the cases and their reference masks")
+    e.add_argument("--split", choices=SPLITS, default="test", help="cases of --dataset to score (default: test)")
+    e.add_argument("--label", type=int, help="score only this label value (default: --pred/--ref: any non-zero "
+                                              "label; --pred-dir: each label value present)")
+    e.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                   help="write the scores as JSON to FILE (no FILE: print them)")
+    e.add_argument("--csv", metavar="FILE", help="--pred-dir: write one row per case and label to FILE ('-': print)")
+    e.add_argument("--figures", metavar="DIR", help="--pred-dir: one overlay PNG per case in DIR")
     e.set_defaults(func=cmd_evaluate)
 
     tt = sub.add_parser("tighten-train", help="train a box tightener (patch classifier) on fully labelled volumes")

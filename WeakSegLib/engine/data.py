@@ -31,7 +31,7 @@ from WeakSegLib.io.sizes import SizeLabel
 from WeakSegLib.nets.segmentation import SIZE_MULTIPLE
 
 #: the spatial axes of each batch entry start at this dimension (``boxes`` and ``sizes`` have none)
-_SPATIAL_START = {"image": 2, "labels": 1, "box_mask": 2, "valid": 1, "reference": 1}
+SPATIAL_START = {"image": 2, "labels": 1, "box_mask": 2, "valid": 1, "reference": 1}
 
 
 @dataclass
@@ -70,7 +70,8 @@ class SampleSet:
         labels: ``(N, *S)`` uint8 class indices (0 = background, :data:`IGNORE` = unknown).
         box_mask: ``(N, C, *S)`` uint8, 1 inside any box of the class.
         boxes: ``(M, 2 + 2·nd)`` long ``[sample, class, lo_0, hi_0, …]``.
-        eval_labels: ``(N, *S)`` uint8 reference class indices or None.
+        eval_labels: ``(N, *S)`` uint8 reference class indices (:data:`IGNORE` throughout for a case
+            without an evaluation mask), or None when no case has one.
         valid: ``(N, *S)`` bool, False on padding.
         case_index: ``(N,)`` long, the case each sample comes from.
         sizes: ``(N, C)`` float32 size labels in pixels (< 0: none), or None without size labels.
@@ -89,6 +90,11 @@ class SampleSet:
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    @property
+    def classes(self) -> int:
+        """Foreground classes C."""
+        return self.box_mask.shape[1]
 
     def to(self, device: torch.device) -> "SampleSet":
         """All tensors on ``device`` (done once, so a training step moves nothing)."""
@@ -128,7 +134,7 @@ def flip_batch(batch: dict[str, torch.Tensor], axes: Sequence[int]) -> dict[str,
     coordinates together (a box ``[lo, hi)`` on an axis of size S becomes ``[S − hi, S − lo)``)."""
     if not axes:
         return batch
-    out = {k: v.flip([_SPATIAL_START[k] + a for a in axes]) if k in _SPATIAL_START else v for k, v in batch.items()}
+    out = {k: v.flip([SPATIAL_START[k] + a for a in axes]) if k in SPATIAL_START else v for k, v in batch.items()}
     boxes = batch["boxes"].clone()
     for a in axes:
         size = batch["image"].shape[2 + a]
@@ -200,6 +206,80 @@ def _reference_slices(case: Case, label_values: Sequence[int], axis: int, target
     return np.pad(ref, [(0, 0)] + [(0, t - s) for t, s in zip(target, ref.shape[1:])])
 
 
+@dataclass
+class CaseSamples:
+    """One case's samples before padding: its slices along the training axis (2D, 2.5D) or its volume
+    (3D, one sample), with the labels, box rows, evaluation labels and sizes of each.
+
+    Attributes:
+        planes: ``(n, *S)`` float32 intensities (2.5D context is stacked when read: :meth:`images`).
+        labels: ``(n, *S)`` uint8 class indices (:data:`IGNORE` = unknown).
+        box_rows: ``(M, 2 + 2·nd)`` int64 ``[sample, class, lo_0, hi_0, …]``, samples counted from 0.
+        eval_labels: ``(n, *S)`` uint8 reference class indices, or None.
+        sizes: ``(n, C)`` float32 size labels (< 0: none), or None.
+        fill: the intensity padding takes (the case's minimum).
+    """
+
+    planes: np.ndarray
+    labels: np.ndarray
+    box_rows: np.ndarray
+    eval_labels: np.ndarray | None
+    sizes: np.ndarray | None
+    fill: float
+
+    def images(self, context: int, spatial_dims: int) -> np.ndarray:
+        """``(n, k, *S)``: each slice with its context slices as channels (2D), or ``(1, 1, *S)`` (3D)."""
+        return stack_context(self.planes, context) if spatial_dims == 2 else self.planes[:, None]
+
+
+def rows_to_mask(rows: np.ndarray | torch.Tensor, count: int, classes: int, spatial: Sequence[int]) -> np.ndarray:
+    """``(count, classes, *spatial)`` uint8: 1 inside any box row ``[sample, class, lo, hi, …]``."""
+    mask = np.zeros((count, classes, *spatial), np.uint8)
+    for row in np.asarray(rows).tolist():
+        mask[(row[0], row[1], *[slice(row[2 + 2 * a], row[3 + 2 * a]) for a in range(len(spatial))])] = 1
+    return mask
+
+
+def case_samples(case: Case, label_values: Sequence[int], *, spatial_dims: int = 2, axis: int = 0) -> CaseSamples:
+    """The samples of one case (see :class:`Case` for what each label input gives)."""
+    C = len(label_values)
+    shape = case.image.shape
+    box_mask = (rasterize(case.boxes, shape, label_values) if case.boxes is not None
+                else np.zeros((C, *shape), np.uint8))
+    sizes = None
+    if case.sizes is not None:
+        if spatial_dims != 2:
+            raise InputError("size labels are per slice: train a 2D or 2.5D network")
+        labels, sizes = _size_case_labels(case, label_values, axis, box_mask)
+    elif case.partial is not None:
+        labels = partial_to_labels(case.partial, label_values)
+    elif case.mask is not None:
+        labels = labels_from_mask(case.mask, label_values)
+    else:  # filled boxes as labels (box-mask recipe)
+        labels = np.zeros(shape, np.uint8)
+        for c in range(C):
+            labels[box_mask[c] > 0] = c + 1
+    ev = None if case.eval_mask is None else labels_from_mask(case.eval_mask, label_values)
+    box_rows = []
+    for box in case.boxes or []:
+        if spatial_dims == 2:
+            if box.kind != "slice" or box.axis != axis:
+                raise InputError(f"{case.name}: 2D training needs slice boxes along axis {axis}; "
+                                 f"got {box.to_dict()} (cut 3D boxes first)")
+            bounds = list(box.in_plane())
+            sample = box.slice_index
+        else:
+            bounds = [v for a, b in zip(box.start, box.stop) for v in (a, b)]
+            sample = 0
+        box_rows.append([sample, label_values.index(box.label), *bounds])
+    rows = np.asarray(box_rows, dtype=np.int64).reshape(-1, 2 + 2 * spatial_dims)
+    if spatial_dims == 2:
+        return CaseSamples(np.moveaxis(case.image, axis, 0), np.moveaxis(labels, axis, 0), rows,
+                           None if ev is None else np.moveaxis(ev, axis, 0), sizes, float(case.image.min()))
+    return CaseSamples(case.image[None], labels[None], rows, None if ev is None else ev[None], None,
+                       float(case.image.min()))
+
+
 def build_samples(cases: Sequence[Case], label_values: Sequence[int], *, spatial_dims: int = 2,
                   axis: int = 0, context: int = 1, pad_to: Sequence[int] | None = None) -> SampleSet:
     """Turn cases into padded sample tensors (see module docstring).
@@ -215,82 +295,46 @@ def build_samples(cases: Sequence[Case], label_values: Sequence[int], *, spatial
     if not cases:
         raise InputError("no training case given")
     C = len(label_values)
-    per_images, per_labels, per_boxmask, per_eval, per_valid, per_boxes, per_case = [], [], [], [], [], [], []
-    offset = 0
-    views = []
-    with_sizes = any(c.sizes is not None for c in cases)  # then every sample gets a sizes row
-    for case in cases:
-        shape = case.image.shape
-        box_mask = (rasterize(case.boxes, shape, label_values) if case.boxes is not None
-                    else np.zeros((C, *shape), np.uint8))
-        sizes = None
-        if case.sizes is not None:
-            if spatial_dims != 2:
-                raise InputError("size labels are per slice: train a 2D or 2.5D network")
-            labels, sizes = _size_case_labels(case, label_values, axis, box_mask)
-        elif case.partial is not None:
-            labels = partial_to_labels(case.partial, label_values)
-        elif case.mask is not None:
-            labels = labels_from_mask(case.mask, label_values)
-        else:  # filled boxes as labels (box-mask recipe)
-            labels = np.zeros(shape, np.uint8)
-            for c in range(C):
-                labels[box_mask[c] > 0] = c + 1
-        ev = None if case.eval_mask is None else labels_from_mask(case.eval_mask, label_values)
-        box_rows = []
-        for box in case.boxes or []:
-            if spatial_dims == 2:
-                if box.kind != "slice" or box.axis != axis:
-                    raise InputError(f"{case.name}: 2D training needs slice boxes along axis {axis}; "
-                                     f"got {box.to_dict()} (cut 3D boxes first)")
-                bounds = list(box.in_plane())
-                sample = box.slice_index
-            else:
-                bounds = [v for a, b in zip(box.start, box.stop) for v in (a, b)]
-                sample = 0
-            box_rows.append([sample, label_values.index(box.label), *bounds])
-        if spatial_dims == 2:
-            img = stack_context(np.moveaxis(case.image, axis, 0), context)
-            lab, bm = np.moveaxis(labels, axis, 0), np.moveaxis(box_mask, axis + 1, 0)
-            ev = None if ev is None else np.moveaxis(ev, axis, 0)
-        else:
-            img, lab, bm = case.image[None, None], labels[None], box_mask[None]
-            ev = None if ev is None else ev[None]
-        boxes = np.asarray(box_rows, dtype=np.int64).reshape(-1, 2 + 2 * spatial_dims)
-        boxes[:, 0] += offset
-        offset += img.shape[0]
-        if sizes is None and with_sizes:
-            sizes = np.full((img.shape[0], C), -1.0, np.float32)
-        views.append((img, lab, bm, ev, boxes, float(case.image.min()), sizes))
-    spatial = np.max([v[0].shape[2:] for v in views], axis=0)
+    views = [case_samples(case, label_values, spatial_dims=spatial_dims, axis=axis) for case in cases]
+    spatial = np.max([v.planes.shape[1:] for v in views], axis=0)
     target = tuple(int(s) for s in (pad_to or padded_size(spatial)))
     if any(t < s for t, s in zip(target, spatial)):
         raise InputError(f"pad_to {target} is smaller than the largest sample {tuple(spatial)}")
-    has_eval = all(v[3] is not None for v in views)
-    for i, (img, lab, bm, ev, boxes, fill, _) in enumerate(views):
-        per_case.append(np.full(img.shape[0], i, dtype=np.int64))
-        pad = [(0, 0), (0, 0)] + [(0, t - s) for t, s in zip(target, img.shape[2:])]
-        per_images.append(np.pad(img, pad, constant_values=fill))
-        per_labels.append(np.pad(lab, pad[1:]))
-        per_boxmask.append(np.pad(bm, pad))
-        valid = np.zeros((img.shape[0], *target), bool)
-        valid[(slice(None), *[slice(0, s) for s in img.shape[2:]])] = True
-        per_valid.append(valid)
+    has_eval = any(v.eval_labels is not None for v in views)  # a case without one: IGNORE throughout
+    with_sizes = any(v.sizes is not None for v in views)  # then every sample gets a sizes row
+    per = {key: [] for key in ("images", "labels", "box_mask", "eval", "valid", "boxes", "case", "sizes")}
+    offset = 0
+    for i, view in enumerate(views):
+        n = len(view.planes)
+        pad = [(0, 0)] + [(0, t - s) for t, s in zip(target, view.planes.shape[1:])]
+        per["images"].append(np.pad(view.images(context, spatial_dims), [(0, 0)] + pad, constant_values=view.fill))
+        per["labels"].append(np.pad(view.labels, pad))
+        per["box_mask"].append(rows_to_mask(view.box_rows, n, C, target))
+        valid = np.zeros((n, *target), bool)
+        valid[(slice(None), *[slice(0, s) for s in view.planes.shape[1:]])] = True
+        per["valid"].append(valid)
         if has_eval:
-            per_eval.append(np.pad(ev, pad[1:]))
-        per_boxes.append(boxes)
+            ev = view.eval_labels if view.eval_labels is not None else np.full(view.labels.shape, IGNORE, np.uint8)
+            per["eval"].append(np.pad(ev, pad))
+        rows = view.box_rows.copy()
+        rows[:, 0] += offset
+        per["boxes"].append(rows)
+        per["case"].append(np.full(n, i, dtype=np.int64))
+        if with_sizes:
+            per["sizes"].append(view.sizes if view.sizes is not None else np.full((n, C), -1.0, np.float32))
+        offset += n
     with_refs = [c for c in cases if c.reference is not None]
     if with_refs and spatial_dims != 2:
         raise InputError("reference masks are used slice by slice: train a 2D or 2.5D network")
     references = [_reference_slices(c, label_values, axis, target) for c in with_refs]
     return SampleSet(
-        images=torch.from_numpy(np.concatenate(per_images).astype(np.float32)),
-        labels=torch.from_numpy(np.concatenate(per_labels)),
-        box_mask=torch.from_numpy(np.concatenate(per_boxmask)),
-        boxes=torch.from_numpy(np.concatenate(per_boxes)),
-        eval_labels=torch.from_numpy(np.concatenate(per_eval)) if has_eval else None,
-        valid=torch.from_numpy(np.concatenate(per_valid)),
-        case_index=torch.from_numpy(np.concatenate(per_case)),
-        sizes=torch.from_numpy(np.concatenate([v[6] for v in views])) if views[0][6] is not None else None,
+        images=torch.from_numpy(np.concatenate(per["images"]).astype(np.float32)),
+        labels=torch.from_numpy(np.concatenate(per["labels"])),
+        box_mask=torch.from_numpy(np.concatenate(per["box_mask"])),
+        boxes=torch.from_numpy(np.concatenate(per["boxes"])),
+        eval_labels=torch.from_numpy(np.concatenate(per["eval"])) if has_eval else None,
+        valid=torch.from_numpy(np.concatenate(per["valid"])),
+        case_index=torch.from_numpy(np.concatenate(per["case"])),
+        sizes=torch.from_numpy(np.concatenate(per["sizes"])) if with_sizes else None,
         references=torch.from_numpy(np.concatenate(references)) if references else None,
     )

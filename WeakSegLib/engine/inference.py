@@ -1,15 +1,17 @@
-"""Whole-volume prediction with a trained model folder.
+"""Whole-volume prediction with a trained model folder, for one scan or many.
 
+Each image is moved to the model's canonical space (orientation, spacing, intensities of its card);
 2D / 2.5D models predict slice by slice along the card's axis; 3D models use MONAI's sliding-window
-inference with the training patch size. The label volume is written on the exact grid (shape,
-spacing, origin, direction) of the input.
+inference with the training patch size. The class probabilities go back onto the exact grid (shape,
+spacing, origin, direction) of the input before the argmax.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -18,11 +20,12 @@ from WeakSegLib import events
 from WeakSegLib.engine.data import padded_size, stack_context
 from WeakSegLib.engine.devices import resolve_device
 from WeakSegLib.engine.model import load_model
-from WeakSegLib.errors import CancelledError, InputError, OutputError
+from WeakSegLib.engine.preprocess import Plan, canonicalize, to_input_grid
+from WeakSegLib.errors import CancelledError, InputError, OutputError, WeakSegError
 from WeakSegLib.events import EventSink
-from WeakSegLib.io.atomic import Staged
+from WeakSegLib.io.atomic import Staged, check_output_folder
 from WeakSegLib.io.card import ModelCard
-from WeakSegLib.io.volume import Volume, check_output_volume, read_volume, stage_volume
+from WeakSegLib.io.volume import PREDICTION_SUFFIX, Volume, check_output_volume, read_volume, stage_volume
 
 
 @torch.no_grad()
@@ -55,15 +58,52 @@ def predict_probabilities(network: torch.nn.Module, images: torch.Tensor, device
     return torch.cat(out)
 
 
+def _class_probabilities(network: torch.nn.Module, card: ModelCard, array: np.ndarray, device: torch.device,
+                         progress: Callable[[int, int], None],
+                         should_stop: Callable[[], bool] | None) -> torch.Tensor:
+    """Softmax ``(classes, z, y, x)`` of ``network`` over a normalised volume ``array``: slice by slice
+    along the card's axis (2D, 2.5D), or by MONAI's sliding windows of the training patch size (3D)."""
+    inp = card.input
+    if card.network.spatial_dims == 2:
+        if card.network.in_channels != inp.context:
+            raise InputError(f"model card says {card.network.in_channels} input channels but "
+                             f"context {inp.context}: the card is inconsistent")
+        slices = torch.from_numpy(stack_context(np.moveaxis(array, inp.axis, 0), inp.context).copy())
+        probs = predict_probabilities(network, slices, device, should_stop=should_stop, on_batch=progress)
+        return probs.movedim(0, inp.axis + 1)
+    roi = tuple(int(v) for v in (inp.patch_size or padded_size(array.shape)))
+    probs = window_probabilities(network, torch.from_numpy(np.ascontiguousarray(array))[None, None], roi, device)
+    progress(1, 1)
+    return probs[0]
+
+
+@torch.no_grad()
+def window_probabilities(network: torch.nn.Module, volume: torch.Tensor, roi: Sequence[int],
+                         device: torch.device) -> torch.Tensor:
+    """Softmax of a 3D ``network`` over ``volume`` ``(1, k, D, H, W)`` by MONAI's sliding windows of size
+    ``roi`` (a quarter overlap, Gaussian weights) → ``(1, classes, D, H, W)`` on the CPU."""
+    from monai.inferers import sliding_window_inference
+
+    network.eval()
+    logits = sliding_window_inference(volume.to(device), tuple(int(v) for v in roi), 1, network, overlap=0.25,
+                                      mode="gaussian")
+    return torch.softmax(logits, 1).float().cpu()
+
+
 def predict_volume(model: str | os.PathLike | tuple[torch.nn.Module, ModelCard], volume: Volume, *,
                    device: str = "auto", probabilities: bool = False, on_event: EventSink | None = None,
                    should_stop: Callable[[], bool] | None = None) -> tuple[Volume, Volume | None]:
     """Predict a label volume for ``volume``.
 
+    The image is moved to the model's canonical space (RAS, the training spacing, its intensity
+    mapping: the card's ``input.preprocessing``, :mod:`WeakSegLib.engine.preprocess`); the class
+    probabilities are resampled back onto the input's grid before the argmax. Models whose card has no
+    ``preprocessing`` take the image as it is.
+
     Args:
         model: model folder, or ``(network, card)`` as :func:`WeakSegLib.engine.model.load_model` returns.
-        volume: input image (raw intensities; normalised here as the card says).
-        device: ``auto``, ``cpu`` or ``cuda``.
+        volume: input image (raw intensities).
+        device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
         probabilities: also return the foreground probability 1 − p(background), float32.
         on_event: receives ``predict`` progress events and warnings (:mod:`WeakSegLib.events`).
 
@@ -76,33 +116,21 @@ def predict_volume(model: str | os.PathLike | tuple[torch.nn.Module, ModelCard],
     dev = resolve_device(device)
     network = network.to(dev)
     inp = card.input
-    if inp.spacing and not np.allclose(inp.spacing, volume.spacing, rtol=0.25):
-        emit(events.warning(f"image spacing {tuple(round(s, 3) for s in volume.spacing)} mm differs from the "
-                            f"training spacing {tuple(round(s, 3) for s in inp.spacing)} mm"))
     if volume.array.ndim != 3:
         raise InputError(f"image must be 3D, got shape {volume.array.shape}")
     if volume.array.min() == volume.array.max():
         emit(events.warning(f"every voxel of the image has the value {float(volume.array.min()):g}: "
                             "the prediction carries no information"))
-    array = inp.normalization.apply(volume.array)
     progress = (lambda i, n: emit(events.predict(i, n)))
-    if card.network.spatial_dims == 2:
-        if card.network.in_channels != inp.context:
-            raise InputError(f"model card says {card.network.in_channels} input channels but "
-                             f"context {inp.context}: the card is inconsistent")
-        slices = torch.from_numpy(stack_context(np.moveaxis(array, inp.axis, 0), inp.context).copy())
-        probs = predict_probabilities(network, slices, dev, should_stop=should_stop, on_batch=progress)
-        probs = probs.movedim(0, inp.axis + 1)  # (classes, z, y, x)
+    if inp.preprocessing is not None:
+        canonical = canonicalize(volume, Plan.from_dict(inp.preprocessing)).volume
+        probs_c = _class_probabilities(network, card, canonical.array, dev, progress, should_stop)
+        probs = torch.from_numpy(to_input_grid(probs_c.numpy(), canonical, volume))
     else:
-        from monai.inferers import sliding_window_inference
-
-        roi = tuple(int(v) for v in (inp.patch_size or padded_size(array.shape)))
-        x = torch.from_numpy(array)[None, None].to(dev)
-        with torch.no_grad():
-            network.eval()
-            logits = sliding_window_inference(x, roi, 1, network, overlap=0.25, mode="gaussian")
-        probs = torch.softmax(logits, 1)[0].float().cpu()
-        progress(1, 1)
+        if inp.spacing and not np.allclose(inp.spacing, volume.spacing, rtol=0.25):
+            emit(events.warning(f"image spacing {tuple(round(s, 3) for s in volume.spacing)} mm differs from the "
+                                f"training spacing {tuple(round(s, 3) for s in inp.spacing)} mm"))
+        probs = _class_probabilities(network, card, inp.normalization.apply(volume.array), dev, progress, should_stop)
     cls = probs.argmax(0).numpy()
     values = np.array([0] + [entry.value for entry in card.labels])
     labels = values[cls].astype(np.uint16 if values.max() > 255 else np.uint8)
@@ -110,14 +138,17 @@ def predict_volume(model: str | os.PathLike | tuple[torch.nn.Module, ModelCard],
     return volume.with_array(labels), prob
 
 
-def predict_file(model_dir: str | os.PathLike, image: str | os.PathLike, out: str | os.PathLike, *,
-                 prob_out: str | os.PathLike | None = None, device: str = "auto",
+def predict_file(model_dir: str | os.PathLike | tuple[torch.nn.Module, ModelCard], image: str | os.PathLike,
+                 out: str | os.PathLike, *, prob_out: str | os.PathLike | None = None, device: str = "auto",
                  on_event: EventSink | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
     """Read ``image``, predict, write the label volume (and probability map).
 
     Every output location is checked before any work, and the outputs are written together
     (:class:`~WeakSegLib.io.atomic.Staged`): verified, then renamed into place, so a failure leaves
     every previous file as it was.
+
+    Args:
+        model_dir: model folder, or ``(network, card)`` already loaded.
 
     Returns:
         ``{"prediction": path, "probability": path or None}``.
@@ -127,7 +158,7 @@ def predict_file(model_dir: str | os.PathLike, image: str | os.PathLike, out: st
         raise OutputError(f"{out}: the prediction and the probability map need two different files")
     for path in outputs:
         check_output_volume(path)
-    model = load_model(model_dir)
+    model = model_dir if isinstance(model_dir, tuple) else load_model(model_dir)
     volume = read_volume(image)
     labels, prob = predict_volume(model, volume, device=device, probabilities=prob_out is not None,
                                   on_event=on_event, should_stop=should_stop)
@@ -136,3 +167,54 @@ def predict_file(model_dir: str | os.PathLike, image: str | os.PathLike, out: st
         if prob is not None:
             stage_volume(staged, prob, prob_out)
     return {"prediction": str(out), "probability": None if prob_out is None else str(prob_out)}
+
+
+@dataclass
+class CaseResult:
+    """One case of :func:`predict_cases`: the file written, or why the case was skipped."""
+
+    name: str
+    image: str
+    prediction: str | None = None
+    error: str | None = None
+
+
+def prediction_path(out_dir: str | os.PathLike, name: str) -> Path:
+    """Where the prediction of case ``name`` goes in ``out_dir`` (``evaluate`` looks there too)."""
+    return Path(out_dir) / f"{name}{PREDICTION_SUFFIX}"
+
+
+def predict_cases(model_dir: str | os.PathLike, cases: Sequence[tuple[str, str]], out_dir: str | os.PathLike, *,
+                  device: str = "auto", on_event: EventSink | None = None,
+                  should_stop: Callable[[], bool] | None = None) -> list[CaseResult]:
+    """Predict every ``(name, image)`` of ``cases`` into ``out_dir/<name>.nii.gz`` with one model.
+
+    The output folder and the model are checked before the first case; a case that fails (an
+    unreadable or corrupt image, an output that cannot be written) is reported — a ``case`` event with
+    its ``error`` — and skipped, and the others are still written. Cancelling stops at once.
+
+    Returns:
+        One :class:`CaseResult` per case, in order.
+    """
+    names = [name for name, _ in cases]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise InputError(f"two cases are named {', '.join(twice)}: their predictions would overwrite each other")
+    out = check_output_folder(out_dir, "prediction folder")
+    out.mkdir(parents=True, exist_ok=True)
+    model = load_model(model_dir)
+    emit = on_event or events.ignore
+    results = []
+    for done, (name, image) in enumerate(cases, 1):
+        result = CaseResult(name, str(image))
+        try:
+            result.prediction = predict_file(model, image, prediction_path(out, name), device=device,
+                                             on_event=emit, should_stop=should_stop)["prediction"]
+            emit(events.case(done, len(cases), name, prediction=result.prediction))
+        except CancelledError:
+            raise
+        except WeakSegError as exc:
+            result.error = str(exc)
+            emit(events.case(done, len(cases), name, error=result.error))
+        results.append(result)
+    return results

@@ -17,7 +17,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -28,9 +28,13 @@ from WeakSegLib.errors import CancelledError, ModelError
 from WeakSegLib.events import EventSink
 from WeakSegLib.io.atomic import atomic_torch_save
 
-#: ``step(index, epoch, batch)`` trains on the samples ``index`` (long, on the device) of 0-based
-#: ``epoch`` and ``batch``; returns the loss terms to average over the epoch (0-dim tensors, detached).
-StepFn = Callable[[torch.Tensor, int, int], dict[str, torch.Tensor]]
+#: ``step(item, epoch, batch)`` trains on one batch of 0-based ``epoch`` and ``batch``: ``item`` is the
+#: batch's sample indices (long, on the device), or what ``load`` made of them; returns the loss terms
+#: to average over the epoch (0-dim tensors, detached).
+StepFn = Callable[[Any, int, int], dict[str, torch.Tensor]]
+#: ``load(epoch, chunks)`` → one item per chunk of sample indices (CPU tensors), in order: the batches
+#: of the epoch as the step takes them (e.g. read from disk ahead of the step).
+LoadFn = Callable[[int, list[torch.Tensor]], Iterable[Any]]
 #: ``epoch_info(epoch, last)`` → extra values for the epoch record (e.g. validation scores); ``last``
 #: is True on the final epoch.
 InfoFn = Callable[[int, bool], dict]
@@ -38,18 +42,38 @@ InfoFn = Callable[[int, bool], dict]
 
 @dataclass
 class LoopSettings:
-    """``samples`` items, ``batch_size`` per step, ``epochs`` in all, ``seed`` of the sample order."""
+    """``samples`` items, ``batch_size`` per step, ``epochs`` in all, ``seed`` of the sample order, and
+    ``batches`` per epoch (None: one pass over the samples)."""
 
     samples: int
     batch_size: int
     epochs: int
     seed: int = 0
+    batches: int | None = None
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.batches if self.batches is not None else math.ceil(self.samples / self.batch_size)
 
 
-def step_generator(seed: int, epoch: int, batch: int) -> torch.Generator:
+def epoch_order(settings: LoopSettings, epoch: int) -> torch.Tensor:
+    """The samples of 0-based ``epoch``: one pass over all of them (``batches`` None; the last batch may
+    be short), or ``batches × batch_size`` of them taken from passes one after the other; each pass in an
+    order drawn from ``(seed, epoch, pass)``, the same for a resumed run."""
+    n = settings.samples
+    count = n if settings.batches is None else settings.batches * settings.batch_size
+    passes = [torch.randperm(n, generator=torch.Generator().manual_seed(settings.seed * 100003 + epoch))]
+    while sum(len(p) for p in passes) < count:
+        seed = (settings.seed * 100003 + epoch) * 7919 + len(passes)
+        passes.append(torch.randperm(n, generator=torch.Generator().manual_seed(seed)))
+    return torch.cat(passes)[:count]
+
+
+def step_generator(seed: int, epoch: int, batch: int, stream: int = 0) -> torch.Generator:
     """A generator seeded by (seed, 0-based epoch, 0-based batch): random choices inside a step that a
-    resumed run repeats exactly (augmentation, extra samples of a batch)."""
-    return torch.Generator().manual_seed((seed * 100003 + epoch) * 10007 + batch)
+    resumed run repeats exactly (augmentation, extra samples of a batch, 3D patches); ``stream``
+    separates independent uses within one step."""
+    return torch.Generator().manual_seed((seed * 100003 + epoch) * 10007 + batch + (stream << 48))
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -104,11 +128,12 @@ def run_epochs(network: torch.nn.Module, optimizer: torch.optim.Optimizer, setti
                epoch_info: InfoFn | None = None, emit: EventSink | None = None,
                should_stop: Callable[[], bool] | None = None, resume: bool = True,
                start_info: dict | None = None, hooks: EpochHooks | None = None,
-               defaults: dict | None = None) -> list[dict]:
+               defaults: dict | None = None, load: LoadFn | None = None) -> list[dict]:
     """Train ``network`` for ``settings.epochs`` epochs and return the history (one record per epoch).
 
-    Each epoch visits every sample once in an order drawn from ``(seed, epoch)``, so an interrupted
-    run resumed from its checkpoint continues exactly as if it had not stopped.
+    Each epoch takes ``settings.batches_per_epoch`` batches of samples drawn from ``(seed, epoch)``
+    (:func:`epoch_order`), so an interrupted run resumed from its checkpoint continues exactly as if it
+    had not stopped.
 
     Args:
         network, optimizer: trained in place (the network is put in train mode every epoch).
@@ -124,27 +149,30 @@ def run_epochs(network: torch.nn.Module, optimizer: torch.optim.Optimizer, setti
             the last complete epoch's checkpoint.
         start_info: extra fields of the ``start`` event.
         hooks: label revisions between epochs, saved with the checkpoint (see :class:`EpochHooks`).
+        load: turns each epoch's chunks of sample indices into the step's items (see :data:`LoadFn`);
+            default: the chunks themselves, on ``device``.
     """
     emit = emit or events.ignore
     stop = should_stop or (lambda: False)
     first, history = 0, []
     if resume and checkpoint.exists():
         first, history = resume_from(checkpoint, network, optimizer, fingerprint, device, hooks, defaults)
-    n = settings.samples
-    n_batches = math.ceil(n / settings.batch_size)
+    n, n_batches, size = settings.samples, settings.batches_per_epoch, settings.batch_size
     emit(events.start(epochs=settings.epochs, first_epoch=first + 1, samples=n, batches=n_batches, device=str(device),
                       **(start_info or {})))
     for epoch in range(first, settings.epochs):
         began = time.perf_counter()
         revised = hooks.before_epoch(epoch) if hooks is not None else None
         network.train()
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(settings.seed * 100003 + epoch)).to(device)
+        order = epoch_order(settings, epoch)
+        chunks = [order[b * size:(b + 1) * size] for b in range(n_batches)]
+        items = load(epoch, chunks) if load is not None else (chunk.to(device) for chunk in chunks)
         sums: dict[str, torch.Tensor] = {}
-        for b in range(n_batches):
+        for b, item in enumerate(items):
             if stop():
                 emit(events.cancelled(epoch=epoch + 1, checkpoint=str(checkpoint) if checkpoint.exists() else None))
                 raise CancelledError(f"training cancelled in epoch {epoch + 1}; the checkpoint of epoch {epoch} is kept")
-            parts = step(order[b * settings.batch_size:(b + 1) * settings.batch_size], epoch, b)
+            parts = step(item, epoch, b)
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             emit(events.batch(epoch + 1, b + 1, n_batches))

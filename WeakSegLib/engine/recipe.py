@@ -5,8 +5,10 @@ A recipe is a :class:`Recipe` subclass named by a line of the registry
 :class:`RecipeContext` and then, every step:
 
 1. ``select(index, epoch, batch, weak)`` — which samples the batch holds (default: samples with a
-   labelled pixel, unless a term that learns from unlabelled pixels is active);
-2. ``prepare(batch, index)`` — extra batch fields (default: none);
+   labelled pixel, unless a term that learns from unlabelled pixels is active); called for every batch
+   of an epoch before the epoch's steps (the batches are read ahead);
+2. ``before_step(epoch, weak)`` and ``prepare(batch, index)`` — work at the step's start, extra batch
+   fields (default: none);
 3. ``loss(logits, batch, t, weak)`` — the weighted sum of the recipe's :class:`Term` s;
 4. ``after_step(batch, logits)`` — e.g. a discriminator's own step;
 
@@ -119,6 +121,10 @@ class Recipe:
         """The samples of this step (``index``: the loop's draw). Without an active weak term a sample
         with no labelled pixel has nothing to learn from and is left out."""
         return index if weak else index[self.labelled[index]]
+
+    def before_step(self, epoch: int, weak: bool) -> None:
+        """Work at the start of every step of ``epoch``, after the loop put the network in train mode
+        (default: none)."""
 
     def prepare(self, batch: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
         """Extra batch fields for the terms (default: none)."""

@@ -1,190 +1,73 @@
-"""Segmentation training: read the cases a recipe needs, build samples, run the one loop.
+"""Segmentation training: read the cohort a recipe needs, run the one loop, write the model folder.
 
 A run writes into its output folder:
 
 - ``checkpoint.pt`` after every epoch (atomic): weights, optimizer state, epoch, history, config,
   RNG state and the recipe's hooks. A run started again on the same folder resumes from it (same
   config required; the number of epochs may grow).
-- ``model.pt`` + ``model.json`` at the end (:mod:`WeakSegLib.io.card`): the model folder inference uses.
+- ``model.pt`` + ``model.json`` at the end (:mod:`WeakSegLib.io.card`): the model folder inference uses;
+  its card records the canonical space the images were moved to (:mod:`WeakSegLib.engine.preprocess`).
+- ``.samples/`` while training from disk (:mod:`WeakSegLib.engine.store`), removed at the end.
 
 What supervises the network is the recipe's (:mod:`WeakSegLib.recipes.registry` names the class,
-:mod:`WeakSegLib.engine.recipe` says what it implements); this module owns everything else: which
-files each case gives (the recipe's spec), the network and Adam, the learning-rate schedule, the
-barrier parameter t of each epoch (:meth:`WeakSegLib.config.TrainConfig.barrier_t`), augmentation,
-Dice per epoch against evaluation masks, and the events (:mod:`WeakSegLib.events`).
+:mod:`WeakSegLib.engine.recipe` says what it implements); reading the cohort is
+:mod:`WeakSegLib.engine.cohort`'s; this module owns the rest: the network and Adam, the learning-rate
+schedule, the barrier parameter t of each epoch (:meth:`WeakSegLib.config.TrainConfig.barrier_t`), the
+fixed number of batches of an epoch (``epoch_batches``), augmentation, mixed precision on a GPU, Dice
+per epoch against evaluation masks, and the events (:mod:`WeakSegLib.events`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
 from WeakSegLib import events
 from WeakSegLib.config import TrainCase, TrainConfig
-from WeakSegLib.engine.data import Case, SampleSet, build_samples, flip_batch
-from WeakSegLib.engine.devices import resolve_device
-from WeakSegLib.engine.inference import predict_probabilities
+from WeakSegLib.engine.cohort import Cohort, read_cohort
+from WeakSegLib.engine.data import SampleSet, flip_batch
+from WeakSegLib.engine.devices import autocast_dtype, resolve_device
+from WeakSegLib.engine.inference import predict_probabilities, window_probabilities
 from WeakSegLib.engine.loop import LoopSettings, run_epochs, step_generator
+from WeakSegLib.engine.patches import crop_patches
 from WeakSegLib.engine.model import build_from_card, save_model
 from WeakSegLib.engine.recipe import Recipe, RecipeContext
-from WeakSegLib.errors import InputError
+from WeakSegLib.engine.store import SliceStore, StoreBatches
 from WeakSegLib.events import EventSink
 from WeakSegLib.io.atomic import check_output_folder
-from WeakSegLib.io.boxes import BoxSet, check_boxes_fit, check_drawn_grid, load_boxes
 from WeakSegLib.io.card import CARD, InputSpec, LabelSpec, ModelCard, NetworkSpec, default_color
+from WeakSegLib.io.labels import IGNORE
 from WeakSegLib.io.lock import FolderLock
-from WeakSegLib.io.partial import PARTIAL_BACKGROUND
-from WeakSegLib.io.sizes import load_sizes
-from WeakSegLib.io.volume import Normalization, Volume, check_same_grid, read_label_volume, read_volume
-from WeakSegLib.recipes.registry import INPUT_NAMES, RecipeSpec, recipe_spec
+from WeakSegLib.io.volume import Normalization
+from WeakSegLib.recipes.registry import recipe_spec
 
 CHECKPOINT = "checkpoint.pt"
-
-
-@dataclass
-class LoadedData:
-    """The cases as read, and what they say together: the label values trained (class order), their
-    names, the first image's spacing (mm, ITK order), the image paths, and warnings (inputs given
-    that the recipe does not use)."""
-
-    cases: list[Case]
-    label_values: list[int]
-    label_names: dict[int, str]
-    spacing: list[float]
-    names: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-
-class _CaseReader:
-    """Reads the inputs of one case onto its image's grid; label values of training labels join
-    ``names`` (first name seen wins)."""
-
-    def __init__(self, tc: TrainCase, image: Volume, config: TrainConfig, names: dict[int, str]) -> None:
-        self.tc, self.image, self.config, self.names = tc, image, config, names
-
-    def boxes(self) -> list:
-        tc, config = self.tc, self.config
-        boxset: BoxSet = load_boxes(tc.boxes)
-        check_boxes_fit(boxset, self.image.geometry(), str(tc.image))
-        keep = [b for b in boxset.boxes if config.labels is None or b.label in config.labels]
-        if not keep:
-            raise InputError(f"{tc.boxes}: no box with label(s) {config.labels}")
-        boxset = BoxSet(keep, boxset.shape, boxset.labels, boxset.geometry)
-        for b in keep:
-            self.names.setdefault(b.label, boxset.labels.get(b.label, f"label {b.label}"))
-        return boxset.slice_boxes(config.axis) if config.spatial_dims == 2 else boxset.boxes
-
-    def labels(self, path: str, what: str, *, training: bool = True, same_grid: bool = True) -> np.ndarray:
-        """A label volume (mask, partial labels, reference or evaluation masks) as an array."""
-        vol = read_label_volume(path)
-        if same_grid:
-            check_same_grid(self.image, vol, str(self.tc.image), f"{what} {path}")
-        if training:
-            values = self.config.labels or [int(v) for v in np.unique(vol.array) if v and v != PARTIAL_BACKGROUND]
-            self.names.update({v: self.names.get(v, f"label {v}") for v in values})
-        return vol.array
-
-    def sizes(self) -> list:
-        tc, config = self.tc, self.config
-        sizeset = load_sizes(tc.sizes)
-        check_drawn_grid({**(sizeset.geometry or {}), "shape": list(sizeset.shape)}, self.image.geometry(), "size",
-                         str(tc.image))
-        if sizeset.axis != config.axis:
-            raise InputError(f"{tc.sizes}: sizes were measured on slices along axis {sizeset.axis}, "
-                             f"but training slices along axis {config.axis}")
-        keep = [e for e in sizeset.sizes if config.labels is None or e.label in config.labels]
-        if not keep:
-            raise InputError(f"{tc.sizes}: no size with label(s) {config.labels}")
-        for e in keep:
-            self.names.setdefault(e.label, sizeset.labels.get(e.label, f"label {e.label}"))
-        return keep
-
-    def read(self, kind: str, spec: RecipeSpec) -> object:
-        if kind == "boxes":
-            return self.boxes()
-        if kind == "sizes":
-            return self.sizes()
-        if kind == "reference":
-            return self.labels(self.tc.reference, "reference masks", training=False,
-                               same_grid=spec.reference == "paired")
-        return self.labels(getattr(self.tc, kind), {"mask": "mask", "partial": "partial labels"}[kind])
-
-
-def inputs_to_read(tc: TrainCase, spec: RecipeSpec) -> tuple[list[str], list[str]]:
-    """The inputs of case ``tc`` that recipe ``spec`` reads, in reading order, and those it gives that
-    the recipe leaves unused (see :class:`~WeakSegLib.recipes.registry.RecipeSpec`).
-
-    Raises:
-        InputError: the case gives none of the recipe's label inputs, or lacks the paired reference
-            mask the recipe needs.
-    """
-    given = [kind for kind in INPUT_NAMES if getattr(tc, kind) is not None]
-    first = next((kind for kind in spec.labels if kind in given), None)
-    if first is None:
-        raise InputError(spec.missing_labels_message(tc.image))
-    if spec.reference == "paired" and "reference" not in given:
-        raise InputError(f"recipe {spec.name!r} needs this image's true mask: give --reference for {tc.image}")
-    read = [kind for kind in spec.inputs()
-            if kind == first or (kind in given and (kind in spec.extra or kind == "reference"))]
-    return read, [kind for kind in given if kind not in read]
-
-
-def load_training_data(cases: Sequence[TrainCase], config: TrainConfig) -> LoadedData:
-    """Read, check and normalise the training cases: the inputs the recipe reads, each checked against
-    its image's grid (see :class:`~WeakSegLib.config.TrainCase`)."""
-    if not cases:
-        raise InputError("no training case given: pass at least one --image")
-    spec = recipe_spec(config.recipe)
-    out: list[Case] = []
-    names: dict[int, str] = {}
-    warnings: list[str] = []
-    spacing = None
-    norm = Normalization.of(config)
-    for tc in cases:
-        image = read_volume(tc.image)
-        if image.array.min() == image.array.max():
-            raise InputError(f"{tc.image}: every voxel has the value {float(image.array.min()):g}: nothing to learn from")
-        spacing = spacing or list(image.spacing)
-        reader = _CaseReader(tc, image, config, names)
-        case = Case(np.empty(0), name=str(tc.image))
-        read, unused = inputs_to_read(tc, spec)
-        for kind in read:
-            setattr(case, kind, reader.read(kind, spec))
-        warnings += [f"recipe {spec.name!r} does not use the {INPUT_NAMES[kind]} given for {tc.image} "
-                     f"(--{kind}): ignored" for kind in unused]
-        if tc.eval_mask is not None:
-            case.eval_mask = reader.labels(tc.eval_mask, "evaluation mask", training=False)
-        case.image = norm.apply(image.array)
-        out.append(case)
-    for kind in spec.needs:
-        if all(getattr(tc, kind) is None for tc in cases):
-            raise InputError(f"recipe {spec.name!r} needs {INPUT_NAMES[kind]}: give --{kind} for at least one image"
-                             + (" (any masks of the structure)" if kind == "reference" else ""))
-    values = sorted(config.labels or names)
-    if not values:
-        raise InputError(f"no object to learn: the {' / '.join(INPUT_NAMES[k] for k in spec.labels)} of "
-                         f"{', '.join(str(tc.image) for tc in cases)} hold no label")
-    return LoadedData(out, values, {v: names.get(v, f"label {v}") for v in values}, spacing or [1.0] * 3,
-                      [str(c.image) for c in cases], warnings)
+#: the folder of the samples while training reads them from disk
+SAMPLES = ".samples"
 
 
 def per_case_dice(pred: torch.Tensor, ref: torch.Tensor, valid: torch.Tensor, case_index: torch.Tensor,
-                  n_classes: int) -> list[float]:
-    """Mean over foreground classes of the 3D Dice of each case (empty vs empty = 1).
+                  n_classes: int) -> list[float | None]:
+    """Mean over foreground classes of the 3D Dice of each case (empty vs empty = 1); None for a case
+    without reference (``ref`` :data:`~WeakSegLib.io.labels.IGNORE` throughout).
 
     ``pred``, ``ref`` ``(N, *S)`` class indices; ``valid`` masks out padding.
     """
     n_cases = int(case_index.max()) + 1
-    out = []
+    out: list[float | None] = []
     for c in range(n_cases):
         sel = case_index == c
-        p, r, v = pred[sel], ref[sel], valid[sel]
+        p, r = pred[sel], ref[sel]
+        v = valid[sel] & (r != IGNORE)
+        if not v.any():
+            out.append(None)
+            continue
         scores = []
         for k in range(1, n_classes + 1):
             pk, rk = (p == k) & v, (r == k) & v
@@ -194,16 +77,25 @@ def per_case_dice(pred: torch.Tensor, ref: torch.Tensor, valid: torch.Tensor, ca
     return out
 
 
-def new_card(config: TrainConfig, data: LoadedData, samples: SampleSet) -> ModelCard:
+def new_card(config: TrainConfig, cohort: Cohort) -> ModelCard:
     """The card of a run before training (history and metrics come at the end)."""
-    n_classes = len(data.label_values)
+    n_classes = len(cohort.label_values)
     mode = "3d" if config.spatial_dims == 3 else ("2.5d" if config.context > 1 else "2d")
+    samples = cohort.samples
+    if isinstance(samples, SampleSet):
+        patch = list(samples.images.shape[2:])
+        if config.spatial_dims == 3:
+            patch = [min(p, s) for p, s in zip(config.patch_size, patch)]
+    else:
+        patch = list(samples.largest())
+    normalization = cohort.plan.normalization
     return ModelCard(
         NetworkSpec(config.network, config.spatial_dims, config.context, n_classes + 1, tuple(config.channels)),
-        InputSpec(mode, config.axis, config.context, data.spacing, Normalization.of(config),
-                  list(samples.images.shape[2:])),
-        [LabelSpec(v, data.label_names[v], default_color(i)) for i, v in enumerate(data.label_values)],
-        config.recipe, {**dataclasses.asdict(config), "cases": data.names})
+        InputSpec(mode, config.axis, config.context, list(cohort.plan.spacing or []),
+                  Normalization(normalization["method"], tuple(config.percentiles), tuple(config.window)), patch,
+                  cohort.plan.to_dict()),
+        [LabelSpec(v, cohort.label_names[v], default_color(i)) for i, v in enumerate(cohort.label_values)],
+        config.recipe, {**dataclasses.asdict(config), "cases": cohort.names, "dataset": cohort.summary})
 
 
 def start_recipe(config: TrainConfig, samples: SampleSet, network: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -226,7 +118,7 @@ def start_recipe(config: TrainConfig, samples: SampleSet, network: torch.nn.Modu
     def predict() -> torch.Tensor:
         return predict_probabilities(network, samples.images, device, config.batch_size * 2)
 
-    ctx = RecipeContext(config, samples, network, optimizer, device, samples.box_mask.shape[1], predict, reinit)
+    ctx = RecipeContext(config, samples, network, optimizer, device, samples.classes, predict, reinit)
     return recipe_spec(config.recipe).load()(ctx)
 
 
@@ -251,68 +143,133 @@ def train(cases: Sequence[TrainCase], config: TrainConfig, out_dir: str | os.Pat
     emit = on_event or events.ignore
     out = check_output_folder(out_dir, "model folder")
     device = resolve_device(config.device)
-    data = load_training_data(cases, config)
-    for message in data.warnings:
-        emit(events.warning(message))
-    samples = build_samples(data.cases, data.label_values, spatial_dims=config.spatial_dims, axis=config.axis,
-                            context=config.context)
-    with FolderLock(out, "training"):  # inputs are fine: from here on the folder is this run's
-        card = _train_in(out, config, data, samples, device, emit, should_stop, resume)
+    with FolderLock(out, "training"):  # from here on the folder is this run's
+        cohort = read_cohort(cases, config, out / SAMPLES)
+        try:
+            for message in cohort.warnings:
+                emit(events.warning(message))
+            card = _train_in(out, config, cohort, device, emit, should_stop, resume)
+        finally:
+            if isinstance(cohort.samples, SliceStore):
+                cohort.samples.close()
     emit(events.done(model=str(out), card=str(out / CARD), metrics=card.metrics))
     return card
 
 
-def _train_in(out: Path, config: TrainConfig, data: LoadedData, samples: SampleSet, device: torch.device,
-              emit: EventSink, should_stop: Callable[[], bool] | None, resume: bool) -> ModelCard:
-    """The training run of :func:`train` once its inputs are read and its folder is locked."""
-    card = new_card(config, data, samples)
-    n_classes = len(data.label_values)
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _batches(config: TrainConfig, recipe: Recipe, samples: SampleSet | SliceStore,
+             device: torch.device) -> Callable[[int, list[torch.Tensor]], Iterable[Any]]:
+    """The ``load`` of the loop: each chunk of an epoch's draw becomes ``(indices, batch)`` — the
+    recipe's selection of the chunk and the batch of those samples on ``device`` (None when empty);
+    read ahead by worker processes when the samples are on disk."""
+    if isinstance(samples, SliceStore):
+        workers = config.workers if config.workers >= 0 else (2 if device.type == "cuda" else 0)
+        reader = StoreBatches(samples, workers, pin_memory=device.type == "cuda")
+
+    def load(epoch: int, chunks: list[torch.Tensor]) -> Iterable[Any]:
+        weak = recipe.weak(epoch)
+        if isinstance(samples, SampleSet) and config.spatial_dims == 3:  # volumes on the CPU, a patch each
+            plan = [recipe.select(chunk, epoch, b, weak) for b, chunk in enumerate(chunks)]
+            return ((index, None if not len(index) else _to(crop_patches(
+                samples.batch(index), config.patch_size, step_generator(config.seed, epoch, b, stream=1),
+                config.foreground_ratio), device)) for b, index in enumerate(plan))
+        if isinstance(samples, SampleSet):
+            plan = [recipe.select(chunk.to(device), epoch, b, weak) for b, chunk in enumerate(chunks)]
+            return ((index, samples.batch(index) if len(index) else None) for index in plan)
+        plan = [recipe.select(chunk, epoch, b, weak) for b, chunk in enumerate(chunks)]
+        return ((index, None if batch is None else _to(batch, device)) for index, batch in reader.epoch(plan))
+
+    return load
+
+
+def _dice(network: torch.nn.Module, samples: SampleSet | SliceStore, device: torch.device, batch_size: int,
+          n_classes: int, patch: Sequence[int]) -> list[float | None] | None:
+    """Dice of each case (mean over classes; None for a case without evaluation labels), or None when no
+    case has them. 3D volumes larger than the training ``patch`` are predicted by sliding windows."""
+    if isinstance(samples, SampleSet):
+        if samples.eval_labels is None:
+            return None
+        if samples.images.dim() == 5 and tuple(patch) != tuple(samples.images.shape[2:]):
+            probs = torch.cat([window_probabilities(network, samples.images[i:i + 1], patch, device)
+                               for i in range(len(samples))])
+        else:
+            probs = predict_probabilities(network, samples.images, device, batch_size)
+        return per_case_dice(probs.argmax(1), samples.eval_labels.cpu(), samples.valid.cpu(), samples.case_index.cpu(),
+                             n_classes)
+    scores: list[float | None] = [None] * len(samples.counts)
+    for case, images, labels in samples.eval_cases():
+        probs = predict_probabilities(network, torch.from_numpy(images), device, batch_size)
+        scores[case] = per_case_dice(probs.argmax(1), torch.from_numpy(labels), torch.ones(labels.shape, dtype=torch.bool),
+                                     torch.zeros(len(labels), dtype=torch.long), n_classes)[0]
+    return scores if any(s is not None for s in scores) else None
+
+
+def _train_in(out: Path, config: TrainConfig, cohort: Cohort, device: torch.device, emit: EventSink,
+              should_stop: Callable[[], bool] | None, resume: bool) -> ModelCard:
+    """The training run of :func:`train` once its cohort is read."""
+    samples = cohort.samples
+    card = new_card(config, cohort)
+    n_classes = len(cohort.label_values)
     torch.manual_seed(config.seed)
     network = build_from_card(card).to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr, betas=tuple(config.betas))
-    samples = samples.to(device)
+    if isinstance(samples, SampleSet) and config.spatial_dims == 2:  # 3D: volumes stay, patches travel
+        samples = samples.to(device)
     recipe = start_recipe(config, samples, network, optimizer, device, lambda: build_from_card(card))
     card.training.update(recipe.card_info())
     optimizers = [(optimizer, config.lr)] + recipe.optimizers()
+    dtype = autocast_dtype(config.precision, device)
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
 
-    def step(index: torch.Tensor, epoch: int, b: int) -> dict[str, torch.Tensor]:
+    def step(item: tuple[torch.Tensor, dict | None], epoch: int, b: int) -> dict[str, torch.Tensor]:
         if b == 0:  # the epoch's learning rates: a function of the epoch alone, so resuming is exact
             for opt, lr in optimizers:
                 for group in opt.param_groups:
                     group["lr"] = lr * config.lr_factor(epoch)
-        weak = recipe.weak(epoch)
-        index = recipe.select(index, epoch, b, weak)
-        if len(index) == 0:
+        index, batch = item
+        if batch is None:
             return {}
-        batch = recipe.prepare(samples.batch(index), index)
+        weak = recipe.weak(epoch)
+        recipe.before_step(epoch, weak)
+        batch = recipe.prepare(batch, index)
         if config.augment:
             coin = torch.rand(config.spatial_dims, generator=step_generator(config.seed, epoch, b))
             batch = flip_batch(batch, [a for a in range(config.spatial_dims) if coin[a] < 0.5])
-        logits = network(batch["image"])
-        loss, parts = recipe.loss(logits, batch, config.barrier_t(epoch), weak)
+        with torch.autocast(device.type, dtype) if dtype is not None else contextlib.nullcontext():
+            logits = network(batch["image"])
+        loss, parts = recipe.loss(logits.float(), batch, config.barrier_t(epoch), weak)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        parts.update(recipe.after_step(batch, logits))
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        parts.update(recipe.after_step(batch, logits.detach().float()))
         return {"loss": loss.detach(), **parts}
 
     def epoch_info(epoch: int, last: bool) -> dict:
         info: dict = {"t": config.barrier_t(epoch), "lr": config.lr * config.lr_factor(epoch)}
-        if samples.eval_labels is not None and ((epoch + 1) % config.eval_every == 0 or last):
-            probs = predict_probabilities(network, samples.images, device, config.batch_size * 2)
-            scores = per_case_dice(probs.argmax(1), samples.eval_labels.cpu(), samples.valid.cpu(),
-                                   samples.case_index.cpu(), n_classes)
-            info.update(dice=float(np.mean(scores)), dice_per_case=scores)
+        if (epoch + 1) % config.eval_every == 0 or last:
+            scores = _dice(network, samples, device, config.batch_size * 2, n_classes, card.input.patch_size)
+            if scores is not None:
+                info.update(dice=float(np.mean([v for v in scores if v is not None])), dice_per_case=scores)
         return info
 
     hooks = recipe.hooks()
-    start_info = {"recipe": config.recipe, "out": str(out), "labels": data.label_values,
-                  **(hooks.start_info() if hooks is not None else {})}
+    start_info = {"recipe": config.recipe, "out": str(out), "labels": cohort.label_values,
+                  "dataset": cohort.summary, **(hooks.start_info() if hooks is not None else {})}
+    settings = LoopSettings(len(samples), config.batch_size, config.epochs, config.seed, config.epoch_batches)
     try:
-        history = run_epochs(network, optimizer, LoopSettings(len(samples), config.batch_size, config.epochs, config.seed),
-                             step, checkpoint=out / CHECKPOINT, fingerprint=config.fingerprint(), device=device,
-                             epoch_info=epoch_info, emit=emit, should_stop=should_stop, resume=resume,
-                             start_info=start_info, hooks=hooks, defaults=TrainConfig().resolved().fingerprint())
+        history = run_epochs(network, optimizer, settings, step, checkpoint=out / CHECKPOINT,
+                             fingerprint=config.fingerprint(), device=device, epoch_info=epoch_info, emit=emit,
+                             should_stop=should_stop, resume=resume, start_info=start_info, hooks=hooks,
+                             defaults=TrainConfig().resolved().fingerprint(),
+                             load=_batches(config, recipe, samples, device))
     finally:
         if hooks is not None:
             hooks.close()

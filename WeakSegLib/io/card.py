@@ -75,7 +75,9 @@ class NetworkSpec:
 class InputSpec:
     """What the network expects: ``mode`` (2d, 2.5d, 3d), slice ``axis`` (array order), ``context``
     slices per input, training ``spacing`` (mm, ITK order), ``normalization``, the training
-    ``patch_size`` (3D sliding-window inference)."""
+    ``patch_size`` (3D sliding-window inference), and ``preprocessing``: the canonical space images are
+    moved to first (:class:`WeakSegLib.engine.preprocess.Plan` as a dict; absent in cards of models
+    trained before it existed, which take images as they are)."""
 
     mode: str
     axis: int
@@ -83,6 +85,7 @@ class InputSpec:
     spacing: list[float] = field(default_factory=list)
     normalization: Normalization = field(default_factory=Normalization)
     patch_size: list[int] | None = None
+    preprocessing: dict | None = None
 
 
 @dataclass
@@ -132,7 +135,8 @@ class ModelCard:
                               tuple(net.wholes("channels", None, low=1, default=list(DEFAULT_CHANNELS))))
         spec = InputSpec(inp.text("mode", "3d" if network.spatial_dims == 3 else "2d"), inp.whole("axis", low=0, high=2),
                          inp.whole("context", 1, low=1), inp.numbers("spacing", 3, [], positive=True),
-                         _normalization(inp.sub("normalization", {})), inp.items("patch_size", None))
+                         _normalization(inp.sub("normalization", {})), inp.items("patch_size", None),
+                         inp.mapping("preprocessing", None))
         if network.out_channels != len(labels) + 1:
             raise ModelError(f"{where}: {len(labels)} labels but {network.out_channels} network outputs "
                              "(one per label and the background)")

@@ -59,6 +59,7 @@ class FolderLock:
         self.owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": _start_time(os.getpid()),
                       "what": what, "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)[:200]}
         self._held = False
+        self._created: list[Path] = []  # folders this lock made (removed again when left empty)
 
     def __enter__(self) -> "FolderLock":
         self.acquire()
@@ -68,6 +69,10 @@ class FolderLock:
         self.release()
 
     def acquire(self) -> None:
+        missing = self.folder
+        while not missing.exists():
+            self._created.append(missing)
+            missing = missing.parent
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -126,7 +131,13 @@ class FolderLock:
         return OutputError(f"{self.folder} is in use by {who}: wait for it to end or choose another output folder{hint}")
 
     def release(self) -> None:
+        """Remove the lock, and the folders it created when nothing else was written into them."""
         if self._held:
             self._held = False
             if self._read(self.path).get("pid") == self.owner["pid"]:
                 self.path.unlink(missing_ok=True)
+            for folder in self._created:
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty: the run wrote into it
+                    break

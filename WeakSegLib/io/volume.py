@@ -8,6 +8,7 @@ i.e. index axis 0 is ITK's k, axis 2 is ITK's i. Spacing, origin and direction a
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import tempfile
@@ -28,8 +29,19 @@ from WeakSegLib.io.nifti import check_nifti_payload
 #: file is complete or absent (a MetaImage ``.mhd`` or a detached ``.nhdr`` header names a second file)
 READ_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 OUTPUT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+#: the file ending of the predictions written into a folder (batch prediction)
+PREDICTION_SUFFIX = OUTPUT_SUFFIXES[0]
 #: the largest label value of a label volume (stored as uint16)
 MAX_LABEL = 65535
+
+
+def image_stem(path: str | os.PathLike) -> str:
+    """An image file's name without its ending (``case01.nii.gz`` → ``case01``): the name of its case."""
+    name = Path(path).name
+    for ending in sorted(READ_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(ending):
+            return name[: -len(ending)]
+    return Path(path).stem
 
 
 @dataclass
@@ -280,6 +292,48 @@ def check_same_grid(a: Volume, b: Volume, name_a: str = "image", name_b: str = "
 # Intensity normalisation
 # ----------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class IntensityMap:
+    """Intensities clipped to [lo, hi], then mapped to (value − mean) / std: every normalisation of
+    :func:`normalize` is one of these, computed from an image (or, for a CT cohort, from all its
+    images) and applied to it."""
+
+    lo: float = -math.inf
+    hi: float = math.inf
+    mean: float = 0.0
+    std: float = 1.0
+
+    def apply(self, array: np.ndarray) -> np.ndarray:
+        """The mapped intensities, float32."""
+        return ((np.clip(np.asarray(array, dtype=np.float32), self.lo, self.hi) - self.mean) / self.std).astype(np.float32)
+
+
+def intensity_map(array: np.ndarray, method: str = DEFAULT_NORMALIZATION, *,
+                  percentiles: tuple[float, float] = DEFAULT_PERCENTILES, window: tuple[float, float] = DEFAULT_WINDOW,
+                  mask: np.ndarray | None = None) -> IntensityMap:
+    """The mapping :func:`normalize` applies to ``array`` (see there)."""
+    a = np.asarray(array, dtype=np.float32)
+    if method == "none":
+        return IntensityMap()
+    if method == "ct-window":
+        lo, hi = window
+        if not hi > lo:
+            raise InputError(f"CT window {window}: upper must exceed lower")
+        return IntensityMap(lo, hi, lo, hi - lo)
+    if method == "minmax":
+        lo, hi = float(a.min()), float(a.max())
+        return IntensityMap(lo, hi, lo, hi - lo if hi > lo else 1.0)
+    if method == "percentile":
+        ref = a if mask is None else a[np.asarray(mask, bool)]
+        if ref.size == 0:
+            raise InputError("normalisation mask selects no voxel")
+        lo, hi = np.percentile(ref, percentiles)
+        ref_c = np.clip(ref, lo, hi)
+        std = float(ref_c.std())
+        return IntensityMap(lo, hi, float(ref_c.mean()), std if std > 0 else 1.0)
+    raise InputError(f"unknown normalisation {method!r}; choose one of {', '.join(NORMALIZATIONS)}")
+
+
 def normalize(
     array: np.ndarray,
     method: str = DEFAULT_NORMALIZATION,
@@ -303,27 +357,7 @@ def normalize(
     Returns:
         float32 array of the same shape.
     """
-    a = np.asarray(array, dtype=np.float32)
-    if method == "none":
-        return a.copy()
-    if method == "ct-window":
-        lo, hi = window
-        if not hi > lo:
-            raise InputError(f"CT window {window}: upper must exceed lower")
-        return ((np.clip(a, lo, hi) - lo) / (hi - lo)).astype(np.float32)
-    if method == "minmax":
-        lo, hi = float(a.min()), float(a.max())
-        return ((a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)).astype(np.float32)
-    if method == "percentile":
-        ref = a if mask is None else a[np.asarray(mask, bool)]
-        if ref.size == 0:
-            raise InputError("normalisation mask selects no voxel")
-        lo, hi = np.percentile(ref, percentiles)
-        clipped = np.clip(a, lo, hi)
-        ref_c = np.clip(ref, lo, hi)
-        std = float(ref_c.std())
-        return ((clipped - float(ref_c.mean())) / (std if std > 0 else 1.0)).astype(np.float32)
-    raise InputError(f"unknown normalisation {method!r}; choose one of {', '.join(NORMALIZATIONS)}")
+    return intensity_map(array, method, percentiles=percentiles, window=window, mask=mask).apply(array)
 
 
 @dataclass
@@ -350,8 +384,9 @@ def format_numbers(values: Sequence[float]) -> str:
     return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
 
 
-def read_direction(path: str | os.PathLike) -> tuple[float, ...]:
-    """Direction cosines of a 3D image file from its header alone (no voxels are read).
+def read_header(path: str | os.PathLike) -> Volume:
+    """The grid of a 3D image file from its header alone: a :class:`Volume` whose array is a read-only
+    zero view of the right shape (no voxels are read).
 
     Raises:
         InputError: as :func:`read_volume` for a file that is missing, a folder or unreadable, or not 3D.
@@ -366,7 +401,14 @@ def read_direction(path: str | os.PathLike) -> tuple[float, ...]:
     except RuntimeError as exc:
         raise InputError(f"{path}: cannot be read as an image ({_itk_reason(exc, printed)})") from exc
     check_dimension(reader.GetDimension(), reader.GetSize(), str(path))
-    return tuple(float(v) for v in reader.GetDirection())
+    return Volume(np.broadcast_to(np.zeros((), np.float32), tuple(reader.GetSize())[::-1]),
+                  tuple(float(v) for v in reader.GetSpacing()), tuple(float(v) for v in reader.GetOrigin()),
+                  tuple(float(v) for v in reader.GetDirection()))
+
+
+def read_direction(path: str | os.PathLike) -> tuple[float, ...]:
+    """Direction cosines of a 3D image file from its header alone (see :func:`read_header`)."""
+    return read_header(path).direction
 
 
 def axial_axis(direction: Sequence[float]) -> int:

@@ -95,12 +95,14 @@ class Size(CrossEntropy):
     def weak(self, epoch: int) -> bool:
         return epoch >= self.ctx.config.pretrain_epochs
 
+    def before_step(self, epoch: int, weak: bool) -> None:
+        if weak and self.ctx.config.pretrain_epochs:
+            freeze_batch_norm(self.ctx.network)
+
     def select(self, index: torch.Tensor, epoch: int, batch: int, weak: bool) -> torch.Tensor:
         if not weak:
             return super().select(index, epoch, batch, weak)
         config = self.ctx.config
-        if config.pretrain_epochs:
-            freeze_batch_norm(self.ctx.network)
         if not len(self.anchors):
             return index
         draw = torch.randperm(len(self.anchors), generator=step_generator(config.seed, epoch, batch))

@@ -1,0 +1,235 @@
+"""The cohort pipeline: one canonical space (orientation, spacing, intensities), boxes carried exactly
+through resampling, training from disk equal to training in memory, and prediction onto any grid."""
+
+import numpy as np
+import pytest
+import torch
+from synthetic import oblique_volume, resampled, stored_flipped, two_ellipsoids
+
+from WeakSegLib.config import TrainCase, TrainConfig
+from WeakSegLib.engine.cohort import read_cohort
+from WeakSegLib.engine.data import SampleSet
+from WeakSegLib.engine.inference import predict_volume
+from WeakSegLib.engine.metrics import dice
+from WeakSegLib.engine.model import load_model
+from WeakSegLib.engine.preprocess import AXIAL, Plan, canonicalize, target_spacing
+from WeakSegLib.engine.store import SliceStore, StoreBatches
+from WeakSegLib.engine.training import train
+from WeakSegLib.errors import CancelledError
+from WeakSegLib.io.boxes import BoxSet, boxes_from_mask, save_boxes
+from WeakSegLib.io.volume import Volume, write_volume
+
+SMALL = (8, 16, 32, 64, 128)
+
+
+def scene():
+    image, mask = two_ellipsoids()
+    return oblique_volume(image), oblique_volume(mask)
+
+
+def by_label(boxes):
+    return sorted((b.label, b.start, b.stop) for b in boxes)
+
+
+# ---- canonical space ------------------------------------------------------------------------------
+
+def test_a_scan_stored_lps_and_the_same_scan_stored_ras_give_the_same_canonical_arrays_and_boxes():
+    image, mask = scene()
+    plan = Plan(None, "mr")
+    runs = []
+    for img, lab in ((image, mask), (stored_flipped(image), stored_flipped(mask))):
+        assert not np.array_equal(img.array, image.array) or img is image
+        boxes = boxes_from_mask(lab.array, "slice", 0)
+        runs.append(canonicalize(img, plan, {"mask": lab.array}, boxes, normalize_image=False))
+    a, b = runs
+    np.testing.assert_array_equal(a.volume.array, b.volume.array)
+    np.testing.assert_array_equal(a.labels["mask"], b.labels["mask"])
+    np.testing.assert_allclose(a.volume.origin, b.volume.origin, atol=1e-6)
+    np.testing.assert_allclose(a.volume.direction, b.volume.direction, atol=1e-9)
+    assert by_label(a.boxes) == by_label(b.boxes)
+    # RAS: the column index runs to the patient's right (ITK world x decreasing), rows to the front
+    direction = np.asarray(a.volume.direction).reshape(3, 3)
+    assert direction[0, 0] < 0 and direction[1, 1] < 0 and direction[2, 2] > 0
+    assert a.axis_map == [0, 1, 2]
+
+
+def test_median_spacing_is_the_default_target():
+    vols = [Volume(np.zeros((2, 2, 2)), s) for s in ((0.8, 0.8, 3.0), (0.6, 0.7, 1.0), (1.0, 0.9, 5.0))]
+    assert target_spacing(vols) == [0.8, 0.8, 3.0]
+
+
+@pytest.mark.parametrize("spacing", [(0.5, 0.6, 1.25), (0.4, 0.45, 2.0)])
+def test_boxes_after_resampling_equal_the_boxes_cut_from_the_resampled_mask(spacing):
+    """Finer grid along every axis: identical boxes, 3D and per slice (the slice boxes drawn on array
+    axis 0 are re-cut on the slices they cover now)."""
+    image, mask = scene()
+    plan = Plan(list(spacing), "mr")
+    for kind in ("3d", "slice"):
+        boxes = boxes_from_mask(mask.array, kind, 0)
+        moved = canonicalize(image, plan, {"mask": mask.array}, boxes, normalize_image=False)
+        axis = moved.axis_map[0]
+        expected = boxes_from_mask(moved.labels["mask"], kind, axis)
+        assert len(moved.boxes) == len(expected) > len(boxes) * (kind == "slice")
+        assert by_label(moved.boxes) == by_label(expected)
+
+
+def test_boxes_on_a_coarser_grid_hold_the_resampled_mask_and_exceed_it_by_at_most_one_voxel():
+    """Coarser along an axis, nearest-neighbour sampling may skip an object's thin tip that its box
+    still covers: the box then reaches one voxel past the resampled mask, never less than it."""
+    image, mask = scene()
+    moved = canonicalize(image, Plan([1.3, 0.5, 3.4], "mr"), {"mask": mask.array},
+                         boxes_from_mask(mask.array, "3d"), normalize_image=False)
+    expected = {b.label: b for b in boxes_from_mask(moved.labels["mask"], "3d")}
+    for box in moved.boxes:
+        ref = expected[box.label]
+        inner = np.subtract(ref.start, box.start), np.subtract(box.stop, ref.stop)
+        assert all(((d >= 0) & (d <= 1)).all() for d in inner), (box, ref)
+
+
+def test_a_ct_cohort_is_scaled_by_one_mapping_whatever_lies_outside_the_field_of_view(tmp_path):
+    """The same body, once with −3024 padding around its circular field of view: the cohort's CT
+    mapping (from voxels inside the boxes) scales both alike; per-image percentiles do not."""
+    z, y, x = np.mgrid[:12, :48, :48]
+    body = (y - 24) ** 2 + (x - 24) ** 2 < 20 ** 2
+    bone = (z > 2) & (z < 9) & ((y - 30) ** 2 + (x - 24) ** 2 < 5 ** 2)
+    rng = np.random.default_rng(0)
+    ct = np.where(body, 40.0, -1000.0) + np.where(bone, 660.0, 0.0) + rng.normal(0, 20, body.shape)
+    padded = ct.copy()
+    padded[(y - 24) ** 2 + (x - 24) ** 2 >= 23 ** 2] = -3024.0
+    cases = []
+    for name, array in (("plain", ct), ("padded", padded)):
+        vol = Volume(array.astype(np.float32), (1.0, 1.0, 2.0))
+        write_volume(vol, tmp_path / f"{name}.nii.gz")
+        save_boxes(BoxSet(boxes_from_mask(bone.astype(np.uint8), "slice", 0), bone.shape, {1: "bone"}, vol.geometry()),
+                   tmp_path / f"{name}.json")
+        cases.append(TrainCase(str(tmp_path / f"{name}.nii.gz"), boxes=str(tmp_path / f"{name}.json")))
+    canonical_body = canonicalize(Volume(ct.astype(np.float32), (1.0, 1.0, 2.0)), Plan(None, "ct"),
+                                  {"body": body.astype(np.uint8)}).labels["body"]
+    inside = torch.from_numpy(canonical_body[:, None] > 0)  # (z, 1, y, x) as the samples
+    for normalization, same in (("auto", True), ("percentile", False)):
+        cohort = read_cohort(cases, TrainConfig(normalization=normalization), tmp_path / "store")
+        images = cohort.samples.images[:, :, :48, :48]
+        plain, pad = images[:12], images[12:]
+        assert torch.allclose(plain[inside], pad[inside], atol=1e-5) == same, normalization
+    assert cohort.plan.modality == "ct"
+
+
+# ---- training from disk -------------------------------------------------------------------------
+
+@pytest.fixture
+def boxed(tmp_path):
+    image, mask = scene()
+    write_volume(image, tmp_path / "img.nrrd")
+    write_volume(mask, tmp_path / "mask.nrrd")
+    save_boxes(BoxSet(boxes_from_mask(mask.array, "slice", 0), mask.shape, {1: "left", 2: "right"},
+                      mask.geometry()), tmp_path / "boxes.json")
+    return TrainCase(str(tmp_path / "img.nrrd"), boxes=str(tmp_path / "boxes.json"), eval_mask=str(tmp_path / "mask.nrrd"))
+
+
+def quick(**kw):
+    return TrainConfig(**{"epochs": 2, "batch_size": 8, "channels": SMALL, "device": "cpu", "epoch_batches": 3, **kw})
+
+
+@pytest.mark.parametrize("context", [1, 3])
+def test_samples_on_disk_give_the_batches_of_the_samples_in_memory(boxed, tmp_path, context):
+    config = quick(context=context).validate().resolved()
+    memory = read_cohort([boxed], config, tmp_path / "a")
+    disk = read_cohort([boxed], TrainConfig(**{**vars(config), "cache_gb": 0.0}), tmp_path / "b")
+    assert isinstance(memory.samples, SampleSet) and isinstance(disk.samples, SliceStore)
+    assert len(memory.samples) == len(disk.samples) == 24
+    reader = StoreBatches(disk.samples, workers=1)
+    plan = [torch.tensor([3, 0, 17, 9]), torch.tensor([], dtype=torch.long), torch.tensor([23, 5])]
+    for index, got in reader.epoch(plan):
+        if not len(index):
+            assert got is None
+            continue
+        want = memory.samples.batch(index)
+        assert set(got) == set(want)
+        for key in want:
+            assert torch.equal(got[key], want[key]), key
+    disk.samples.close()
+    assert not (tmp_path / "b").exists()
+
+
+def test_training_from_disk_equals_training_in_memory(boxed, tmp_path):
+    histories = {}
+    for name, cache in (("memory", 2.0), ("disk", 0.0)):
+        events = []
+        train([boxed], quick(cache_gb=cache, workers=1), tmp_path / name, on_event=events.append)
+        assert events[0]["dataset"]["in_memory"] == (name == "memory")
+        histories[name] = [e for e in events if e["event"] == "epoch"]
+    for a, b in zip(histories["memory"], histories["disk"]):
+        for key in ("loss", "tightness", "emptiness", "size", "dice"):
+            assert a[key] == pytest.approx(b[key], abs=1e-5), key
+    assert not (tmp_path / "disk" / ".samples").exists()
+
+
+def test_training_from_disk_cancelled_mid_epoch_resumes_to_the_uninterrupted_weights(boxed, tmp_path):
+    config = {"cache_gb": 0.0, "workers": 1}
+    train([boxed], quick(epochs=3, **config), tmp_path / "a")
+    calls = {"n": 0}
+
+    def stop():
+        calls["n"] += 1
+        return calls["n"] > 5  # 3 batches per epoch: in the middle of epoch 2
+
+    with pytest.raises(CancelledError, match="epoch 2"):
+        train([boxed], quick(epochs=3, **config), tmp_path / "b", should_stop=stop)
+    events = []
+    train([boxed], quick(epochs=3, **config), tmp_path / "b", on_event=events.append)
+    assert events[0]["first_epoch"] == 2
+    a, _ = load_model(tmp_path / "a")
+    b, _ = load_model(tmp_path / "b")
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
+
+
+# ---- prediction on another grid ---------------------------------------------------------------------
+
+def test_a_model_trained_at_one_spacing_predicts_a_scan_at_another_onto_its_exact_grid(tmp_path):
+    """Trained at 1×1×2 mm on a 0.7×0.9×2.5 mm scan; the same anatomy at 0.55×0.6×1.6 mm, stored the
+    other way round, comes back on its own grid, scored as well as the training scan itself, and agreeing
+    with the training scan's prediction carried onto that grid."""
+    image, mask = scene()
+    write_volume(image, tmp_path / "img.nrrd")
+    write_volume(mask, tmp_path / "mask.nrrd")
+    card = train([TrainCase(str(tmp_path / "img.nrrd"), mask=str(tmp_path / "mask.nrrd"))],
+                 quick(recipe="full", epochs=6, epoch_batches=12, spacing=[1.0, 1.0, 2.0]), tmp_path / "m")
+    assert card.input.preprocessing["spacing"] == [1.0, 1.0, 2.0] and card.input.axis == AXIAL
+    spacing = (0.55, 0.6, 1.6)
+    other = stored_flipped(resampled(image, spacing))
+    other_mask = stored_flipped(resampled(mask, spacing, labels=True))
+    labels, prob = predict_volume(tmp_path / "m", other, device="cpu", probabilities=True)
+    for got in (labels, prob):
+        assert got.shape == other.shape and got.spacing == other.spacing
+        np.testing.assert_allclose(got.origin, other.origin)
+        np.testing.assert_allclose(got.direction, other.direction)
+    assert prob.array.min() >= 0 and prob.array.max() <= 1
+    native, _ = predict_volume(tmp_path / "m", image, device="cpu")
+    carried = stored_flipped(resampled(native, spacing, labels=True))
+    for value in (1, 2):
+        on_native = dice(native.array == value, mask.array == value)
+        assert on_native > 0.6, value  # the model has learnt something to carry
+        assert dice(labels.array == value, other_mask.array == value) == pytest.approx(on_native, abs=0.05)
+        assert dice(labels.array == value, carried.array == value) > 0.85
+
+
+# ---- mixed precision -------------------------------------------------------------------------------
+
+def test_mixed_precision_steps_train_and_differ_from_32_bit(boxed, tmp_path):
+    """bf16 autocast and float16 with a gradient scaler run the same steps (here on the CPU, where
+    ``auto`` stays 32-bit): finite losses near the 32-bit ones, other weights."""
+    from WeakSegLib.engine.devices import autocast_dtype
+
+    assert autocast_dtype("auto", torch.device("cpu")) is None and autocast_dtype("16", torch.device("cpu")) == \
+        torch.float16
+    runs = {}
+    for precision in ("32", "bf16", "16"):
+        events = []
+        train([boxed], quick(precision=precision), tmp_path / precision, on_event=events.append)
+        runs[precision] = ([e["loss"] for e in events if e["event"] == "epoch"], load_model(tmp_path / precision)[0])
+    full_loss, full_net = runs["32"]
+    for precision in ("bf16", "16"):
+        loss, net = runs[precision]
+        assert np.isfinite(loss).all() and loss == pytest.approx(full_loss, rel=0.05)
+        assert any(not torch.equal(a, b) for a, b in zip(net.state_dict().values(), full_net.state_dict().values()))
