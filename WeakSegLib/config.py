@@ -37,6 +37,10 @@ DEFAULT_PATCH = (128, 128, 128)
 SPLITS = ("training", "test")
 #: arithmetic of training: ``auto`` is bf16 mixed precision on CUDA where supported, else 32-bit
 PRECISIONS = ("auto", "32", "bf16", "16")
+#: process-group backends of distributed training: ``auto`` = NCCL on CUDA GPUs, gloo on the CPU
+DIST_BACKENDS = ("auto", "nccl", "gloo")
+#: seconds a rank waits in a collective for the others before it gives up (a rank that died)
+DIST_TIMEOUT_S = 600
 DEFAULT_NORMALIZATION = "percentile"
 #: percentiles the ``percentile`` normalisation clips to
 DEFAULT_PERCENTILES = (0.5, 99.5)

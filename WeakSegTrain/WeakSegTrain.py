@@ -22,6 +22,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from WeakSegLib import mrml
+from WeakSegLib.app.jobs import cuda_gpu_count
 from WeakSegLib.config import DEVICES, NETWORKS
 from WeakSegLib.errors import WeakSegError
 from WeakSegLib.io.boxes import Box, BoxSet, check_boxes_fit, load_boxes, save_boxes
@@ -113,6 +114,11 @@ class WeakSegTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.networkComboBox.addItems(list(NETWORKS))
         self.ui.modeComboBox.addItems(list(MODES))
         self.ui.deviceComboBox.addItems(list(DEVICES))
+        self.gpusSpinBox = qt.QSpinBox()  # shown where there is more than one GPU to train on
+        self.gpusSpinBox.setRange(1, max(1, cuda_gpu_count()))
+        self.gpusSpinBox.toolTip = "Training processes, one GPU each (PyTorch's torchrun launcher)."
+        if self.gpusSpinBox.maximum > 1:
+            self.ui.deviceComboBox.parentWidget().layout().addRow("GPUs:", self.gpusSpinBox)
         self.timer = qt.QTimer()
         self.timer.setInterval(500)
         self.timer.connect("timeout()", self.onTimer)
@@ -242,7 +248,8 @@ class WeakSegTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay("Could not start training.", waitCursor=True):
             ensureDependencies(recipe=self.ui.recipeComboBox.currentText)
             job = self.logic.train(self._volume(), self.ui.outputModelPathLineEdit.currentPath,
-                                   config=self.trainingConfig(), referenceNode=self.ui.referenceSelector.currentNode())
+                                   config=self.trainingConfig(), referenceNode=self.ui.referenceSelector.currentNode(),
+                                   gpus=self.gpusSpinBox.value)
             self._watch(job, "dice")
 
     def _watch(self, job, metric) -> None:
@@ -383,18 +390,19 @@ class WeakSegTrainLogic(ScriptedLoadableModuleLogic):
 
     # --- training ------------------------------------------------------------------------------------
     def train(self, volumeNode, folder, roiNodes=None, config=None, referenceNode=None, wait: bool = False,
-              resume: bool = True, curves: bool = False):
+              resume: bool = True, curves: bool = False, gpus: int = 1):
         """Train a segmentation model from the volume's boxes into ``folder`` (resumes its checkpoint).
 
         ``config``: TrainConfig fields (``recipe``, ``epochs``, ``network``, ``spatial_dims``, ``context``,
         ``device``, ...); slices are axial by default. ``referenceNode``: optional label
         volume or segmentation, used only to report Dice per epoch. ``curves``: show loss/Dice in a
-        table and plot chart (the job's ``curves`` attribute). The result is the model folder.
+        table and plot chart (the job's ``curves`` attribute). ``gpus`` > 1: that many training processes,
+        one GPU each (PyTorch's launcher). The result is the model folder.
         """
         boxset = self.boxes(volumeNode, roiNodes).boxset
         config = dict(config or {})
         job = tasks.start_training(volumeNode, boxset, folder, config, reference_node=referenceNode, resume=resume,
-                                   python=self.python)
+                                   python=self.python, gpus=gpus)
         if curves:
             job.curves = mrml.TrainingCurves(f"WeakSeg training {Path(folder).name}", scene=volumeNode.GetScene())
             job.listeners.append(job.curves.add)

@@ -173,7 +173,8 @@ def run_pair(folder: Path, train_cases: list[dict], test_case: dict, recipe: str
     model, preds = folder / "model", folder / "preds"
     if new:
         dataset = folder / "dataset.json"
-        dataset.write_text(json.dumps({"training": train_cases, "test": [test_case]}))
+        test = {k: test_case[k] for k in ("name", "image", "mask")}
+        dataset.write_text(json.dumps({"training": train_cases, "test": [test]}))
         weakseg(["train", "--dataset", dataset, "--recipe", recipe, "--out", model, "--epochs", epochs, "--quiet",
                  "--no-resume"], code)
         weakseg(["predict", "--model", model, "--dataset", dataset, "--out-dir", preds], code)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import sys
 import typing
 from typing import Any, Sequence
@@ -21,7 +22,16 @@ from typing import Any, Sequence
 from WeakSegLib import __version__
 from WeakSegLib.app.jobs import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_OK
 from WeakSegLib.app.progress import ProgressPrinter
-from WeakSegLib.config import DEVICES, SPLITS, TightenerCase, TightenerConfig, TightenSettings, TrainCase, TrainConfig
+from WeakSegLib.config import (
+    DEVICES,
+    DIST_BACKENDS,
+    SPLITS,
+    TightenerCase,
+    TightenerConfig,
+    TightenSettings,
+    TrainCase,
+    TrainConfig,
+)
 from WeakSegLib.errors import CancelledError, WeakSegError
 from WeakSegLib.recipes.registry import DEFAULT_RECIPE, default_recipe, recipe_names
 
@@ -196,18 +206,34 @@ def _training_cases(args: argparse.Namespace) -> tuple[list[TrainCase], str]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from WeakSegLib.app.launch import check_processes, child_of_launcher, launch
+    from WeakSegLib.engine.distributed import env_rank
     from WeakSegLib.engine.preprocess import AXIAL
     from WeakSegLib.engine.training import train
 
     cases, recipe = _training_cases(args)
     config = settings_from(args, TrainConfig, recipe=recipe, spatial_dims=3 if args.dims == "3d" else 2,
                            axis=AXIAL if args.axis == "auto" else args.axis)
-    printer = ProgressPrinter(args.events, args.quiet)
+    if args.gpus > 1 and not child_of_launcher():
+        check_processes(args.gpus, config.device)
+        config.validate()
+        return launch(args.gpus, args.argv)
+    main = env_rank() == 0
+    printer = ProgressPrinter(args.events if main else None, args.quiet or not main)
+    stop = {"requested": False}
+
+    def on_term(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+        stop["requested"] = True
+
+    previous = signal.signal(signal.SIGTERM, on_term)
     try:
-        card = train(cases, config, args.out, on_event=printer, resume=not args.no_resume)
+        card = train(cases, config, args.out, on_event=printer, resume=not args.no_resume,
+                     should_stop=lambda: stop["requested"], backend=args.backend)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         printer.close()
-    print(f"model → {args.out}  metrics {json.dumps(card.metrics)}")
+    if main:
+        print(f"model → {args.out}  metrics {json.dumps(card.metrics)}")
     return EXIT_OK
 
 
@@ -485,6 +511,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--axis", type=_axis, default="auto",
                    help="slice axis of the images once reoriented to RAS: 0 axial (auto), 1 coronal, 2 sagittal")
     add_options(t, TrainConfig)
+    t.add_argument("--gpus", type=int, default=1,
+                   help="train in N processes on this machine, one CUDA GPU each (with --device cpu: N CPU "
+                        "processes); started as torchrun --standalone --nproc_per_node N would")
+    t.add_argument("--backend", choices=DIST_BACKENDS, default="auto",
+                   help="process-group backend under torchrun / --gpus: NCCL on CUDA GPUs, gloo on the CPU")
     _run_options(t)
     t.set_defaults(func=cmd_train)
 
@@ -564,7 +595,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except CancelledError as exc:

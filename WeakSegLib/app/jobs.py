@@ -4,7 +4,8 @@ A job is a JSON file (:func:`write_job`)::
 
     {"kind": "train", "out": "MODEL_DIR", "resume": true,
      "cases": [{"image": "img.nrrd", "boxes": "boxes.json", "mask": null, "eval_mask": null}],
-     "config": {"recipe": "tightness+size+emptiness", "epochs": 50, ...}}       # TrainConfig fields
+     "config": {"recipe": "tightness+size+emptiness", "epochs": 50, ...},       # TrainConfig fields
+     "gpus": 1}                      # > 1: that many processes under PyTorch's launcher (WeakSegLib.app.launch)
     {"kind": "predict", "model": "MODEL_DIR", "image": "img.nrrd", "out": "pred.nrrd",
      "prob_out": null, "device": "auto"}
     {"kind": "tighten-train", "out": "TIGHTENER_DIR", "resume": true,
@@ -47,7 +48,8 @@ EXIT_CODES = {EXIT_OK: "finished", EXIT_INTERNAL_ERROR: "internal error", EXIT_B
               EXIT_CANCELLED: "cancelled", EXIT_BAD_JOB: "bad job file"}
 #: the fields of each job kind: name → (type, required); ``cases`` are checked against the case class
 JOB_FIELDS = {
-    "train": {"out": (str, True), "cases": (list, True), "config": (dict, False), "resume": (bool, False)},
+    "train": {"out": (str, True), "cases": (list, True), "config": (dict, False), "resume": (bool, False),
+              "gpus": (int, False)},
     "tighten-train": {"out": (str, True), "cases": (list, True), "config": (dict, False), "resume": (bool, False)},
     "predict": {"model": (str, True), "image": (str, True), "out": (str, True), "prob_out": (str, False),
                 "device": (str, False)},
@@ -86,6 +88,16 @@ def check_job(job: object, where: str = "job") -> dict:
 def write_job(job: dict, path: str | os.PathLike) -> Path:
     """Check the job (:func:`check_job`) and write it atomically."""
     return atomic_write_json(path, check_job(job))
+
+
+def cuda_gpu_count() -> int:
+    """CUDA GPUs on this machine as ``nvidia-smi -L`` lists them (0 without the NVIDIA driver); asked
+    without importing torch, for panels that offer a job several GPUs."""
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(line.startswith("GPU ") for line in listing.splitlines())
 
 
 def package_root() -> str:

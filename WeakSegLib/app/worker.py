@@ -19,14 +19,17 @@ from WeakSegLib.app.jobs import (
     JobFileError,
     check_job,
 )
+from WeakSegLib.app.launch import check_processes, child_of_launcher, launch
 from WeakSegLib.config import TightenerCase, TightenerConfig, TightenSettings, TrainCase, TrainConfig, from_dict
+from WeakSegLib.engine.distributed import env_rank
 from WeakSegLib.errors import CancelledError, WeakSegError
 from WeakSegLib.io.fields import read_json
 
 
 def emit(event: dict) -> None:
-    sys.stdout.write(json.dumps(event) + "\n")
-    sys.stdout.flush()
+    if env_rank() == 0:  # the other processes of a distributed job stay silent
+        sys.stdout.write(json.dumps(event) + "\n")
+        sys.stdout.flush()
 
 
 def read_job(path: str) -> dict:
@@ -86,6 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     except JobFileError as exc:
         emit(events.error(EXIT_BAD_JOB, str(exc)))
         return EXIT_BAD_JOB
+    gpus = job.get("gpus") or 1
+    if job["kind"] == "train" and gpus > 1 and not child_of_launcher():
+        try:
+            check_processes(gpus, from_dict(TrainConfig, job.get("config"), "job config").device)
+        except WeakSegError as exc:
+            emit(events.error(EXIT_BAD_INPUT, str(exc)))
+            return EXIT_BAD_INPUT
+        return launch(gpus, argv, "WeakSegLib.app.worker")
     try:
         run_job(job, lambda: stop["requested"])
     except CancelledError as exc:

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from WeakSegLib import events
+from WeakSegLib.engine.distributed import SINGLE, Distributed
 from WeakSegLib.engine.model import load_state
 from WeakSegLib.engine.recipe import EpochHooks
 from WeakSegLib.errors import CancelledError, ModelError
@@ -128,7 +129,8 @@ def run_epochs(network: torch.nn.Module, optimizer: torch.optim.Optimizer, setti
                epoch_info: InfoFn | None = None, emit: EventSink | None = None,
                should_stop: Callable[[], bool] | None = None, resume: bool = True,
                start_info: dict | None = None, hooks: EpochHooks | None = None,
-               defaults: dict | None = None, load: LoadFn | None = None) -> list[dict]:
+               defaults: dict | None = None, load: LoadFn | None = None,
+               group: Distributed = SINGLE) -> list[dict]:
     """Train ``network`` for ``settings.epochs`` epochs and return the history (one record per epoch).
 
     Each epoch takes ``settings.batches_per_epoch`` batches of samples drawn from ``(seed, epoch)``
@@ -151,6 +153,10 @@ def run_epochs(network: torch.nn.Module, optimizer: torch.optim.Optimizer, setti
         hooks: label revisions between epochs, saved with the checkpoint (see :class:`EpochHooks`).
         load: turns each epoch's chunks of sample indices into the step's items (see :data:`LoadFn`);
             default: the chunks themselves, on ``device``.
+        group: the processes of a distributed run (:mod:`WeakSegLib.engine.distributed`): every rank
+            stops at the same batch when any is asked to, after a ``before_epoch`` that revised
+            something on rank 0 the hooks of every rank take rank 0's state, the epoch's loss terms are averaged over the ranks, and rank 0
+            alone writes the checkpoint.
     """
     emit = emit or events.ignore
     stop = should_stop or (lambda: False)
@@ -163,27 +169,33 @@ def run_epochs(network: torch.nn.Module, optimizer: torch.optim.Optimizer, setti
     for epoch in range(first, settings.epochs):
         began = time.perf_counter()
         revised = hooks.before_epoch(epoch) if hooks is not None else None
+        if hooks is not None and group.active and group.broadcast(revised is not None):
+            state = group.broadcast(hooks.state_dict() if group.main else None)  # rank 0's revised labels
+            if not group.main:
+                hooks.load_state_dict(state)
         network.train()
         order = epoch_order(settings, epoch)
         chunks = [order[b * size:(b + 1) * size] for b in range(n_batches)]
         items = load(epoch, chunks) if load is not None else (chunk.to(device) for chunk in chunks)
         sums: dict[str, torch.Tensor] = {}
         for b, item in enumerate(items):
-            if stop():
+            if group.any(stop(), device):
                 emit(events.cancelled(epoch=epoch + 1, checkpoint=str(checkpoint) if checkpoint.exists() else None))
                 raise CancelledError(f"training cancelled in epoch {epoch + 1}; the checkpoint of epoch {epoch} is kept")
             parts = step(item, epoch, b)
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             emit(events.batch(epoch + 1, b + 1, n_batches))
-        record = {"epoch": epoch + 1, **{k: float(v) / n_batches for k, v in sums.items()}, **(revised or {})}
+        means = group.mean({k: float(v) / n_batches for k, v in sums.items()}, device)
+        record = {"epoch": epoch + 1, **means, **(revised or {})}
         if epoch_info is not None:
             record.update(epoch_info(epoch, epoch + 1 == settings.epochs))
         record["seconds"] = time.perf_counter() - began
         history.append(record)
-        atomic_torch_save(checkpoint, {"model": network.state_dict(), "optimizer": optimizer.state_dict(),
-                                       "epoch": epoch + 1, "history": history, "config": fingerprint,
-                                       "rng": _rng_state(device),
-                                       **({"hooks": hooks.state_dict()} if hooks is not None else {})})
+        if group.main:
+            atomic_torch_save(checkpoint, {"model": network.state_dict(), "optimizer": optimizer.state_dict(),
+                                           "epoch": epoch + 1, "history": history, "config": fingerprint,
+                                           "rng": _rng_state(device),
+                                           **({"hooks": hooks.state_dict()} if hooks is not None else {})})
         emit(events.epoch(record, settings.epochs))
     return history

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from WeakSegLib.config import TrainConfig
+from WeakSegLib.engine.distributed import SINGLE, Distributed
 
 #: the inputs a :class:`Term` may take besides batch fields: the network's ``logits`` ``(B, 1 + C, *S)``,
 #: ``softmax`` over all classes, ``probs`` = the foreground channels of the softmax ``(B, C, *S)``, and
@@ -88,6 +89,10 @@ class RecipeContext:
         predict: the network's softmax over every sample ``(N, 1 + C, *S)``, on the CPU.
         reinit: gives the network fresh weights for round r (seeded by ``config.seed + r``) and clears
             the optimizer's moments.
+        group: the processes of a distributed run (:mod:`WeakSegLib.engine.distributed`): an extra
+            trained model goes through ``group.wrap``; work over the whole set (label revisions) may be
+            done on rank 0 alone, as the loop gives every rank rank 0's hook state after each
+            ``before_epoch``.
     """
 
     config: TrainConfig
@@ -98,6 +103,7 @@ class RecipeContext:
     n_classes: int
     predict: Callable[[], torch.Tensor]
     reinit: Callable[[int], None]
+    group: Distributed = SINGLE
 
 
 class Recipe:

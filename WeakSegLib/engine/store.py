@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -161,10 +161,12 @@ class SliceStore:
             out["sizes"] = torch.from_numpy(sizes)
         return out
 
-    def eval_cases(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """Each case with evaluation labels: ``(case, images (n, k, *S), eval labels (n, *S))``."""
+    def eval_cases(self, keep: Callable[[int], bool] = lambda case: True
+                   ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Each case with evaluation labels that ``keep(case)`` accepts: ``(case, images (n, k, *S), eval
+        labels (n, *S))``."""
         for case in range(len(self.counts)):
-            if self.has_eval[case]:
+            if self.has_eval[case] and keep(case):
                 samples = self.case(case)
                 yield case, stack_context(samples.planes, self.context), samples.eval_labels
 

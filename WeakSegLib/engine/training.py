@@ -32,11 +32,12 @@ from WeakSegLib import events
 from WeakSegLib.config import TrainCase, TrainConfig
 from WeakSegLib.engine.cohort import Cohort, read_cohort
 from WeakSegLib.engine.data import SampleSet, flip_batch
-from WeakSegLib.engine.devices import autocast_dtype, resolve_device
+from WeakSegLib.engine.devices import autocast_dtype
+from WeakSegLib.engine.distributed import SINGLE, Distributed, join
 from WeakSegLib.engine.inference import predict_probabilities, window_probabilities
 from WeakSegLib.engine.loop import LoopSettings, run_epochs, step_generator
-from WeakSegLib.engine.patches import crop_patches
 from WeakSegLib.engine.model import build_from_card, save_model
+from WeakSegLib.engine.patches import crop_patches
 from WeakSegLib.engine.recipe import Recipe, RecipeContext
 from WeakSegLib.engine.store import SliceStore, StoreBatches
 from WeakSegLib.events import EventSink
@@ -99,7 +100,8 @@ def new_card(config: TrainConfig, cohort: Cohort) -> ModelCard:
 
 
 def start_recipe(config: TrainConfig, samples: SampleSet, network: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 device: torch.device, fresh_network: Callable[[], torch.nn.Module] | None = None) -> Recipe:
+                 device: torch.device, fresh_network: Callable[[], torch.nn.Module] | None = None,
+                 group: Distributed = SINGLE) -> Recipe:
     """The recipe of ``config`` (resolved) for a run, built by its registry entry.
 
     ``fresh_network()`` builds an untrained network like ``network``; a recipe that re-initialises the
@@ -118,40 +120,50 @@ def start_recipe(config: TrainConfig, samples: SampleSet, network: torch.nn.Modu
     def predict() -> torch.Tensor:
         return predict_probabilities(network, samples.images, device, config.batch_size * 2)
 
-    ctx = RecipeContext(config, samples, network, optimizer, device, samples.classes, predict, reinit)
+    ctx = RecipeContext(config, samples, network, optimizer, device, samples.classes, predict, reinit, group)
     return recipe_spec(config.recipe).load()(ctx)
 
 
 def train(cases: Sequence[TrainCase], config: TrainConfig, out_dir: str | os.PathLike, *,
           on_event: EventSink | None = None, should_stop: Callable[[], bool] | None = None,
-          resume: bool = True) -> ModelCard:
+          resume: bool = True, backend: str = "auto") -> ModelCard:
     """Train a model and write its folder (see module docstring).
+
+    Started by ``torchrun`` with several processes, every process calls this and they train one
+    model together (:mod:`WeakSegLib.engine.distributed`; ``backend`` of the process group: ``auto``,
+    ``nccl`` or ``gloo``); rank 0 writes the folder and sends the events.
 
     Args:
         cases: training volumes.
         config: settings; checked first.
         out_dir: model folder (created); holds the checkpoint while training.
         on_event: receives progress events (:mod:`WeakSegLib.events`).
-        should_stop: polled between batches; when it returns True the run stops, keeping the last
-            epoch's checkpoint, and raises :class:`~WeakSegLib.errors.CancelledError`.
+        should_stop: polled between batches; when it returns True (on any rank) the run stops, keeping
+            the last epoch's checkpoint, and raises :class:`~WeakSegLib.errors.CancelledError`.
         resume: continue from ``out_dir/checkpoint.pt`` when present.
 
     Returns:
         The model card.
     """
     config = config.validate().resolved()
-    emit = on_event or events.ignore
-    out = check_output_folder(out_dir, "model folder")
-    device = resolve_device(config.device)
-    with FolderLock(out, "training"):  # from here on the folder is this run's
-        cohort = read_cohort(cases, config, out / SAMPLES)
-        try:
-            for message in cohort.warnings:
-                emit(events.warning(message))
-            card = _train_in(out, config, cohort, device, emit, should_stop, resume)
-        finally:
-            if isinstance(cohort.samples, SliceStore):
-                cohort.samples.close()
+    group, device = join(config.device, backend)
+    try:
+        group.check_batch(config.batch_size)
+        emit = (on_event or events.ignore) if group.main else events.ignore
+        out = check_output_folder(out_dir, "model folder")
+        # rank 0 holds the folder (a killed run's leftovers removed) before any rank writes into it
+        with FolderLock(out, "training") if group.main else contextlib.nullcontext():
+            group.barrier()
+            cohort = read_cohort(cases, config, out / (SAMPLES if group.main else f"{SAMPLES}-rank{group.rank}"))
+            try:
+                for message in cohort.warnings:
+                    emit(events.warning(message))
+                card = _train_in(out, config, cohort, device, group, emit, should_stop, resume)
+            finally:
+                if isinstance(cohort.samples, SliceStore):
+                    cohort.samples.close()
+    finally:
+        group.leave()
     emit(events.done(model=str(out), card=str(out / CARD), metrics=card.metrics))
     return card
 
@@ -160,55 +172,76 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def _batches(config: TrainConfig, recipe: Recipe, samples: SampleSet | SliceStore,
-             device: torch.device) -> Callable[[int, list[torch.Tensor]], Iterable[Any]]:
+def _batches(config: TrainConfig, recipe: Recipe, samples: SampleSet | SliceStore, device: torch.device,
+             group: Distributed) -> Callable[[int, list[torch.Tensor]], Iterable[Any]]:
     """The ``load`` of the loop: each chunk of an epoch's draw becomes ``(indices, batch)`` — the
-    recipe's selection of the chunk and the batch of those samples on ``device`` (None when empty);
-    read ahead by worker processes when the samples are on disk."""
+    recipe's selection of this rank's share of the chunk and the batch of those samples on ``device``
+    (None when empty: then on every rank); read ahead by worker processes when the samples are on disk."""
     if isinstance(samples, SliceStore):
         workers = config.workers if config.workers >= 0 else (2 if device.type == "cuda" else 0)
         reader = StoreBatches(samples, workers, pin_memory=device.type == "cuda")
+    on_device = isinstance(samples, SampleSet) and config.spatial_dims == 2
 
     def load(epoch: int, chunks: list[torch.Tensor]) -> Iterable[Any]:
         weak = recipe.weak(epoch)
+        plan = [recipe.select(group.shard(chunk.to(device) if on_device else chunk), epoch, b, weak)
+                for b, chunk in enumerate(chunks)]
+        if group.active:  # a step all ranks take: a batch empty on one rank is skipped by all
+            empty = group.gather([b for b, index in enumerate(plan) if not len(index)])
+            plan = [index[:0] if any(b in e for e in empty) else index for b, index in enumerate(plan)]
         if isinstance(samples, SampleSet) and config.spatial_dims == 3:  # volumes on the CPU, a patch each
-            plan = [recipe.select(chunk, epoch, b, weak) for b, chunk in enumerate(chunks)]
             return ((index, None if not len(index) else _to(crop_patches(
-                samples.batch(index), config.patch_size, step_generator(config.seed, epoch, b, stream=1),
-                config.foreground_ratio), device)) for b, index in enumerate(plan))
-        if isinstance(samples, SampleSet):
-            plan = [recipe.select(chunk.to(device), epoch, b, weak) for b, chunk in enumerate(chunks)]
+                samples.batch(index), config.patch_size,
+                step_generator(config.seed, epoch, b, stream=1 + group.rank), config.foreground_ratio), device))
+                for b, index in enumerate(plan))
+        if on_device:
             return ((index, samples.batch(index) if len(index) else None) for index in plan)
-        plan = [recipe.select(chunk, epoch, b, weak) for b, chunk in enumerate(chunks)]
         return ((index, None if batch is None else _to(batch, device)) for index, batch in reader.epoch(plan))
 
     return load
 
 
 def _dice(network: torch.nn.Module, samples: SampleSet | SliceStore, device: torch.device, batch_size: int,
-          n_classes: int, patch: Sequence[int]) -> list[float | None] | None:
+          n_classes: int, patch: Sequence[int], group: Distributed) -> list[float | None] | None:
     """Dice of each case (mean over classes; None for a case without evaluation labels), or None when no
-    case has them. 3D volumes larger than the training ``patch`` are predicted by sliding windows."""
+    case has them; each rank scores every ``world_size``-th case and the scores are gathered. 3D volumes
+    larger than the training ``patch`` are predicted by sliding windows."""
+    def mine(case: int) -> bool:
+        return case % group.world_size == group.rank
+
+    scores: dict[int, float | None] = {}
     if isinstance(samples, SampleSet):
         if samples.eval_labels is None:
             return None
-        if samples.images.dim() == 5 and tuple(patch) != tuple(samples.images.shape[2:]):
-            probs = torch.cat([window_probabilities(network, samples.images[i:i + 1], patch, device)
-                               for i in range(len(samples))])
-        else:
-            probs = predict_probabilities(network, samples.images, device, batch_size)
-        return per_case_dice(probs.argmax(1), samples.eval_labels.cpu(), samples.valid.cpu(), samples.case_index.cpu(),
-                             n_classes)
-    scores: list[float | None] = [None] * len(samples.counts)
-    for case, images, labels in samples.eval_cases():
-        probs = predict_probabilities(network, torch.from_numpy(images), device, batch_size)
-        scores[case] = per_case_dice(probs.argmax(1), torch.from_numpy(labels), torch.ones(labels.shape, dtype=torch.bool),
-                                     torch.zeros(len(labels), dtype=torch.long), n_classes)[0]
-    return scores if any(s is not None for s in scores) else None
+        cases = samples.case_index.cpu()
+        keep = torch.tensor([mine(int(c)) for c in cases], dtype=torch.bool)
+        rows = keep.nonzero()[:, 0]
+        if len(rows):
+            images = samples.images[rows.to(samples.images.device)]
+            if images.dim() == 5 and tuple(patch) != tuple(images.shape[2:]):
+                probs = torch.cat([window_probabilities(network, images[i:i + 1], patch, device)
+                                   for i in range(len(images))])
+            else:
+                probs = predict_probabilities(network, images, device, batch_size)
+            found = per_case_dice(probs.argmax(1), samples.eval_labels.cpu()[rows], samples.valid.cpu()[rows],
+                                  cases[rows], n_classes)
+            scores = {c: found[c] for c in cases[rows].unique().tolist()}
+    else:
+        for case, images, labels in samples.eval_cases(mine):
+            probs = predict_probabilities(network, torch.from_numpy(images), device, batch_size)
+            scores[case] = per_case_dice(probs.argmax(1), torch.from_numpy(labels),
+                                         torch.ones(labels.shape, dtype=torch.bool),
+                                         torch.zeros(len(labels), dtype=torch.long), n_classes)[0]
+    merged: dict[int, float | None] = {}
+    for part in group.gather(scores):
+        merged.update(part)
+    out = [merged.get(c) for c in range(len(samples.counts) if isinstance(samples, SliceStore)
+                                        else int(samples.case_index.max()) + 1)]
+    return out if any(s is not None for s in out) else None
 
 
-def _train_in(out: Path, config: TrainConfig, cohort: Cohort, device: torch.device, emit: EventSink,
-              should_stop: Callable[[], bool] | None, resume: bool) -> ModelCard:
+def _train_in(out: Path, config: TrainConfig, cohort: Cohort, device: torch.device, group: Distributed,
+              emit: EventSink, should_stop: Callable[[], bool] | None, resume: bool) -> ModelCard:
     """The training run of :func:`train` once its cohort is read."""
     samples = cohort.samples
     card = new_card(config, cohort)
@@ -218,8 +251,9 @@ def _train_in(out: Path, config: TrainConfig, cohort: Cohort, device: torch.devi
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr, betas=tuple(config.betas))
     if isinstance(samples, SampleSet) and config.spatial_dims == 2:  # 3D: volumes stay, patches travel
         samples = samples.to(device)
-    recipe = start_recipe(config, samples, network, optimizer, device, lambda: build_from_card(card))
-    card.training.update(recipe.card_info())
+    recipe = start_recipe(config, samples, network, optimizer, device, lambda: build_from_card(card), group)
+    card.training.update({**recipe.card_info(), **group.info()})
+    model = group.wrap(network, device)
     optimizers = [(optimizer, config.lr)] + recipe.optimizers()
     dtype = autocast_dtype(config.precision, device)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
@@ -239,7 +273,7 @@ def _train_in(out: Path, config: TrainConfig, cohort: Cohort, device: torch.devi
             coin = torch.rand(config.spatial_dims, generator=step_generator(config.seed, epoch, b))
             batch = flip_batch(batch, [a for a in range(config.spatial_dims) if coin[a] < 0.5])
         with torch.autocast(device.type, dtype) if dtype is not None else contextlib.nullcontext():
-            logits = network(batch["image"])
+            logits = model(batch["image"])
         loss, parts = recipe.loss(logits.float(), batch, config.barrier_t(epoch), weak)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -255,26 +289,27 @@ def _train_in(out: Path, config: TrainConfig, cohort: Cohort, device: torch.devi
     def epoch_info(epoch: int, last: bool) -> dict:
         info: dict = {"t": config.barrier_t(epoch), "lr": config.lr * config.lr_factor(epoch)}
         if (epoch + 1) % config.eval_every == 0 or last:
-            scores = _dice(network, samples, device, config.batch_size * 2, n_classes, card.input.patch_size)
+            scores = _dice(network, samples, device, config.batch_size * 2, n_classes, card.input.patch_size, group)
             if scores is not None:
                 info.update(dice=float(np.mean([v for v in scores if v is not None])), dice_per_case=scores)
         return info
 
     hooks = recipe.hooks()
     start_info = {"recipe": config.recipe, "out": str(out), "labels": cohort.label_values,
-                  "dataset": cohort.summary, **(hooks.start_info() if hooks is not None else {})}
+                  "dataset": cohort.summary, **group.info(), **(hooks.start_info() if hooks is not None else {})}
     settings = LoopSettings(len(samples), config.batch_size, config.epochs, config.seed, config.epoch_batches)
     try:
         history = run_epochs(network, optimizer, settings, step, checkpoint=out / CHECKPOINT,
                              fingerprint=config.fingerprint(), device=device, epoch_info=epoch_info, emit=emit,
                              should_stop=should_stop, resume=resume, start_info=start_info, hooks=hooks,
                              defaults=TrainConfig().resolved().fingerprint(),
-                             load=_batches(config, recipe, samples, device))
+                             load=_batches(config, recipe, samples, device, group), group=group)
     finally:
         if hooks is not None:
             hooks.close()
     card.history = history
     last = history[-1] if history else {}
     card.metrics = {k: last[k] for k in ("loss", "dice") if k in last}
-    save_model(out, network, card)
+    if group.main:
+        save_model(out, network, card)
     return card

@@ -176,8 +176,9 @@ def _job_folder(workdir: str | Path | None, model_folder: Path) -> Path:
 
 def start_training(volume_node: Any, boxset: BoxSet, out_folder: str | Path, config: dict | None = None,
                    reference_node: Any = None, resume: bool = True, python: str | Sequence[str] | None = None,
-                   workdir: str | Path | None = None) -> NodeJob:
+                   workdir: str | Path | None = None, gpus: int = 1) -> NodeJob:
     """Train a segmentation model from the boxes on one volume; the result is the model folder (Path).
+    ``gpus`` > 1 trains in that many processes, one GPU each (:mod:`WeakSegLib.app.launch`).
 
     ``config`` holds :class:`~WeakSegLib.config.TrainConfig` fields (``recipe``, ``epochs``, ...), checked
     before any file is written. ``reference_node`` (a label volume or segmentation node, optional) is only
@@ -190,7 +191,8 @@ def start_training(volume_node: Any, boxset: BoxSet, out_folder: str | Path, con
             "boxes": str(save_boxes(boxset, folder / "boxes.json")), "mask": None, "eval_mask": None}
     if reference_node is not None:
         case["eval_mask"] = _write_labels(reference_node, volume_node, folder / "reference.nrrd")
-    job = {"kind": "train", "out": str(out), "resume": bool(resume), "cases": [case], "config": dict(config or {})}
+    job = {"kind": "train", "out": str(out), "resume": bool(resume), "cases": [case], "config": dict(config or {}),
+           "gpus": int(gpus)}
     return NodeJob("train", start_job(job, folder, python), folder, lambda: out)
 
 

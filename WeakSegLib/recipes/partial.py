@@ -13,7 +13,10 @@ Both add a term to the cross-entropy on the labelled pixels (recipe ``partial-ce
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
+from torch import nn
 
 from WeakSegLib.engine.recipe import RecipeContext, Term
 from WeakSegLib.errors import InputError
@@ -34,6 +37,7 @@ class Adversary:
         image_channels: k, the network's input channels.
         n_classes: foreground classes C (masks have 1 + C channels).
         device: where D lives.
+        wrap: gives the module D's steps go through (``DistributedDataParallel`` in a distributed run).
         references: ``(R, H, W)`` class-index reference slices for ``unpaired`` (the pool to draw from);
             ``paired`` takes them from the batch (``batch["reference"]``).
         weight: λ_a.
@@ -42,7 +46,8 @@ class Adversary:
 
     def __init__(self, mode: str, image_channels: int, n_classes: int, device: torch.device, *,
                  references: torch.Tensor | None = None, weight: float | None = None, lr: float = 2e-4,
-                 betas: tuple[float, float] = (0.5, 0.999)) -> None:
+                 betas: tuple[float, float] = (0.5, 0.999),
+                 wrap: Callable[[nn.Module], nn.Module] = lambda module: module) -> None:
         if mode not in MODES:
             raise InputError(f"unknown ACCL reference mode {mode!r}; choose one of {', '.join(MODES)}")
         if mode == "unpaired" and (references is None or len(references) == 0):
@@ -52,6 +57,7 @@ class Adversary:
         self.references = references
         self.discriminator = PatchDiscriminator(image_channels + self.n_channels).to(device)
         self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=betas)
+        self.trained = wrap(self.discriminator)
 
     def generator_loss(self, image: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
         """λ_a·mean((D(X, G(X)) − 1)²); ``probs`` ``(B, 1 + C, H, W)`` softmax of the network. The
@@ -79,8 +85,9 @@ class Adversary:
     def discriminator_step(self, batch: dict[str, torch.Tensor], probs: torch.Tensor) -> torch.Tensor:
         """One LSGAN step of D on the batch; ``probs`` the network's softmax (detached here).
         Returns D's loss (detached)."""
-        fake = self.discriminator(batch["image"], probs.detach())
-        real = self.discriminator(batch["image"], self.reference_masks(batch))
+        image = batch["image"]  # fake and real pairs in one pass (instance norm: each scored on its own)
+        fake, real = self.trained(torch.cat([image, image]), torch.cat([probs.detach(),
+                                                                        self.reference_masks(batch)])).chunk(2)
         loss = (fake ** 2).mean() + ((real - 1) ** 2).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -133,7 +140,8 @@ class ACCL(CrossEntropy):
     def __init__(self, ctx: RecipeContext) -> None:
         config = ctx.config
         self.adversary = Adversary(config.recipe.removeprefix("accl-"), config.context, ctx.n_classes, ctx.device,
-                                   references=ctx.samples.references, weight=config.adv_weight, lr=config.adv_lr)
+                                   references=ctx.samples.references, weight=config.adv_weight, lr=config.adv_lr,
+                                   wrap=lambda module: ctx.group.wrap(module, ctx.device))
         super().__init__(ctx)
 
     def terms(self) -> list[Term]:

@@ -99,11 +99,13 @@ class DeepCutRevision(_Revision):
         reinit: re-initialises network and optimizer for revision ``round`` (1, 2, …).
         every: k, epochs between revisions.
         processes: CRF worker processes.
+        revise: whether this process computes the revisions (in a distributed run rank 0 alone does;
+            the loop gives the other ranks its labels, :mod:`WeakSegLib.engine.distributed`).
     """
 
     def __init__(self, samples: SampleSet, predict: Callable[[], torch.Tensor], *,
                  reinit: Callable[[int], None], every: int = 10, processes: int = 2,
-                 params: CRFSettings = CRFSettings()) -> None:
+                 params: CRFSettings = CRFSettings(), revise: bool = True) -> None:
         _check_2d(samples, "deepcut")
         if every < 1:
             raise InputError(f"DeepCut's revision interval must be ≥ 1 epoch, got {every}")
@@ -113,21 +115,26 @@ class DeepCutRevision(_Revision):
         box_mask = samples.box_mask.cpu().numpy().astype(bool)
         valid = samples.valid.cpu().numpy()
         self.allowed = np.concatenate([valid[:, None], box_mask & valid[:, None]], 1)
-        self.pool = CRFPool(images, self.allowed.shape[1], extent=extent, processes=processes, params=params)
+        self.pool = (CRFPool(images, self.allowed.shape[1], extent=extent, processes=processes, params=params)
+                     if revise else None)
 
     def before_epoch(self, epoch: int) -> dict | None:
         if epoch == 0 or epoch % self.every:
             return None
+        round_ = epoch // self.every
+        if self.pool is None:  # the labels come from the revising rank
+            self.reinit(round_)
+            return {"proposal_update": round_}
         labels, seconds = self.pool.refine(self.predict(), self.allowed, self.weak)
         self.set_labels(labels)
-        round_ = epoch // self.every
         self.reinit(round_)
         inside = self.allowed[self.weak, 1:].any(1)
         fg = float((labels[self.weak] > 0)[inside].mean()) if inside.any() else 0.0
         return {"proposal_update": round_, "crf_seconds": seconds, "proposal_foreground": fg}
 
     def close(self) -> None:
-        self.pool.close()
+        if self.pool is not None:
+            self.pool.close()
 
 
 class BoxSupRevision(_Revision):
@@ -185,7 +192,8 @@ class DeepCut(CrossEntropy):
         super().__init__(ctx)
         config = ctx.config
         self.revision = DeepCutRevision(ctx.samples, ctx.predict, reinit=ctx.reinit, every=config.proposal_every,
-                                        processes=config.processes, params=config.crf_settings())
+                                        processes=config.processes, params=config.crf_settings(),
+                                        revise=ctx.group.main)
 
     def hooks(self) -> DeepCutRevision:
         return self.revision

@@ -1,0 +1,59 @@
+"""``weakseg train --gpus N`` and a worker job with ``"gpus": N``: the same command in N processes on this
+machine, started by PyTorch's elastic launcher exactly as ``torchrun --standalone --nproc_per_node N -m
+WeakSegLib train …`` starts them (:mod:`WeakSegLib.engine.distributed` is what each process then does).
+
+The launcher forwards SIGTERM to every process (each stops at the next batch, keeping the last
+checkpoint) and stops the others when one fails; the exit code is the processes' own when they agree
+(e.g. 3, cancelled, or 2, bad input), else 1.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+
+from WeakSegLib.app.jobs import EXIT_CANCELLED, EXIT_INTERNAL_ERROR, EXIT_OK
+from WeakSegLib.errors import InputError
+
+
+def child_of_launcher() -> bool:
+    """Whether this process was started by a distributed launcher (``torchrun`` or :func:`launch`)."""
+    return "LOCAL_RANK" in os.environ
+
+
+def check_processes(n: int, device: str) -> None:
+    """Raise :class:`InputError` unless this machine can run ``n`` training processes on ``device``:
+    one CUDA GPU each, or CPU processes with ``device`` ``cpu``."""
+    if n < 1:
+        raise InputError(f"--gpus must be ≥ 1, got {n}")
+    if device == "cpu":
+        return
+    if device not in ("auto", "cuda"):
+        raise InputError(f"--gpus runs one process per CUDA GPU; device {device!r} cannot (use --device cpu for "
+                         "CPU processes)")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus == 0:
+        raise InputError(f"--gpus {n}: this machine has no CUDA GPU (--device cpu --gpus {n} runs {n} CPU processes)")
+    if n > gpus:
+        raise InputError(f"--gpus {n}: this machine has {gpus} CUDA GPU(s)")
+
+
+def launch(n: int, argv: Sequence[str], module: str = "WeakSegLib") -> int:
+    """Run ``python -m module *argv`` in ``n`` processes under the elastic launcher; the exit code."""
+    from torch.distributed.elastic.multiprocessing import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))  # the cores shared out
+    args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={n}", "--max-restarts=0",
+                                         "--module", module, *argv])
+    try:
+        run(args)
+    except ChildFailedError as exc:
+        codes = {failure.exitcode for failure in exc.failures.values()}
+        return codes.pop() if len(codes) == 1 and min(codes) > 0 else EXIT_INTERNAL_ERROR
+    except SignalException:  # the launcher was told to stop: it sent the signal on to every process
+        return EXIT_CANCELLED
+    return EXIT_OK
