@@ -6,6 +6,9 @@ panel to it. torch and MONAI are imported only by the worker process.
 
 from __future__ import annotations
 
+import pathlib
+from pathlib import Path
+
 import slicer
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -13,12 +16,34 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
+from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer.util import VTKObservationMixin
 
+from WeakSegLib import mrml
 from WeakSegLib.config import DEVICES
 from WeakSegLib.errors import WeakSegError
+from WeakSegLib.io.fields import read_json
+from WeakSegLib.io.volume import read_volume
+from WeakSegLib.io.worklist import Worklist
 from WeakSegLib.mrml import tasks
-from WeakSegTrain import ensureDependencies, workerPython
+from WeakSegTrain import JobWatcher, ensureDependencies, workerPython
+
+#: the cases "Apply to dataset" predicts: a split of the dataset file, or all of them
+SPLIT_CHOICES = {"test cases": "test", "training cases": "training", "all cases": None}
+
+
+@parameterNodeWrapper
+class WeakSegInferParameterNode:
+    """The panel's settings, kept in the module's parameter node (saved with the scene) and bound to the
+    widgets whose ``SlicerParameterName`` names them."""
+
+    modelFolder: pathlib.Path
+    inputVolume: slicer.vtkMRMLScalarVolumeNode
+    outputSegmentation: slicer.vtkMRMLSegmentationNode
+    device: str = "auto"
+    dataset: pathlib.Path
+    cases: str = next(iter(SPLIT_CHOICES))
+    outputFolder: pathlib.Path
 
 
 class WeakSegInfer(ScriptedLoadableModule):
@@ -41,13 +66,13 @@ class WeakSegInferWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self.job = None
-        self.timer = None
+        self.watcher = None
         self.modelOk = False
+        self.datasetResult = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
 
     def setup(self) -> None:
-        import qt
-
         ScriptedLoadableModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/WeakSegInfer.ui"))
         self.layout.addWidget(uiWidget)
@@ -55,17 +80,54 @@ class WeakSegInferWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = WeakSegInferLogic()
         self.ui.deviceComboBox.addItems(list(DEVICES))
-        self.timer = qt.QTimer()
-        self.timer.setInterval(300)
-        self.timer.connect("timeout()", self.onTimer)
+        self.ui.splitComboBox.addItems(list(SPLIT_CHOICES))
+        self.watcher = JobWatcher(self.ui.progressBar)
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelChanged)
         self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateApply)
         self.ui.applyButton.connect("clicked()", self.onApply)
+        self.ui.applyDatasetButton.connect("clicked()", self.onApplyDataset)
+        self.ui.datasetResultsTable.connect("cellDoubleClicked(int,int)", self.onLoadResult)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.initializeParameterNode()
         self.onModelChanged(self.ui.modelPathLineEdit.currentPath)
 
     def cleanup(self) -> None:
-        if self.job is not None and not self.job.done:
-            self.job.cancel()
+        self.removeObservers()
+        self.setParameterNode(None)
+        if self.watcher is not None:
+            self.watcher.stop()
+
+    # --- parameter node (Slicer's scripted-module template) ------------------------------------------------
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(WeakSegInferParameterNode(self.logic.getParameterNode()))
+        if not self._parameterNode.inputVolume:
+            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+
+    def setParameterNode(self, parameterNode) -> None:
+        import vtk
+
+        if self._parameterNode is not None:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateApply)
+        self._parameterNode, self._parameterNodeGuiTag = parameterNode, None
+        if parameterNode is not None:
+            self._parameterNodeGuiTag = parameterNode.connectGui(self.ui)
+            self.addObserver(parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateApply)
+        self.updateApply()
 
     def onModelChanged(self, path: str) -> None:
         try:
@@ -77,42 +139,93 @@ class WeakSegInferWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateApply()
 
     def updateApply(self, *args) -> None:
-        running = self.job is not None and not self.job.done
+        if self.watcher is None:
+            return
+        running = self.watcher.running
         self.ui.applyButton.enabled = running or (self.modelOk and self.ui.inputVolumeSelector.currentNode() is not None)
         self.ui.applyButton.text = "Cancel" if running else "Apply"
+        self.ui.applyDatasetButton.enabled = running or self.modelOk
+        self.ui.applyDatasetButton.text = "Cancel" if running else "Apply to dataset"
 
     def onApply(self) -> None:
-        if self.job is not None and not self.job.done:
-            self.job.cancel()
+        if self.watcher.running:
+            self.watcher.cancel()
             return
         with slicer.util.tryWithErrorDisplay("Could not start the prediction.", waitCursor=True):
             ensureDependencies()
-            self.job = self.logic.predict(self.ui.modelPathLineEdit.currentPath, self.ui.inputVolumeSelector.currentNode(),
-                                          self.ui.outputSegmentationSelector.currentNode(),
-                                          device=self.ui.deviceComboBox.currentText)
+            self.ui.modelPathLineEdit.addCurrentPathToHistory()  # remembered across sessions (settingKey)
+            job = self.logic.predict(self.ui.modelPathLineEdit.currentPath, self.ui.inputVolumeSelector.currentNode(),
+                                     self.ui.outputSegmentationSelector.currentNode(),
+                                     device=self.ui.deviceComboBox.currentText)
             self.ui.statusLabel.text = "Predicting…"
-            self.ui.progressBar.value = 0
-            self.timer.start()
+            self.watcher.watch(job, onEnd=self.onPredicted)
             self.updateApply()
 
-    def onTimer(self) -> None:
-        self.job.poll()
-        fraction = self.job.progress()
-        if fraction is not None:
-            self.ui.progressBar.value = int(100 * fraction)
-        if not self.job.done:
-            return
-        self.timer.stop()
-        if self.job.error:
-            self.ui.statusLabel.text = "Cancelled." if self.job.cancelled else "Failed."
-            if not self.job.cancelled:
-                slicer.util.errorDisplay("WeakSeg prediction failed.", detailedText=self.job.error)
+    def onPredicted(self, job) -> None:
+        if job.error:
+            self.ui.statusLabel.text = "Cancelled." if job.cancelled else "Failed."
         else:
-            self.ui.progressBar.value = 100
-            self.ui.outputSegmentationSelector.setCurrentNode(self.job.result)
-            self.job.result.CreateClosedSurfaceRepresentation()
-            self.ui.statusLabel.text = f"Done: {self.job.result.GetName()}"
+            self.ui.outputSegmentationSelector.setCurrentNode(job.result)
+            job.result.CreateClosedSurfaceRepresentation()
+            self.ui.statusLabel.text = f"Done: {job.result.GetName()}"
         self.updateApply()
+
+    # --- a dataset or a folder ------------------------------------------------------------------------
+    def onApplyDataset(self) -> None:
+        if self.watcher.running:
+            self.watcher.cancel()
+            return
+        with slicer.util.tryWithErrorDisplay("Could not start the predictions.", waitCursor=True):
+            ensureDependencies()
+            for edit in (self.ui.modelPathLineEdit, self.ui.datasetPathLineEdit, self.ui.outputFolderPathLineEdit):
+                edit.addCurrentPathToHistory()
+            job = self.logic.predictDataset(self.ui.modelPathLineEdit.currentPath, self.ui.datasetPathLineEdit.currentPath,
+                                            self.ui.outputFolderPathLineEdit.currentPath,
+                                            split=SPLIT_CHOICES[self.ui.splitComboBox.currentText],
+                                            device=self.ui.deviceComboBox.currentText)
+            self.datasetResult = None
+            self.ui.datasetResultsTable.setRowCount(0)
+            self.ui.statusLabel.text = "Predicting the cases…"
+            self.watcher.watch(job, onEvent=self.onCaseEvent, onEnd=self.onDatasetPredicted)
+            self.updateApply()
+
+    def onCaseEvent(self, event: dict) -> None:
+        if event.get("event") == "case":
+            self._addResultRow(event["name"], "done" if "prediction" in event else f"skipped: {event['error']}", "")
+            self.ui.statusLabel.text = f"Case {event['done']} of {event['of']}"
+
+    def _addResultRow(self, name: str, result: str, dice: str) -> None:
+        import qt
+
+        table = self.ui.datasetResultsTable
+        rows = [table.item(r, 0).text() for r in range(table.rowCount)]
+        row = rows.index(name) if name in rows else table.rowCount
+        if row == table.rowCount:
+            table.setRowCount(row + 1)
+        for column, text in enumerate((name, result, dice)):
+            table.setItem(row, column, qt.QTableWidgetItem(text))
+
+    def onDatasetPredicted(self, job) -> None:
+        if not job.error:
+            self.datasetResult = job.result
+            dice: dict[str, list[float]] = {}
+            for row in self.logic.scores(job.result):
+                dice.setdefault(row["case"], []).append(row["dice"])
+            for name, path in job.result["predictions"].items():
+                shown = " / ".join(f"{d:.3f}" for d in dice.get(name, []))
+                self._addResultRow(name, "done" if path else f"skipped: {job.result['failed'].get(name)}", shown)
+            self.ui.statusLabel.text = f"{len(job.result['predictions'])} cases → {job.result['out_dir']}"
+        else:
+            self.ui.statusLabel.text = "Cancelled." if job.cancelled else "Failed."
+        self.updateApply()
+
+    def onLoadResult(self, row: int, column: int) -> None:
+        if self.datasetResult is None:
+            return
+        with slicer.util.tryWithErrorDisplay("Could not load the case.", waitCursor=True):
+            name = self.ui.datasetResultsTable.item(row, 0).text()
+            segmentation = self.logic.loadPrediction(self.datasetResult, name)
+            self.ui.outputSegmentationSelector.setCurrentNode(segmentation)
 
 
 class WeakSegInferLogic(ScriptedLoadableModuleLogic):
@@ -128,6 +241,7 @@ class WeakSegInferLogic(ScriptedLoadableModuleLogic):
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self.python = workerPython()
+        self.lastDataset: Worklist | None = None  # the cases of the last predictDataset
 
     def modelSummary(self, folder) -> str:
         """Recipe, network, labels, training spacing and metrics of a model folder (raises if it is not one)."""
@@ -143,6 +257,37 @@ class WeakSegInferLogic(ScriptedLoadableModuleLogic):
             raise WeakSegError("select an input volume")
         job = tasks.start_prediction(folder, volumeNode, segmentationNode, device=device, python=self.python)
         return job.wait() if wait else job
+
+    # --- a dataset or a folder ------------------------------------------------------------------------
+    def predictDataset(self, folder, dataset, outFolder, split: str | None = "test", device: str = "auto",
+                       wait: bool = False):
+        """Segment the cases of ``split`` (None: every case) of a dataset file, or of a folder of images,
+        in the background: one ``<case>.seg.nrrd`` per case in ``outFolder`` (segments named and coloured
+        from the card; a case that fails is skipped), scored against the cases' reference masks as
+        ``weakseg evaluate`` scores them. The job's result (``wait=True``: returned) is the worker's
+        summary: ``predictions``, ``failed`` and, with references, ``scores`` (see :meth:`scores`)."""
+        worklist = Worklist.open(dataset)
+        cases = [(c.name, c.image, c.files.get("mask")) for c in worklist.cases if split is None or c.split == split]
+        if not cases:
+            raise WeakSegError(f"{worklist.path} has no {split} case")
+        self.lastDataset = worklist
+        job = tasks.start_dataset_prediction(folder, cases, outFolder, device=device, python=self.python)
+        return job.wait() if wait else job
+
+    def scores(self, result) -> list[dict]:
+        """The per-case, per-label scores (Dice, IoU, HD95 mm, volumes) of a :meth:`predictDataset` result
+        (empty without references)."""
+        return read_json(Path(result["scores"]), "scores file")["cases"] if result.get("scores") else []
+
+    def loadPrediction(self, result, name: str):
+        """Load case ``name``'s image and its predicted segmentation (a :meth:`predictDataset` result) into
+        the scene; returns the segmentation node (on the image's grid, its segments named from the card)."""
+        path = result["predictions"].get(name)
+        if not path:
+            raise WeakSegError(f"case {name!r} has no prediction: {result['failed'].get(name, 'not predicted')}")
+        case = self.lastDataset.cases[self.lastDataset.index(name)]
+        volume = mrml.add_volume_node(read_volume(case.image), name)
+        return mrml.load_segmentation(path, volume, f"{name} prediction")
 
 
 class WeakSegInferTest(ScriptedLoadableModuleTest):

@@ -7,11 +7,14 @@ import json
 import os
 import py_compile
 import re
+import shutil
 import struct
 import subprocess
 import sys
 import textwrap
+import typing
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 import slicer
@@ -61,6 +64,28 @@ def test_ui_has_every_widget_the_module_uses(ui_loader, module):
     names = {child.objectName() for child in widget.findChildren(QObject)}
     used = set(re.findall(r"self\.ui\.(\w+)", (REPO / module / f"{module}.py").read_text()))
     assert used and not used - names, f"{module}.py uses widgets missing from its .ui: {sorted(used - names)}"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_panel_setting_lives_in_the_parameter_node(module):
+    """The widgets bound to the parameter node (``SlicerParameterName`` in the .ui) are exactly the
+    parameters of the module's ``parameterNodeWrapper`` class, and node selectors hold node parameters of
+    the selector's node types."""
+    import importlib
+
+    wrapper = getattr(importlib.import_module(module), f"{module}ParameterNode")
+    root = ET.parse(REPO / module / "Resources" / "UI" / f"{module}.ui").getroot()
+    bound = {}
+    for widget in root.iter("widget"):
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                bound[prop.findtext("string")] = widget
+    assert bound and set(bound) == set(wrapper.allParameters)
+    for name, widget in bound.items():
+        if widget.get("class") == "qMRMLNodeComboBox":
+            types = {s.text for p in widget.iter("property") if p.get("name") == "nodeTypes" for s in p.iter("string")}
+            hinted = typing.get_args(wrapper.allParameters[name]) or (wrapper.allParameters[name],)
+            assert {t.__name__ for t in hinted} == types, name
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -129,6 +154,55 @@ def test_extension_cmake_and_catalogue_entry():
     assert (width, height) == (128, 128)
 
 
+def test_the_extension_configures_against_slicers_macros(tmp_path):
+    """Real CMake on the extension's CMake files, with Slicer's build tree stood in by
+    ``cmake_stub/``: it defines exactly the macros Slicer and CTK provide, with their keyword arguments,
+    so an unknown command (e.g. ``ctkMacroCompilePythonScripts``), an unknown keyword or a listed file
+    that does not exist stops the configuration, as it would in Slicer's extension build."""
+    stub = REPO / "Testing" / "mrml" / "cmake_stub"
+    run = subprocess.run(["cmake", "-S", str(REPO), "-B", str(tmp_path), f"-DSlicer_DIR={stub}", "-DBUILD_TESTING=ON"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    calls = [line.split("|") for line in (tmp_path / "slicer-calls.txt").read_text().splitlines()]
+    assert [(name, Path(folder).name) for name, folder, _ in calls] == [
+        ("ctkMacroCompilePythonScript", REPO.name),
+        *[(name, module) for module in MODULES
+          for name in ("slicerMacroBuildScriptedModule", "slicer_add_python_unittest")]]
+    shipped = set(calls[0][2].split(";"))  # every module of the core and its requirement lists are installed
+    core = REPO / "WeakSegLib"
+    assert {str(p.relative_to(core)) for p in core.rglob("*.py")} <= shipped
+    assert {str(p.relative_to(core)) for p in (core / "app" / "requirements").glob("*.txt")} <= shipped
+
+    broken = tmp_path / "broken"
+    shutil.copytree(REPO, broken, ignore=shutil.ignore_patterns(".git", "Testing", "*.pyc", "__pycache__"))
+    top = broken / "CMakeLists.txt"
+    top.write_text(top.read_text().replace("ctkMacroCompilePythonScript(", "ctkMacroCompilePythonScripts("))
+    run = subprocess.run(["cmake", "-S", str(broken), "-B", str(tmp_path / "b"), f"-DSlicer_DIR={stub}"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and "Unknown CMake command" in run.stderr
+
+
+#: ``slicer.app`` members the modules may use: methods of qSlicerApplication / qSlicerCoreApplication as
+#: declared in Slicer 5.10's Base/QTGUI/qSlicerApplication.h and Base/QTCore/qSlicerCoreApplication.h
+SLICER_APP_MEMBERS = {"applicationLogic", "layoutManager", "processEvents", "testingEnabled"}
+
+
+def test_every_slicer_util_and_app_name_the_modules_use_exists_in_slicer():
+    """``slicer.util.X`` must be a function of Slicer's own util.py (the one the slicer-core wheel ships);
+    ``slicer.app.X`` one of the application's members listed above."""
+    util = ast.parse((Path(slicer.__file__).parent / "util.py").read_text())
+    functions = {node.name for node in util.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    sources = [REPO / m / f"{m}.py" for m in MODULES] + sorted((REPO / "WeakSegLib").rglob("*.py"))
+    used_util, used_app = set(), set()
+    for path in sources:
+        text = path.read_text()
+        used_util |= set(re.findall(r"(?:\bslicer|_slicer\(\))\.util\.(\w+)", text))
+        used_app |= set(re.findall(r"\bslicer\.app\.(\w+)", text))
+    assert {"tryWithErrorDisplay", "vtkMatrixFromArray", "updateVolumeFromArray"} <= used_util  # the scan works
+    assert used_util <= functions, sorted(used_util - functions)
+    assert used_app and used_app <= SLICER_APP_MEMBERS, sorted(used_app - SLICER_APP_MEMBERS)
+
+
 @pytest.mark.parametrize("module", MODULES)
 def test_module_cmake_lists_existing_files(module):
     text = (REPO / module / "CMakeLists.txt").read_text().replace("${MODULE_NAME}", module)
@@ -143,6 +217,7 @@ def test_one_requirements_source_for_pip_and_slicer():
     """pyproject.toml reads its dependencies and extras from the package's requirement files, the very
     lists Slicer installs from; requirements.txt only pins versions those lists allow."""
     import tomllib
+
     from packaging.requirements import Requirement
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -177,26 +252,35 @@ def test_the_crf_package_is_asked_for_only_when_deepcut_is_chosen(monkeypatch):
 
 
 def test_ensure_dependencies_installs_missing_packages_through_slicer(monkeypatch):
-    """First-Apply installation: pip_ensure gets the missing requirements; failures name what is missing."""
+    """First-Apply installation: ``slicer.packaging`` is imported (a fresh Slicer session has not), and
+    pip_ensure gets the missing requirements as Requirement objects, asks only when told to, and installs
+    under --testing too (the self-tests need them); failures name what is missing."""
     import types
+
+    from packaging.requirements import Requirement
 
     import WeakSegTrain
 
     state = {"missing": ["monai==1.6.1"], "calls": []}
     monkeypatch.setattr(dependencies, "missing_requirements", lambda requirements: list(state["missing"]))
 
-    def pip_ensure(requirements, requester):
-        state["calls"].append((list(requirements), requester))
+    def pip_ensure(requirements, constraints=None, skip_packages=None, prompt_install=True, prompt_restart=True,
+                   requester=None, skip_in_testing=True, show_progress=True):  # Slicer's signature
+        state["calls"].append((requirements, prompt_install, requester, skip_in_testing))
         state["missing"] = []
 
-    monkeypatch.setattr(slicer, "packaging", types.SimpleNamespace(pip_ensure=pip_ensure), raising=False)
-    WeakSegTrain.ensureDependencies()
-    assert state["calls"] == [(["monai==1.6.1"], "WeakSeg")]
+    monkeypatch.delattr(slicer, "packaging", raising=False)  # as in a fresh session: only importable
+    monkeypatch.setitem(sys.modules, "slicer.packaging", types.SimpleNamespace(pip_ensure=pip_ensure))
+    WeakSegTrain.ensureDependencies(confirm=False)
+    [(requirements, prompt, requester, skip_in_testing)] = state["calls"]
+    assert requirements == [Requirement("monai==1.6.1")] and all(isinstance(r, Requirement) for r in requirements)
+    assert (prompt, requester, skip_in_testing) == (False, "WeakSeg", False)
     WeakSegTrain.ensureDependencies()  # nothing missing: nothing installed again
     assert len(state["calls"]) == 1
 
     state["missing"] = ["scikit-image>=0.21"]
-    monkeypatch.setattr(slicer, "packaging", types.SimpleNamespace(pip_ensure=lambda r, requester: None))
+    monkeypatch.setitem(sys.modules, "slicer.packaging",
+                        types.SimpleNamespace(pip_ensure=lambda requirements, **kw: None))
     with pytest.raises(RuntimeError, match="scikit-image"):
         WeakSegTrain.ensureDependencies()
 

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+import slicer
 
 from WeakSegInfer import WeakSegInferLogic
 from WeakSegLib import mrml
@@ -180,3 +181,40 @@ def test_module_self_tests_run(wired, module):
     test = getattr(importlib.import_module(module), f"{module}Test")()
     test.runTest()
     assert wired.scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 1
+
+
+def test_a_new_box_is_a_box_of_its_volume_when_the_scene_announces_it(wired, spine_nodes):
+    """The panel refreshes its box table on the scene's node-added event: by then the ROI must already
+    name its volume (and carry its kind and label), whether added, loaded or tightened."""
+    import vtk
+
+    volume = spine_nodes[0]
+    seen = []
+
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def added(caller, event, node):
+        if node.IsA("vtkMRMLMarkupsROINode"):
+            seen.append((node.GetAttribute(VOLUME_ATTRIBUTE), node.GetAttribute(mrml.KIND_ATTRIBUTE)))
+
+    tag = wired.scene.AddObserver(wired.scene.NodeAddedEvent, added)
+    try:
+        logic = WeakSegTrainLogic()
+        logic.addBox(volume, kind="slice")
+        logic.addBox(volume, kind="3d")
+    finally:
+        wired.scene.RemoveObserver(tag)
+    assert seen == [(volume.GetID(), "slice"), (volume.GetID(), "3d")]
+
+
+def test_jumping_to_a_box_uses_its_world_centre(wired, spine_nodes):
+    volume = spine_nodes[0]
+    logic = WeakSegTrainLogic()
+    roi = logic.addBox(volume, kind="3d")
+    local = [roi.GetCenter()[i] for i in range(3)]
+    assert np.allclose(logic.boxCenter(roi), local)
+    transform = wired.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    matrix = np.eye(4)
+    matrix[:3, 3] = (10.0, -20.0, 30.0)
+    transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(matrix))
+    roi.SetAndObserveTransformNodeID(transform.GetID())
+    assert np.allclose(logic.boxCenter(roi), np.add(local, (10.0, -20.0, 30.0)))

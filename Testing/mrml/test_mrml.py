@@ -247,6 +247,12 @@ def test_labelmap_to_segmentation_and_back(wired, tmp_path):
     np.testing.assert_array_equal(back, labels)
     assert [v["name"] for v in back_labels.values()] == ["liver", "kidney", "spleen"]
     assert not [n for n in wired.scene.GetNodesByClass("vtkMRMLLabelMapVolumeNode")], "temporary nodes left behind"
+    assert not [n for n in wired.scene.GetNodesByClass("vtkMRMLColorTableNode") if n.GetName().startswith("__weakseg")]
+    # the order of the label table, not of the values, and every entry, the empty ones included
+    reordered = {3: names[3], 2: names[2], 1: names[1]}
+    again = mrml.segmentation_from_labelmap(labels, node, reordered, name="reordered").GetSegmentation()
+    assert [again.GetNthSegment(i).GetName() for i in range(3)] == ["spleen", "kidney", "liver"]
+    np.testing.assert_allclose(again.GetNthSegment(0).GetColor(), [0.1, 0.8, 0.1])
     # Replacing the content keeps one node and drops the old segments.
     mrml.segmentation_from_labelmap(labels == 1, node, {1: names[1]}, segmentation_node=segmentation)
     assert seg.GetNumberOfSegments() == 1
@@ -280,3 +286,28 @@ def test_training_curves_table_and_chart(wired):
     assert curves.chart.GetNumberOfPlotSeriesNodes() == 2
     assert {curves.chart.GetNthPlotSeriesNode(i).GetYColumnName() for i in range(2)} == {"loss", "dice"}
     assert all(s.GetTableNode() is curves.table for s in curves.series.values())
+
+
+def test_a_segmentation_file_written_here_opens_in_slicer_named_coloured_on_its_grid(wired, tmp_path):
+    """``.seg.nrrd`` from :mod:`WeakSegLib.io.segfile`, read by Slicer's own segmentation storage node:
+    every segment of the table (the empty one too) with its name, colour and voxels, on the volume's grid."""
+    from WeakSegLib.io.segfile import write_segmentation
+    from WeakSegLib.io.volume import read_label_volume
+
+    volume = _oblique_volume((8, 12, 10))
+    node = mrml_add_volume(volume)
+    labels = np.zeros(volume.shape, np.uint8)
+    labels[2:6, 3:8, 2:7] = 1
+    labels[1:3, 8:11, 5:9] = 4
+    table = [(4, "kidney", (0.2, 0.5, 0.9)), (1, "liver", (0.9, 0.3, 0.2)), (7, "spleen", (0.1, 0.8, 0.1))]
+    path = write_segmentation(volume.with_array(labels), table, tmp_path / "case.seg.nrrd")
+    np.testing.assert_array_equal(read_label_volume(path).array, labels)  # any NRRD reader: the label volume
+    segmentation = wired.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage = wired.scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(path))
+    assert storage.ReadData(segmentation)
+    seg = segmentation.GetSegmentation()
+    assert [seg.GetNthSegment(i).GetName() for i in range(seg.GetNumberOfSegments())] == ["kidney", "liver", "spleen"]
+    np.testing.assert_allclose(seg.GetNthSegment(0).GetColor(), [0.2, 0.5, 0.9], atol=1e-6)
+    back, _ = mrml.labelmap_from_segmentation(segmentation, node)
+    np.testing.assert_array_equal(back, np.select([labels == 4, labels == 1], [1, 2], 0))  # segment n → n + 1

@@ -310,6 +310,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _print_scores(result) -> None:
+    """The per-case table and the per-label means of an evaluation."""
+    print(f"{'case':24} {'label':>5} {'Dice':>6} {'IoU':>6} {'HD95 mm':>8} {'vol mL':>8} {'ref mL':>8} {'ΔV %':>7}")
+    for s in result.scores:
+        print(f"{s.case:24} {s.label:5d} {s.dice:6.3f} {s.iou:6.3f} {_number(s.hd95, 2):>8} {s.volume_ml:8.2f} "
+              f"{s.reference_ml:8.2f} {_number(s.volume_difference_pct, 1):>7}")
+    for label, summary in result.summary().items():
+        shown = "   ".join(f"{name} {_number(summary[key]['mean'], d)} ± {_number(summary[key]['sd'], d)}"
+                           for key, name, d in (("dice", "Dice", 3), ("iou", "IoU", 3), ("hd95", "HD95", 2)))
+        print(f"label {label}, {summary['dice']['n']} cases: {shown}")
+
+
 def _evaluate_dataset(args: argparse.Namespace) -> int:
     from WeakSegLib.engine.evaluation import evaluate_cases
     from WeakSegLib.io.atomic import atomic_write_bytes, check_output_folder, check_writable, json_bytes
@@ -329,14 +341,8 @@ def _evaluate_dataset(args: argparse.Namespace) -> int:
         raise WeakSegError(f"{args.dataset}: no {args.split} case gives a 'mask' to score against")
     result = evaluate_cases(args.pred_dir, [(c.name, c.files["mask"]) for c in scored],
                             None if args.label is None else [args.label])
-    print(f"{'case':24} {'label':>5} {'Dice':>6} {'IoU':>6} {'HD95 mm':>8} {'vol mL':>8} {'ref mL':>8} {'ΔV %':>7}")
-    for s in result.scores:
-        print(f"{s.case:24} {s.label:5d} {s.dice:6.3f} {s.iou:6.3f} {_number(s.hd95, 2):>8} {s.volume_ml:8.2f} "
-              f"{s.reference_ml:8.2f} {_number(s.volume_difference_pct, 1):>7}")
-    for label, summary in result.summary().items():
-        shown = "   ".join(f"{name} {_number(summary[key]['mean'], d)} ± {_number(summary[key]['sd'], d)}"
-                           for key, name, d in (("dice", "Dice", 3), ("iou", "IoU", 3), ("hd95", "HD95", 2)))
-        print(f"label {label}, {summary['dice']['n']} cases: {shown}")
+    if "-" not in (args.json, args.csv):  # the table, unless the JSON or CSV goes to the standard output
+        _print_scores(result)
     for name in result.missing:
         print(f"weakseg: warning: {name}: no prediction in {args.pred_dir}", file=sys.stderr)
     for name, why in result.failed.items():

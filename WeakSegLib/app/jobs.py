@@ -12,6 +12,10 @@ A job is a JSON file (:func:`write_job`)::
      "cases": [{"image": "img.nrrd", "mask": "labels.nrrd"}], "config": {...}}     # TightenerConfig fields
     {"kind": "tighten", "model": "TIGHTENER_DIR", "image": "img.nrrd", "boxes": "boxes3d.json",
      "out": "boxes2d.json", "settings": {...}, "device": "auto"}                   # TightenSettings fields
+    {"kind": "predict-cases", "model": "MODEL_DIR", "out_dir": "PREDICTIONS/", "suffix": ".seg.nrrd",
+     "cases": [{"name": "case01", "image": "case01.nrrd", "mask": "case01_mask.nrrd"}], "device": "auto"}
+        # one prediction per case (a failing case is reported and skipped); with masks, the scores of
+        # `weakseg evaluate` in OUT_DIR/scores.json
 
 ``python -m WeakSegLib.app.worker JOB.json`` runs it, prints one JSON event per line on stdout
 (:mod:`WeakSegLib.events`), logs to stderr, and exits with one of the codes below. SIGTERM
@@ -55,6 +59,8 @@ JOB_FIELDS = {
                 "device": (str, False)},
     "tighten": {"model": (str, True), "image": (str, True), "boxes": (str, True), "out": (str, True),
                 "settings": (dict, False), "device": (str, False)},
+    "predict-cases": {"model": (str, True), "cases": (list, True), "out_dir": (str, True), "suffix": (str, False),
+                      "device": (str, False)},
 }
 JOB_KINDS = tuple(JOB_FIELDS)
 

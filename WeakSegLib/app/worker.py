@@ -46,6 +46,29 @@ def _train(job: dict, should_stop, config_class: type, case_class: type, trainer
     return {"model": job["out"], "metrics": card.metrics}
 
 
+def _predict_cases(job: dict, should_stop) -> dict:
+    """A ``predict-cases`` job: every case predicted into ``out_dir``; scored when cases give masks."""
+    from WeakSegLib.engine.evaluation import SCORES_FILE, evaluate_cases
+    from WeakSegLib.engine.inference import PREDICTION_SUFFIX, predict_cases
+    from WeakSegLib.io.atomic import atomic_write_json
+
+    cases = job["cases"]
+    for i, case in enumerate(cases):
+        if not (isinstance(case, dict) and isinstance(case.get("name"), str) and isinstance(case.get("image"), str)):
+            raise JobFileError(f"job case {i}: needs a 'name' and an 'image' (texts), got {case!r}")
+    results = predict_cases(job["model"], [(c["name"], c["image"]) for c in cases], job["out_dir"],
+                            device=job.get("device") or "auto", on_event=emit, should_stop=should_stop,
+                            suffix=job.get("suffix") or PREDICTION_SUFFIX)
+    payload: dict = {"out_dir": job["out_dir"], "predictions": {r.name: r.prediction for r in results},
+                     "failed": {r.name: r.error for r in results if r.error}}
+    references = [(c["name"], c["mask"]) for c in cases if c.get("mask")]
+    if references:
+        scores = evaluate_cases(job["out_dir"], references)  # as `weakseg evaluate` scores them
+        payload["scores"] = str(atomic_write_json(Path(job["out_dir"]) / SCORES_FILE, scores.to_dict()))
+    emit(events.done(**payload))
+    return payload
+
+
 def run_job(job: dict, should_stop) -> dict:
     """Run a parsed job in this process; returns the final payload."""
     if job["kind"] == "train":
@@ -64,6 +87,8 @@ def run_job(job: dict, should_stop) -> dict:
                               device=job.get("device", "auto"), on_event=emit, should_stop=should_stop)
         emit(events.done(**report))
         return report
+    if job["kind"] == "predict-cases":
+        return _predict_cases(job, should_stop)
     from WeakSegLib.engine.inference import predict_file
 
     result = predict_file(job["model"], job["image"], job["out"], prob_out=job.get("prob_out"),

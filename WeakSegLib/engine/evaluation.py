@@ -20,6 +20,7 @@ import numpy as np
 
 from WeakSegLib.engine.metrics import dice, hd95, iou
 from WeakSegLib.errors import WeakSegError
+from WeakSegLib.io.segfile import SEGMENTATION_SUFFIX
 from WeakSegLib.io.volume import READ_SUFFIXES, Volume, check_same_grid, read_label_volume
 
 #: the per-row numbers of an evaluation, in column order
@@ -111,9 +112,14 @@ class Evaluation:
         return buffer.getvalue()
 
 
+#: the scores of a batch prediction written beside the predictions (:meth:`Evaluation.to_dict`)
+SCORES_FILE = "scores.json"
+
+
 def find_prediction(pred_dir: str | os.PathLike, name: str) -> Path | None:
-    """The prediction of case ``name`` in ``pred_dir`` (``<name>`` with an image file ending), or None."""
-    for suffix in READ_SUFFIXES:
+    """The prediction of case ``name`` in ``pred_dir`` (``<name>`` with an image or segmentation file
+    ending), or None."""
+    for suffix in (*READ_SUFFIXES, SEGMENTATION_SUFFIX):
         path = Path(pred_dir) / f"{name}{suffix}"
         if path.is_file():
             return path

@@ -25,6 +25,7 @@ from WeakSegLib.errors import CancelledError, InputError, OutputError, WeakSegEr
 from WeakSegLib.events import EventSink
 from WeakSegLib.io.atomic import Staged, check_output_folder
 from WeakSegLib.io.card import ModelCard
+from WeakSegLib.io.segfile import SEGMENTATION_SUFFIX, stage_segmentation
 from WeakSegLib.io.volume import PREDICTION_SUFFIX, Volume, check_output_volume, read_volume, stage_volume
 
 
@@ -141,7 +142,8 @@ def predict_volume(model: str | os.PathLike | tuple[torch.nn.Module, ModelCard],
 def predict_file(model_dir: str | os.PathLike | tuple[torch.nn.Module, ModelCard], image: str | os.PathLike,
                  out: str | os.PathLike, *, prob_out: str | os.PathLike | None = None, device: str = "auto",
                  on_event: EventSink | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
-    """Read ``image``, predict, write the label volume (and probability map).
+    """Read ``image``, predict, write the label volume (and probability map). An ``out`` ending in
+    ``.seg.nrrd`` is written as a 3D Slicer segmentation file (:mod:`WeakSegLib.io.segfile`).
 
     Every output location is checked before any work, and the outputs are written together
     (:class:`~WeakSegLib.io.atomic.Staged`): verified, then renamed into place, so a failure leaves
@@ -163,7 +165,10 @@ def predict_file(model_dir: str | os.PathLike | tuple[torch.nn.Module, ModelCard
     labels, prob = predict_volume(model, volume, device=device, probabilities=prob_out is not None,
                                   on_event=on_event, should_stop=should_stop)
     with Staged() as staged:
-        stage_volume(staged, labels, out)
+        if str(out).lower().endswith(SEGMENTATION_SUFFIX):  # a Slicer segmentation: segments named and coloured
+            stage_segmentation(staged, labels, [(e.value, e.name, e.color) for e in model[1].labels], out)
+        else:
+            stage_volume(staged, labels, out)
         if prob is not None:
             stage_volume(staged, prob, prob_out)
     return {"prediction": str(out), "probability": None if prob_out is None else str(prob_out)}
@@ -179,15 +184,16 @@ class CaseResult:
     error: str | None = None
 
 
-def prediction_path(out_dir: str | os.PathLike, name: str) -> Path:
+def prediction_path(out_dir: str | os.PathLike, name: str, suffix: str = PREDICTION_SUFFIX) -> Path:
     """Where the prediction of case ``name`` goes in ``out_dir`` (``evaluate`` looks there too)."""
-    return Path(out_dir) / f"{name}{PREDICTION_SUFFIX}"
+    return Path(out_dir) / f"{name}{suffix}"
 
 
 def predict_cases(model_dir: str | os.PathLike, cases: Sequence[tuple[str, str]], out_dir: str | os.PathLike, *,
                   device: str = "auto", on_event: EventSink | None = None,
-                  should_stop: Callable[[], bool] | None = None) -> list[CaseResult]:
-    """Predict every ``(name, image)`` of ``cases`` into ``out_dir/<name>.nii.gz`` with one model.
+                  should_stop: Callable[[], bool] | None = None, suffix: str = PREDICTION_SUFFIX) -> list[CaseResult]:
+    """Predict every ``(name, image)`` of ``cases`` into ``out_dir/<name><suffix>`` (default ``.nii.gz``;
+    ``.seg.nrrd``: Slicer segmentation files) with one model.
 
     The output folder and the model are checked before the first case; a case that fails (an
     unreadable or corrupt image, an output that cannot be written) is reported — a ``case`` event with
@@ -208,7 +214,7 @@ def predict_cases(model_dir: str | os.PathLike, cases: Sequence[tuple[str, str]]
     for done, (name, image) in enumerate(cases, 1):
         result = CaseResult(name, str(image))
         try:
-            result.prediction = predict_file(model, image, prediction_path(out, name), device=device,
+            result.prediction = predict_file(model, image, prediction_path(out, name, suffix), device=device,
                                              on_event=emit, should_stop=should_stop)["prediction"]
             emit(events.case(done, len(cases), name, prediction=result.prediction))
         except CancelledError:

@@ -243,13 +243,18 @@ def _verify(expected: Volume) -> Callable[[Path], None]:
     return verify
 
 
-def stage_volume(staged: Staged, volume: Volume, path: str | os.PathLike, compress: bool = True) -> Path:
-    """Add ``volume`` as ``path`` to ``staged`` writes: written, read back in full and compared."""
+def stage_volume(staged: Staged, volume: Volume, path: str | os.PathLike, compress: bool = True,
+                 metadata: dict[str, str] | None = None) -> Path:
+    """Add ``volume`` as ``path`` to ``staged`` writes: written, read back in full and compared.
+    ``metadata``: header fields to write with it (NRRD key/value pairs, e.g. a Slicer segmentation's)."""
     path = check_output_volume(path)
 
     def write(tmp: Path) -> None:
+        image = volume.to_sitk()
+        for key, value in (metadata or {}).items():
+            image.SetMetaData(key, value)
         with _itk_output() as printed:  # ITK's NIfTI writer reports a short write only there
-            sitk.WriteImage(volume.to_sitk(), str(tmp), useCompression=compress)
+            sitk.WriteImage(image, str(tmp), useCompression=compress)
         if printed:
             raise OSError(printed[0].strip())
 

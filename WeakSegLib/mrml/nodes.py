@@ -12,6 +12,7 @@ zero-thickness ROI on a slice centre selects that one slice.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -225,11 +226,13 @@ def boxes_from_roi_nodes(roi_nodes: Iterable[Any], volume_node: Any, labels: dic
 
 
 def roi_nodes_from_boxes(boxset: BoxSet | Sequence[Box], volume_node: Any, name: str = "box",
-                         color: Sequence[float] | None = None, scene: Any = None) -> list[Any]:
+                         color: Sequence[float] | None = None, scene: Any = None,
+                         attributes: dict[str, str] | None = None) -> list[Any]:
     """Add one ROI node per box, aligned with the volume's voxel grid, enclosing the box's voxels.
 
     The nodes carry the box's kind and label as attributes, so :func:`boxes_from_roi_nodes` gives the
-    same boxes back. ``color`` is the ROI's RGB in [0, 1].
+    same boxes back, plus ``attributes``; all of them are set before the node enters the scene, so an
+    observer of the scene's node-added event sees them. ``color`` is the ROI's RGB in [0, 1].
     """
     slicer = _slicer()
     scene = scene or slicer.mrmlScene
@@ -245,11 +248,14 @@ def roi_nodes_from_boxes(boxset: BoxSet | Sequence[Box], volume_node: Any, name:
         to_node = np.eye(4)
         to_node[:3, :3] = rotation
         to_node[:3, 3] = centre[:3]
-        roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", scene.GenerateUniqueName(f"{name}_{index + 1}"))
+        roi = scene.CreateNodeByClass("vtkMRMLMarkupsROINode")
+        roi.UnRegister(None)  # CreateNodeByClass hands over a reference; Python holds its own
+        roi.SetName(scene.GenerateUniqueName(f"{name}_{index + 1}"))
         roi.SetAndObserveObjectToNodeMatrix(slicer.util.vtkMatrixFromArray(to_node))
         roi.SetSize(*((high_ijk - low_ijk) * spacing))
-        roi.SetAttribute(KIND_ATTRIBUTE, box.kind)
-        roi.SetAttribute(LABEL_ATTRIBUTE, str(int(box.label)))
+        for key, value in {KIND_ATTRIBUTE: box.kind, LABEL_ATTRIBUTE: str(int(box.label)), **(attributes or {})}.items():
+            roi.SetAttribute(key, value)
+        scene.AddNode(roi)
         roi.CreateDefaultDisplayNodes()
         if color is not None:
             roi.GetDisplayNode().SetSelectedColor(*color[:3])
@@ -292,21 +298,53 @@ def segmentation_from_labelmap(labelmap: np.ndarray, reference_node: Any, labels
     segmentation = segmentation_node.GetSegmentation()
     segmentation.RemoveAllSegments()
     geometry = volume_from_node_geometry(reference_node)
-    temporary = add_volume_node(Volume(labelmap.astype(np.int16), geometry.spacing, geometry.origin,
+    present = [v for v in labels if (labelmap == v).any()]
+    # one import of every label at once: a colour table names each value's segment by the value itself
+    colors = scene.AddNewNodeByClass("vtkMRMLColorTableNode", "__weakseg_colors__")
+    colors.SetTypeToUser()
+    colors.SetNumberOfColors(max([0, *labels]) + 1)
+    for value in present:
+        colors.SetColor(int(value), str(value), 0.5, 0.5, 0.5, 1.0)
+    temporary = add_volume_node(Volume(labelmap.astype(np.int32), geometry.spacing, geometry.origin,
                                        geometry.direction), "__weakseg_labels__", labelmap=True, scene=scene)
+    temporary.GetDisplayNode().SetAndObserveColorNodeID(colors.GetID())
     try:
-        for value, info in labels.items():
-            segment_id = segmentation.AddEmptySegment("", str(info.get("name", f"label {value}")),
-                                                      list(info.get("color", (0.5, 0.5, 0.5)))[:3])
-            if not (labelmap == value).any():
-                continue
-            _slicer().util.updateVolumeFromArray(temporary, (labelmap == value).astype(np.int16))
-            ids = _string_array([segment_id])
-            if not _segmentations_logic().ImportLabelmapToSegmentationNode(temporary, segmentation_node, ids):
-                raise InputError(f"could not import label {value} into '{segmentation_node.GetName()}'")
+        if present and not _segmentations_logic().ImportLabelmapToSegmentationNode(temporary, segmentation_node):
+            raise InputError(f"could not import the labels into '{segmentation_node.GetName()}'")
+        imported = {segmentation.GetNthSegment(i).GetName(): segmentation.GetNthSegmentID(i)
+                    for i in range(segmentation.GetNumberOfSegments())}
+        for index, (value, info) in enumerate(labels.items()):
+            name, color = str(info.get("name", f"label {value}")), list(info.get("color", (0.5, 0.5, 0.5)))[:3]
+            segment_id = imported.get(str(value))
+            if segment_id is None:
+                segment_id = segmentation.AddEmptySegment("", name, color)
+            segment = segmentation.GetSegment(segment_id)
+            segment.SetName(name)
+            segment.SetColor(*color)
+            segmentation.SetSegmentIndex(segment_id, index)
     finally:
         scene.RemoveNode(temporary)
+        scene.RemoveNode(colors)
     return segmentation_node
+
+
+def load_segmentation(path: str | os.PathLike, reference_node: Any, name: str = "segmentation",
+                      scene: Any = None) -> Any:
+    """A segmentation node read from a segmentation file (``.seg.nrrd``) by Slicer's segmentation storage
+    node, its geometry referencing ``reference_node``'s."""
+    slicer = _slicer()
+    scene = scene or slicer.mrmlScene
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(name))
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(path))
+    if not storage.ReadData(node):
+        scene.RemoveNode(node)
+        scene.RemoveNode(storage)
+        raise InputError(f"{path}: not a segmentation file Slicer can read")
+    node.SetAndObserveStorageNodeID(storage.GetID())
+    node.CreateDefaultDisplayNodes()
+    node.SetReferenceImageGeometryParameterFromVolumeNode(reference_node)
+    return node
 
 
 def _string_array(values: Sequence[str]) -> Any:

@@ -12,6 +12,7 @@ removed when they succeed.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 import time
@@ -22,10 +23,11 @@ import numpy as np
 
 from WeakSegLib import events
 from WeakSegLib.app.jobs import EXIT_CANCELLED, EXIT_CODES, EXIT_OK, JobHandle, start_job
-from WeakSegLib.config import TightenerConfig, TrainConfig, from_dict
+from WeakSegLib.config import TightenerConfig, TrainCase, TrainConfig, from_dict
 from WeakSegLib.errors import WeakSegError
 from WeakSegLib.io.boxes import BoxSet, load_boxes, save_boxes
 from WeakSegLib.io.card import TightenerCard, read_card
+from WeakSegLib.io.segfile import SEGMENTATION_SUFFIX
 from WeakSegLib.io.volume import Volume, read_label_volume, write_volume
 from WeakSegLib.mrml.nodes import (
     labelmap_from_segmentation,
@@ -194,6 +196,45 @@ def start_training(volume_node: Any, boxset: BoxSet, out_folder: str | Path, con
     job = {"kind": "train", "out": str(out), "resume": bool(resume), "cases": [case], "config": dict(config or {}),
            "gpus": int(gpus)}
     return NodeJob("train", start_job(job, folder, python), folder, lambda: out)
+
+
+def start_dataset_training(cases: Sequence[TrainCase], out_folder: str | Path, config: dict | None = None,
+                           resume: bool = True, python: str | Sequence[str] | None = None,
+                           workdir: str | Path | None = None, gpus: int = 1) -> NodeJob:
+    """Train one model on the files of several cases (a worklist's boxed cases); the result is the model
+    folder (Path). ``config``: :class:`~WeakSegLib.config.TrainConfig` fields, checked first."""
+    from_dict(TrainConfig, config, "training settings").validate()
+    if not cases:
+        raise WeakSegError("no case has a box yet: box at least one case to train")
+    out = Path(out_folder)
+    folder = _job_folder(workdir, out)
+    job = {"kind": "train", "out": str(out), "resume": bool(resume), "gpus": int(gpus),
+           "cases": [{k: v for k, v in dataclasses.asdict(c).items() if v is not None} for c in cases],
+           "config": dict(config or {})}
+    return NodeJob("train", start_job(job, folder, python), folder, lambda: out)
+
+
+def start_dataset_prediction(model_folder: str | Path, cases: Sequence[tuple[str, str, str | None]],
+                             out_dir: str | Path, device: str = "auto", python: str | Sequence[str] | None = None,
+                             suffix: str = SEGMENTATION_SUFFIX) -> NodeJob:
+    """Predict every ``(name, image, reference mask or None)`` into ``out_dir/<name>.seg.nrrd`` (Slicer
+    segmentation files, segments named and coloured from the card; a failing case is skipped). The
+    result is the worker's ``done`` payload: ``predictions`` (name → file or None), ``failed``
+    (name → message) and, when references were given, ``scores`` (the scores file of ``weakseg
+    evaluate``)."""
+    read_card(model_folder)  # a wrong folder fails here, not in the worker
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    job = {"kind": "predict-cases", "model": str(model_folder), "out_dir": str(out), "suffix": suffix,
+           "device": device, "cases": [{"name": n, "image": str(i), **({"mask": str(m)} if m else {})}
+                                       for n, i, m in cases]}
+    folder = Path(tempfile.mkdtemp(prefix="weakseg-"))
+    handle = start_job(job, folder, python)
+
+    def finish() -> dict:
+        return next(e for e in reversed(handle.history) if e.get("event") == events.DONE)
+
+    return NodeJob("predict-cases", handle, folder, finish, cleanup=True)
 
 
 def start_tightener_training(cases: Sequence[tuple[Any, Any]], out_folder: str | Path, config: dict | None = None,

@@ -1,0 +1,142 @@
+"""The Train panel's case list and the Infer panel's dataset prediction, through the modules' Logic on a
+real MRML scene, with real files and real worker processes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import slicer
+
+from WeakSegInfer import WeakSegInferLogic
+from WeakSegLib import mrml
+from WeakSegLib.io.boxes import BoxSet, boxes_from_mask, load_boxes, save_boxes
+from WeakSegLib.io.card import read_card
+from WeakSegLib.io.dataset import load_dataset
+from WeakSegLib.io.sample_data import materialize
+from WeakSegLib.io.volume import axial_axis, read_label_volume, read_volume
+from WeakSegTrain import CASE_PARAMETER, DATASET_PARAMETER, WeakSegTrainLogic
+
+SMALL = [8, 16, 32, 64, 128]
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """A folder of 3 real cases named as ``weakseg dataset init`` expects: ``bodies`` (vertebral bodies
+    CT) and ``spine`` (spine CT) with tight axial slice boxes, ``brain`` (MNI T1) without; each with its mask."""
+    folder = tmp_path_factory.mktemp("cohort")
+    source = tmp_path_factory.mktemp("samples")
+    for name, sample, boxed in (("bodies", "vertebral-body-ct", True), ("spine", "spine-ct", True),
+                                ("brain", "brain-mri", False)):
+        files = materialize(sample, source / sample)
+        shutil.copy(files["image"], folder / f"{name}.nii.gz")
+        shutil.copy(files["mask"], folder / f"{name}_mask.nii.gz")
+        if boxed:
+            mask = read_label_volume(files["mask"])
+            boxes = boxes_from_mask((mask.array > 0).astype(np.uint8), "slice", axial_axis(mask.direction))
+            save_boxes(BoxSet(boxes, mask.shape, {1: "bone"}, mask.geometry()), folder / f"{name}.boxes.json")
+    return folder
+
+
+def box_count(path):
+    return len(load_boxes(path).boxes)
+
+
+def test_step_through_cases_box_as_you_go_and_get_everything_back_after_reloading_the_scene(wired, cohort,
+                                                                                            tmp_path):
+    folder = tmp_path / "cases"
+    shutil.copytree(cohort, folder)
+    logic = WeakSegTrainLogic()
+    rows = logic.openDataset(folder)  # a folder: its dataset.json is written by `dataset init`'s rules
+    assert [(r.name, r.boxes > 0, r.reference, r.split) for r in rows] == [
+        ("bodies", True, True, "training"), ("spine", True, True, "training"), ("brain", False, True, "test")]
+    assert (folder / "dataset.json").is_file()
+
+    first = logic.nextCase()
+    assert first.GetName() == "bodies" and logic.currentCase() == 0
+    assert len(logic.session.box_nodes()) == rows[0].boxes
+    selection = wired.scene.GetNodeByID("vtkMRMLSelectionNodeSingleton")
+    assert selection.GetActiveVolumeID() == first.GetID()
+    assert selection.GetActiveLabelVolumeID() == logic.session.reference.GetID()
+
+    assert logic.nextCase().GetName() == "spine"
+    assert not wired.scene.IsNodePresent(first), "the previous case's nodes are removed"
+    brain = logic.nextCase()  # no box yet
+    assert brain.GetName() == "brain" and not logic.session.box_nodes()
+    assert [n.GetName() for n in wired.scene.GetNodesByClass("vtkMRMLScalarVolumeNode")] == ["brain", "brain reference"]
+    assert logic.nextCase() is None and logic.currentCase() == 2  # after the last: stays
+
+    roi = logic.addBox(brain, kind="3d")  # saved as soon as it is added: the case becomes a training case
+    assert box_count(folder / "brain.boxes.json") == 1
+    case = {c.name: c for c in load_dataset(folder / "dataset.json").cases}["brain"]
+    assert case.split == "training" and case.files["boxes"] == str(folder / "brain.boxes.json")
+    before = load_boxes(folder / "brain.boxes.json").boxes[0]
+    roi.SetSize(*[0.5 * s for s in roi.GetSize()])  # the user drags a handle …
+    roi.InvokeEvent(slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent)  # … and lets go
+    after = load_boxes(folder / "brain.boxes.json").boxes[0]
+    assert all(b - a < d - c for a, b, c, d in zip(after.start, after.stop, before.start, before.stop))
+
+    assert logic.previousCase().GetName() == "spine"
+    assert logic.nextCase().GetName() == "brain"
+    assert logic.boxes(logic.session.volume).boxset.boxes == [after]  # back from its file
+
+    scene_file = tmp_path / "scene.mrml"
+    wired.scene.SetURL(str(scene_file))
+    assert wired.scene.Commit()
+    logic.closeDataset()
+    wired.scene.Clear(False)
+    assert wired.scene.GetNodesByClass("vtkMRMLScalarVolumeNode").GetNumberOfItems() == 0
+    wired.scene.SetURL(str(scene_file))
+    assert wired.scene.Import()
+    reloaded = WeakSegTrainLogic()
+    parameters = reloaded.getParameterNode()
+    assert parameters.GetParameter(DATASET_PARAMETER) == str(folder / "dataset.json")
+    assert parameters.GetParameter(CASE_PARAMETER) == "brain"
+    volume = reloaded.restore()
+    assert volume.GetName() == "brain" and reloaded.currentCase() == 2
+    assert reloaded.boxes(volume).boxset.boxes == [after] == load_boxes(folder / "brain.boxes.json").boxes
+    assert [r.boxes for r in reloaded.cases()] == [rows[0].boxes, rows[1].boxes, 1]
+
+
+def test_train_on_the_boxed_cases_predict_the_dataset_and_score_it_as_evaluate_does(wired, cohort, tmp_path):
+    folder = tmp_path / "cases"
+    shutil.copytree(cohort, folder)
+    train = WeakSegTrainLogic()
+    train.openDataset(folder)
+    job = train.trainDataset(tmp_path / "model", config={"epochs": 1, "epoch_batches": 2, "device": "cpu",
+                                                         "channels": SMALL})
+    assert job.skipped == ["brain"]  # no box: left out
+    assert job.wait(timeout=600) == tmp_path / "model"
+    card = read_card(tmp_path / "model")
+    assert card.training["dataset"]["cases"] == 2 and "dice" in card.history[-1]  # the masks: Dice per epoch
+
+    infer = WeakSegInferLogic()
+    result = infer.predictDataset(tmp_path / "model", folder / "dataset.json", tmp_path / "out", split=None,
+                                  device="cpu", wait=True)
+    assert sorted(result["predictions"]) == ["bodies", "brain", "spine"] and not result["failed"]
+    for name in ("spine", "brain"):
+        segmentation = infer.loadPrediction(result, name)
+        image = read_volume(folder / f"{name}.nii.gz")
+        volume = wired.scene.GetFirstNodeByName(name)
+        seg = segmentation.GetSegmentation()
+        names = [seg.GetNthSegment(i).GetName() for i in range(seg.GetNumberOfSegments())]
+        assert names == [e.name for e in card.labels]
+        np.testing.assert_allclose(seg.GetNthSegment(0).GetColor(), card.labels[0].color, atol=1e-6)
+        labels, _ = mrml.labelmap_from_segmentation(segmentation, volume)
+        written = read_label_volume(tmp_path / "out" / f"{name}.seg.nrrd")
+        assert labels.shape == image.shape and written.geometry() == image.geometry()
+        np.testing.assert_array_equal(labels, written.array)
+
+    table = infer.scores(result)
+    cli = {}
+    for split in ("training", "test"):
+        run = subprocess.run([sys.executable, "-m", "WeakSegLib", "evaluate", "--pred-dir", str(tmp_path / "out"),
+                              "--dataset", str(folder / "dataset.json"), "--split", split, "--json", "-"],
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        cli.update({(row["case"], row["label"]): row for row in json.loads(run.stdout)["cases"]})
+    assert {(row["case"], row["label"]): row for row in table} == cli and len(cli) == 3

@@ -1,0 +1,123 @@
+"""A dataset being boxed case by case: the case list of the Slicer Train panel, on disk.
+
+A :class:`Worklist` is a dataset file (:mod:`WeakSegLib.io.dataset`) plus the rule of where each case's
+boxes live: the box file its entry names, else ``<case name>.boxes.json`` beside the dataset file.
+Saving a case's boxes writes that file (atomically) and, the first time, names it in the dataset file
+and makes the case a training case (also written atomically), so what the user drew is on disk
+whenever the panel saves — closing Slicer loses nothing, and ``weakseg train --dataset`` trains on the
+same cases as the panel. A case whose box file holds no box is not trained on.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from WeakSegLib.config import TrainCase
+from WeakSegLib.errors import InputError
+from WeakSegLib.io.boxes import BoxSet, load_boxes, save_boxes
+from WeakSegLib.io.dataset import Dataset, DatasetCase, init_dataset, load_dataset, save_dataset
+
+#: the dataset file a folder opened as a worklist gets
+DATASET_FILE = "dataset.json"
+
+
+@dataclass
+class CaseRow:
+    """What the panel's case table shows of one case."""
+
+    name: str
+    image: str
+    boxes: int  # boxes in its box file (0: none yet)
+    reference: bool  # it has a reference mask (Dice per epoch, evaluation)
+    split: str
+
+
+class Worklist:
+    """The cases of a dataset file and their box files (module docstring)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "Worklist":
+        """A dataset file, or a folder of images (its ``dataset.json``, written by the rules of
+        ``weakseg dataset init`` when the folder has none)."""
+        path = Path(path)
+        if path.is_dir():
+            if not (path / DATASET_FILE).is_file():
+                dataset, _ = init_dataset(path)
+                save_dataset(dataset, path / DATASET_FILE)
+            path = path / DATASET_FILE
+        return cls(load_dataset(path))
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, cases: list[DatasetCase]) -> "Worklist":
+        """A new dataset file at ``path`` holding ``cases`` (its cases are added to those of an existing one)."""
+        path = Path(path)
+        old = load_dataset(path).cases if path.is_file() else []
+        names = {c.name for c in old}
+        clash = sorted(c.name for c in cases if c.name in names)
+        if clash:
+            raise InputError(f"{path} already has case(s) named {', '.join(clash)}")
+        dataset = Dataset(path, old + list(cases), path.parent.name)
+        save_dataset(dataset, path)
+        return cls(load_dataset(path))
+
+    @property
+    def path(self) -> Path:
+        return self.dataset.path
+
+    @property
+    def cases(self) -> list[DatasetCase]:
+        return self.dataset.cases
+
+    def index(self, name: str) -> int:
+        """The position of case ``name``."""
+        for i, case in enumerate(self.cases):
+            if case.name == name:
+                return i
+        raise InputError(f"{self.path} has no case named {name!r}")
+
+    def boxes_path(self, index: int) -> Path:
+        """Where case ``index``'s boxes live (module docstring)."""
+        case = self.cases[index]
+        return Path(case.files["boxes"]) if "boxes" in case.files else self.path.parent / f"{case.name}.boxes.json"
+
+    def boxes(self, index: int) -> BoxSet | None:
+        """Case ``index``'s boxes, or None before any were saved."""
+        path = self.boxes_path(index)
+        return load_boxes(path) if path.is_file() else None
+
+    def rows(self) -> list[CaseRow]:
+        """One row per case, in the dataset's order."""
+        rows = []
+        for i, case in enumerate(self.cases):
+            boxes = self.boxes(i)
+            rows.append(CaseRow(case.name, case.image, 0 if boxes is None else len(boxes.boxes),
+                                "mask" in case.files, case.split))
+        return rows
+
+    def save_boxes(self, index: int, boxset: BoxSet) -> Path:
+        """Write case ``index``'s boxes; the first time, the dataset file names the box file and the case
+        becomes a training case."""
+        path = save_boxes(boxset, self.boxes_path(index))
+        case = self.cases[index]
+        if case.files.get("boxes") != str(path) or case.split != "training":
+            case.files["boxes"] = str(path)
+            case.split = "training"
+            save_dataset(self.dataset, self.path)
+        return path
+
+    def training_cases(self) -> tuple[list[TrainCase], list[str]]:
+        """The cases with at least one box as training cases (their masks as the reference of the Dice
+        per epoch), and the names of the cases left out for having none."""
+        cases, skipped = [], []
+        for i, case in enumerate(self.cases):
+            boxes = self.boxes(i)
+            if boxes is None or not boxes.boxes:
+                skipped.append(case.name)
+                continue
+            cases.append(TrainCase(case.image, boxes=str(self.boxes_path(i)), eval_mask=case.files.get("mask")))
+        return cases, skipped
