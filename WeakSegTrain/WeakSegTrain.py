@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Union
 
 import slicer
+from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
-from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer.util import VTKObservationMixin
 
 from WeakSegLib import mrml
@@ -49,7 +49,8 @@ def ensureDependencies(confirm: bool = True, recipe: str | None = None) -> None:
 
     torch comes from the PyTorch extension's ``PyTorchUtils``; the rest (MONAI, SciPy, scikit-image)
     through ``slicer.packaging.pip_ensure`` (Slicer ≥ 5.10; asking first when ``confirm``, and also when
-    Slicer runs its tests) or ``slicer.util.pip_install`` after a confirmation. Raises RuntimeError naming what is still missing when the user declines or it fails.
+    Slicer runs its tests) or ``slicer.util.pip_install`` after a confirmation. Raises RuntimeError
+    naming what is still missing when the user declines or it fails.
     """
     from WeakSegLib.app import dependencies
 
@@ -442,7 +443,8 @@ class WeakSegTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 job = self.logic.trainDataset(folder, config=self.trainingConfig(), gpus=self.gpusSpinBox.value)
             else:
                 job = self.logic.train(self._volume(), folder, config=self.trainingConfig(),
-                                       referenceNode=self.ui.referenceSelector.currentNode(), gpus=self.gpusSpinBox.value)
+                                       referenceNode=self.ui.referenceSelector.currentNode(),
+                                       gpus=self.gpusSpinBox.value)
             self._watch(job, "dice")
             if getattr(job, "skipped", None):
                 self.ui.logTextEdit.appendPlainText(f"{len(job.skipped)} case(s) without a box are not trained on: "
@@ -624,9 +626,11 @@ class WeakSegTrainLogic(ScriptedLoadableModuleLogic):
         the folder's ``dataset.json`` lists them (created, or extended). Opens it; returns its rows."""
         folder = Path(folder)
         nodes = list(volumeNodes) if volumeNodes is not None else [
-            n for n in slicer.mrmlScene.GetNodesByClass("vtkMRMLScalarVolumeNode") if not n.IsA("vtkMRMLLabelMapVolumeNode")]
+            n for n in slicer.mrmlScene.GetNodesByClass("vtkMRMLScalarVolumeNode")
+            if not n.IsA("vtkMRMLLabelMapVolumeNode")]
         if not nodes:
             raise WeakSegError("no volume is loaded")
+        Worklist.check_new_names(folder / DATASET_FILE, [node.GetName() for node in nodes])  # before any write
         cases = []
         for node in nodes:
             name = node.GetName()

@@ -14,6 +14,7 @@ import slicer
 
 from WeakSegInfer import WeakSegInferLogic
 from WeakSegLib import mrml
+from WeakSegLib.errors import InputError
 from WeakSegLib.io.boxes import BoxSet, boxes_from_mask, load_boxes, save_boxes
 from WeakSegLib.io.card import read_card
 from WeakSegLib.io.dataset import load_dataset
@@ -140,3 +141,21 @@ def test_train_on_the_boxed_cases_predict_the_dataset_and_score_it_as_evaluate_d
         assert run.returncode == 0, run.stderr
         cli.update({(row["case"], row["label"]): row for row in json.loads(run.stdout)["cases"]})
     assert {(row["case"], row["label"]): row for row in table} == cli and len(cli) == 3
+
+
+def test_the_loaded_volumes_become_the_cases_of_a_folder_with_their_boxes(wired, cohort, tmp_path):
+    logic = WeakSegTrainLogic()
+    spine = mrml.add_volume_node(read_volume(cohort / "spine.nii.gz"), "spine")
+    brain = mrml.add_volume_node(read_volume(cohort / "brain.nii.gz"), "brain")
+    boxes = load_boxes(cohort / "spine.boxes.json")
+    logic.showBoxes(boxes, spine)
+    rows = logic.addLoadedVolumes(tmp_path / "new")
+    assert [(r.name, r.boxes, r.split) for r in rows] == [("spine", len(boxes.boxes), "training"), ("brain", 0, "test")]
+    new = tmp_path / "new"
+    np.testing.assert_array_equal(read_volume(new / "spine.nrrd").array, read_volume(cohort / "spine.nii.gz").array)
+    assert load_boxes(new / "spine.boxes.json").boxes == boxes.boxes
+    assert load_dataset(new / "dataset.json").cases[0].files["boxes"] == str(new / "spine.boxes.json")
+    written = (tmp_path / "new" / "brain.nrrd").stat().st_mtime_ns
+    with pytest.raises(InputError, match="already has case"):  # the same volume again: refused, nothing written
+        logic.addLoadedVolumes(tmp_path / "new", [brain])
+    assert (tmp_path / "new" / "brain.nrrd").stat().st_mtime_ns == written

@@ -52,15 +52,22 @@ class Worklist:
             path = path / DATASET_FILE
         return cls(load_dataset(path))
 
+    @staticmethod
+    def check_new_names(path: str | os.PathLike, names: list[str]) -> None:
+        """Raise :class:`InputError` if the dataset file ``path`` (when it exists) already has a case of one
+        of ``names``, or ``names`` repeat one."""
+        path = Path(path)
+        taken = {c.name for c in load_dataset(path).cases} if path.is_file() else set()
+        clash = sorted({n for n in names if n in taken or names.count(n) > 1})
+        if clash:
+            raise InputError(f"{path} already has case(s) named {', '.join(clash)}")
+
     @classmethod
     def create(cls, path: str | os.PathLike, cases: list[DatasetCase]) -> "Worklist":
         """A new dataset file at ``path`` holding ``cases`` (its cases are added to those of an existing one)."""
         path = Path(path)
+        cls.check_new_names(path, [c.name for c in cases])
         old = load_dataset(path).cases if path.is_file() else []
-        names = {c.name for c in old}
-        clash = sorted(c.name for c in cases if c.name in names)
-        if clash:
-            raise InputError(f"{path} already has case(s) named {', '.join(clash)}")
         dataset = Dataset(path, old + list(cases), path.parent.name)
         save_dataset(dataset, path)
         return cls(load_dataset(path))
