@@ -172,11 +172,11 @@ def run_pair(folder: Path, train_cases: list[dict], test_case: dict, recipe: str
     """Train ``recipe`` on ``train_cases``, predict ``test_case`` with the code of ``code``; its Dice."""
     model, preds = folder / "model", folder / "preds"
     if new:
-        dataset = folder / "dataset.json"
+        dataset = folder.parent / f"{folder.name}.json"  # beside the case files its paths name
         test = {k: test_case[k] for k in ("name", "image", "mask")}
         dataset.write_text(json.dumps({"training": train_cases, "test": [test]}))
         weakseg(["train", "--dataset", dataset, "--recipe", recipe, "--out", model, "--epochs", epochs, "--quiet",
-                 "--no-resume"], code)
+                 "--no-resume", "--eval-every", epochs], code)  # scored once, by predict + evaluate
         weakseg(["predict", "--model", model, "--dataset", dataset, "--out-dir", preds], code)
     else:
         base = folder.parent

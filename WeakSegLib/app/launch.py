@@ -3,8 +3,8 @@ machine, started by PyTorch's elastic launcher exactly as ``torchrun --standalon
 WeakSegLib train …`` starts them (:mod:`WeakSegLib.engine.distributed` is what each process then does).
 
 The launcher forwards SIGTERM to every process (each stops at the next batch, keeping the last
-checkpoint) and stops the others when one fails; the exit code is the processes' own when they agree
-(e.g. 3, cancelled, or 2, bad input), else 1.
+checkpoint) and stops the others when one fails; the exit code is that of the first process to end
+(e.g. 3, cancelled, or 2, bad input), or 1 when it died of a signal.
 """
 
 from __future__ import annotations
@@ -51,9 +51,9 @@ def launch(n: int, argv: Sequence[str], module: str = "WeakSegLib") -> int:
                                          "--module", module, *argv])
     try:
         run(args)
-    except ChildFailedError as exc:
-        codes = {failure.exitcode for failure in exc.failures.values()}
-        return codes.pop() if len(codes) == 1 and min(codes) > 0 else EXIT_INTERNAL_ERROR
+    except ChildFailedError as exc:  # the first process to end says why (the launcher stops the others)
+        _, first = exc.get_first_failure()
+        return first.exitcode if first.exitcode > 0 else EXIT_INTERNAL_ERROR
     except SignalException:  # the launcher was told to stop: it sent the signal on to every process
         return EXIT_CANCELLED
     return EXIT_OK
