@@ -227,6 +227,8 @@ class TrainConfig:
     augment: bool = option(False, "random mirroring of each batch (boxes follow)")
     proposal_every: int = option(10, "deepcut: epochs between CRF label revisions (k)")
     processes: int = option(2, "deepcut: CRF worker processes")
+    proposal_min_fill: float = option(0.3, "deepcut: a revision that labels less than this fraction of a box as "
+                                           "its object keeps the box's previous labels (0: no guard)")
     boxsup_k: int = option(5, "boxsup: draw among the k cheapest candidates")
     boxsup_weight: float = option(1.0, "boxsup: λ of the network-disagreement cost")
     crf: dict = option(help="deepcut: CRF setting NAME=VALUE (repeat; names of CRFSettings)", factory=dict,
@@ -298,6 +300,8 @@ class TrainConfig:
         if not 0 <= self.size_bounds[0] <= self.size_bounds[1] <= 1:
             raise InputError(f"size_bounds must satisfy 0 ≤ lower ≤ upper ≤ 1 (fractions of the box area), "
                              f"got {tuple(self.size_bounds)}")
+        if not 0.0 <= self.proposal_min_fill <= 1.0:
+            raise InputError(f"proposal_min_fill must be in [0, 1], got {self.proposal_min_fill}")
         if min(self.proposal_every, self.processes, self.boxsup_k, self.size_samples, self.size_anchors) < 1:
             raise InputError("proposal_every, processes, boxsup_k, size_samples and size_anchors must be ≥ 1")
         if self.pretrain_epochs < 0:

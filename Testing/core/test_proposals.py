@@ -17,6 +17,7 @@ from WeakSegLib.io.boxes import BoxSet, boxes_from_mask, save_boxes
 from WeakSegLib.io.volume import normalize, read_label_volume, read_volume
 from WeakSegLib.nets.segmentation import build_network
 from WeakSegLib.recipes.crf import CRFPool, CRFSettings, refine_slice, to_crf_intensity
+from WeakSegLib.recipes.proposals import box_fill, guard_boxes
 from WeakSegLib.recipes.regions import BoxCandidates, ProposalSettings, box_candidates, choose, tight_box_iou
 
 SMALL = (8, 16, 32, 64, 128)
@@ -342,3 +343,45 @@ def test_crf_settings_can_be_overridden_and_unknown_ones_are_refused():
     assert (params.bilateral_sxy, params.iterations, params.bilateral_compat) == (5.0, 3, 10.0)
     with pytest.raises(InputError, match="unknown CRF setting.*sxy"):
         quick(recipe="deepcut", crf={"sxy": 1.0}).validate()
+
+
+def test_box_fill_and_guard_match_a_loop_over_boxes():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 3, (4, 20, 30)).astype(np.uint8)
+    previous = rng.integers(0, 3, (4, 20, 30)).astype(np.uint8)
+    rows = []
+    for _ in range(25):  # random boxes, some at the border, some overlapping
+        n, c = rng.integers(0, 4), rng.integers(0, 2)
+        y0, x0 = rng.integers(0, 19), rng.integers(0, 29)
+        rows.append([n, c, y0, rng.integers(y0 + 1, 21), x0, rng.integers(x0 + 1, 31)])
+    rows = np.array(rows)
+    expected = [float((labels[n, y0:y1, x0:x1] == c + 1).mean()) for n, c, y0, y1, x0, x1 in rows]
+    np.testing.assert_allclose(box_fill(labels, rows), expected)
+    guarded, kept = guard_boxes(previous, labels, rows, 0.35)
+    slow = labels.copy()
+    for (n, c, y0, y1, x0, x1), fill in zip(rows, expected):
+        if fill < 0.35:
+            slow[n, y0:y1, x0:x1] = previous[n, y0:y1, x0:x1]
+    np.testing.assert_array_equal(guarded, slow)
+    assert kept == sum(f < 0.35 for f in expected) > 0
+
+
+def test_a_deepcut_revision_that_would_empty_the_boxes_keeps_their_labels(boxed):
+    """An untrained network that says 'background' everywhere: the CRF empties every box, and the guard
+    gives each box its filled labels back (without it the revision would wipe them)."""
+    for min_fill, survives in ((0.3, True), (0.0, False)):
+        config, fresh, samples, network, optimizer = revision_setup(boxed, "deepcut", proposal_min_fill=min_fill)
+        filled = samples.labels.clone()
+        ctx_hooks = start_recipe(config.resolved(), samples, network, optimizer, torch.device("cpu"), fresh).hooks()
+        background = torch.zeros(len(samples), 3, *samples.labels.shape[1:])
+        background[:, 0] = 1.0
+        ctx_hooks.predict = lambda: background.numpy()
+        try:
+            info = ctx_hooks.before_epoch(2)
+        finally:
+            ctx_hooks.close()
+        in_boxes = samples.box_mask.bool().any(1)
+        if survives:
+            assert info["boxes_kept"] == len(samples.boxes) and torch.equal(samples.labels, filled)
+        else:
+            assert info["boxes_kept"] == 0 and not (samples.labels[in_boxes] > 0).any()

@@ -15,7 +15,8 @@ background.
   before every epoch, per box, a candidate drawn among the k cheapest replaces the box's labels.
 
 Record fields they add to the epoch events: DeepCut ``proposal_update`` (round), ``crf_seconds``
-(wall time of the CRF step), ``proposal_foreground`` (fraction of box pixels labelled object);
+(wall time of the CRF step), ``proposal_foreground`` (fraction of box pixels labelled object),
+``boxes_kept`` (boxes a revision would have emptied below ``proposal_min_fill`` that kept their labels);
 BoxSup ``proposal_cost`` (mean cost of the chosen candidates), ``fallback_boxes``.
 """
 
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 from WeakSegLib.config import CRFSettings
-from WeakSegLib.engine.data import SampleSet
+from WeakSegLib.engine.data import SampleSet, rows_to_mask
 from WeakSegLib.engine.recipe import RecipeContext
 from WeakSegLib.errors import InputError
 from WeakSegLib.recipes.crf import CRFPool, to_crf_intensity
@@ -90,6 +91,29 @@ class _Revision:
         self.samples.labels.copy_(labels)
 
 
+def box_fill(labels: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The fraction of each box row ``[sample, class, y0, y1, x0, x1]`` that ``labels`` ``(N, H, W)``
+    label as the box's object (value class + 1): one summed-area table per class, no loop over boxes."""
+    if not len(rows):
+        return np.zeros(0)
+    n, cls, y0, y1, x0, x1 = (rows[:, i] for i in range(6))
+    table = np.zeros((int(cls.max()) + 1, labels.shape[0], labels.shape[1] + 1, labels.shape[2] + 1), np.int64)
+    for c in range(table.shape[0]):
+        table[c, :, 1:, 1:] = (labels == c + 1).cumsum(1).cumsum(2)
+    inside = (table[cls, n, y1, x1] - table[cls, n, y0, x1] - table[cls, n, y1, x0] + table[cls, n, y0, x0])
+    return inside / np.maximum((y1 - y0) * (x1 - x0), 1)
+
+
+def guard_boxes(previous: np.ndarray, revised: np.ndarray, rows: np.ndarray, min_fill: float) -> tuple[np.ndarray, int]:
+    """``revised`` labels ``(N, H, W)`` in which every box that they fill less than ``min_fill`` (its object's
+    share of the box) has its ``previous`` labels back; and how many boxes were given back."""
+    weak = box_fill(revised, rows) < min_fill
+    if not weak.any():
+        return revised, 0
+    back = rows_to_mask(rows[weak], len(revised), int(rows[:, 1].max()) + 1, revised.shape[1:]).any(1)
+    return np.where(back, previous, revised), int(weak.sum())
+
+
 class DeepCutRevision(_Revision):
     """DeepCut label revision (module docstring).
 
@@ -101,16 +125,19 @@ class DeepCutRevision(_Revision):
         processes: CRF worker processes.
         revise: whether this process computes the revisions (in a distributed run rank 0 alone does;
             the loop gives the other ranks its labels, :mod:`WeakSegLib.engine.distributed`).
+        min_fill: a revision may not take a box's object away: where it labels less than this fraction
+            of a box as the box's class, the box keeps its previous labels (:func:`guard_boxes`).
     """
 
     def __init__(self, samples: SampleSet, predict: Callable[[], torch.Tensor], *,
                  reinit: Callable[[int], None], every: int = 10, processes: int = 2,
-                 params: CRFSettings = CRFSettings(), revise: bool = True) -> None:
+                 params: CRFSettings = CRFSettings(), revise: bool = True, min_fill: float = 0.3) -> None:
         _check_2d(samples, "deepcut")
         if every < 1:
             raise InputError(f"DeepCut's revision interval must be ≥ 1 epoch, got {every}")
         super().__init__(samples, predict)
-        self.every, self.reinit = every, reinit
+        self.every, self.reinit, self.min_fill = every, reinit, min_fill
+        self.rows = samples.boxes.cpu().numpy()
         images, extent = _centre_slices(samples)
         box_mask = samples.box_mask.cpu().numpy().astype(bool)
         valid = samples.valid.cpu().numpy()
@@ -126,11 +153,14 @@ class DeepCutRevision(_Revision):
             self.reinit(round_)
             return {"proposal_update": round_}
         labels, seconds = self.pool.refine(self.predict(), self.allowed, self.weak)
+        labels, kept = guard_boxes(self.samples.labels.cpu().numpy().astype(labels.dtype), labels, self.rows,
+                                   self.min_fill)
         self.set_labels(labels)
         self.reinit(round_)
         inside = self.allowed[self.weak, 1:].any(1)
         fg = float((labels[self.weak] > 0)[inside].mean()) if inside.any() else 0.0
-        return {"proposal_update": round_, "crf_seconds": seconds, "proposal_foreground": fg}
+        return {"proposal_update": round_, "crf_seconds": seconds, "proposal_foreground": fg,
+                "boxes_kept": kept}
 
     def close(self) -> None:
         if self.pool is not None:
@@ -193,7 +223,7 @@ class DeepCut(CrossEntropy):
         config = ctx.config
         self.revision = DeepCutRevision(ctx.samples, ctx.predict, reinit=ctx.reinit, every=config.proposal_every,
                                         processes=config.processes, params=config.crf_settings(),
-                                        revise=ctx.group.main)
+                                        revise=ctx.group.main, min_fill=config.proposal_min_fill)
 
     def hooks(self) -> DeepCutRevision:
         return self.revision

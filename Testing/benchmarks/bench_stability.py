@@ -1,0 +1,67 @@
+"""Recipe stability: does any box recipe collapse (predict less than the filled boxes give) on scans no one
+tuned it to?
+
+Every box recipe × every sample case (``--cases``, default all of docs/data.md's) × seeds (``--seeds``),
+trained from tight per-slice axial boxes and scored on the boxed scan against the mask it never saw
+(the accuracy benchmark's evaluation, :func:`WeakSegLib.app.demo.compare_recipes`). Per recipe: the
+mean and the minimum Dice, and how many runs fell more than ``--margin`` (0.05) below the filled boxes
+of their case — a collapse. Prints the per-run table and the summary (markdown) and writes JSON.
+
+    python Testing/benchmarks/bench_stability.py --epochs 100 --json stability.json
+    python Testing/benchmarks/bench_stability.py --cases vertebral-body-ct --seeds 0 --recipes deepcut
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from common import bench_parser, parse, run_each
+
+from WeakSegLib.app.demo import FILLED, compare_recipes
+from WeakSegLib.io.sample_data import CASES
+from WeakSegLib.recipes.registry import recipe_names, recipe_spec
+
+
+def box_recipes() -> list[str]:
+    """The recipes that learn from boxes alone."""
+    return [name for name in recipe_names() if recipe_spec(name).labels[0] == "boxes" and not recipe_spec(name).needs]
+
+
+def main() -> None:
+    p = bench_parser(__doc__)
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--recipes", nargs="+", default=None, help="default: every box recipe")
+    p.add_argument("--margin", type=float, default=0.05, help="a run below the filled boxes minus this collapsed")
+    args = parse(p)
+    recipes = args.recipes or box_recipes()
+    runs = []  # (case, seed, recipe, dice, filled)
+    for seed in args.seeds:
+        def one(case: str, folder: Path) -> dict:
+            return compare_recipes(case, recipes, folder, epochs=args.epochs, seed=seed, eval_every=args.epochs)
+        for case, result in run_each(args.cases, one).items():
+            filled = result["results"][FILLED]["dice"]
+            for recipe in recipes:
+                dice = result["results"][recipe]["dice"]
+                runs.append((case, seed, recipe, dice, filled))
+                print(f"  {case:20s} seed {seed} {recipe:28s} Dice {dice:.3f} (filled boxes {filled:.3f})", flush=True)
+    print("\n| recipe | mean Dice | minimum | runs | collapsed (below filled boxes − "
+          f"{args.margin:g}) |\n|---|---|---|---|---|")
+    summary = {}
+    for recipe in recipes:
+        mine = [r for r in runs if r[2] == recipe]
+        scores = [r[3] for r in mine]
+        collapsed = [f"{r[0]} s{r[1]}" for r in mine if r[3] < r[4] - args.margin]
+        summary[recipe] = {"mean": statistics.mean(scores), "min": min(scores), "runs": len(scores),
+                           "collapsed": collapsed}
+        print(f"| `{recipe}` | {summary[recipe]['mean']:.3f} | {summary[recipe]['min']:.3f} | {len(scores)} | "
+              f"{len(collapsed)}{' (' + ', '.join(collapsed) + ')' if collapsed else ''} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"runs": runs, "summary": summary}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
