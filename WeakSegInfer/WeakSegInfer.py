@@ -26,7 +26,7 @@ from WeakSegLib.io.fields import read_json
 from WeakSegLib.io.volume import read_volume
 from WeakSegLib.io.worklist import Worklist
 from WeakSegLib.mrml import tasks
-from WeakSegTrain import JobWatcher, ensureDependencies, workerPython
+from WeakSegTrain import JobWatcher, ParameterNodePanel, ensureDependencies, workerPython
 
 #: the cases "Apply to dataset" predicts: a split of the dataset file, or all of them
 SPLIT_CHOICES = {"test cases": "test", "training cases": "training", "all cases": None}
@@ -59,8 +59,10 @@ class WeakSegInfer(ScriptedLoadableModule):
         self.parent.acknowledgementText = "See the WeakSeg extension's README for the methods and their papers."
 
 
-class WeakSegInferWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class WeakSegInferWidget(ParameterNodePanel, ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The panel: model folder and its card, input volume, output segmentation, Apply/Cancel, progress."""
+
+    parameterNodeClass = WeakSegInferParameterNode
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -69,8 +71,6 @@ class WeakSegInferWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.watcher = None
         self.modelOk = False
         self.datasetResult = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -97,37 +97,6 @@ class WeakSegInferWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(None)
         if self.watcher is not None:
             self.watcher.stop()
-
-    # --- parameter node (Slicer's scripted-module template) ------------------------------------------------
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        self.setParameterNode(None)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(WeakSegInferParameterNode(self.logic.getParameterNode()))
-        if not self._parameterNode.inputVolume:
-            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-
-    def setParameterNode(self, parameterNode) -> None:
-        import vtk
-
-        if self._parameterNode is not None:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateApply)
-        self._parameterNode, self._parameterNodeGuiTag = parameterNode, None
-        if parameterNode is not None:
-            self._parameterNodeGuiTag = parameterNode.connectGui(self.ui)
-            self.addObserver(parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateApply)
-        self.updateApply()
 
     def onModelChanged(self, path: str) -> None:
         try:

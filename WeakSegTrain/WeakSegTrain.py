@@ -125,6 +125,46 @@ class WeakSegTrainParameterNode:
     tightenerFolder: pathlib.Path
 
 
+class ParameterNodePanel:
+    """The parameter-node part of Slicer's scripted-module template, for both panels: the widget's
+    ``parameterNodeClass`` (a ``parameterNodeWrapper`` with an ``inputVolume``) bound to its ``ui`` while the
+    module is shown, released when the scene closes, and ``updateApply`` called on every change."""
+
+    parameterNodeClass: type = type(None)
+    _parameterNode = None
+    _parameterNodeGuiTag = None
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.parameterNodeClass(self.logic.getParameterNode()))
+        if not self._parameterNode.inputVolume:
+            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+
+    def setParameterNode(self, parameterNode) -> None:
+        import vtk
+
+        if self._parameterNode is not None:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateApply)
+        self._parameterNode, self._parameterNodeGuiTag = parameterNode, None
+        if parameterNode is not None:
+            self._parameterNodeGuiTag = parameterNode.connectGui(self.ui)
+            self.addObserver(parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateApply)
+        self.updateApply()
+
+
 class JobWatcher:
     """Follows one background job (a :class:`WeakSegLib.mrml.tasks.NodeJob`) with a Qt timer, for both
     panels: each new event to ``onEvent``, the fraction done to ``progressBar``, and at the end an error
@@ -176,8 +216,10 @@ class JobWatcher:
             self.onEnd(self.job)
 
 
-class WeakSegTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class WeakSegTrainWidget(ParameterNodePanel, ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The panel: binds widgets to :class:`WeakSegTrainLogic` and polls background jobs with a timer."""
+
+    parameterNodeClass = WeakSegTrainParameterNode
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -185,8 +227,6 @@ class WeakSegTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self.watcher = None
         self.curves = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
 
     def setup(self) -> None:
         import qt
@@ -237,37 +277,6 @@ class WeakSegTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
         self.updateBoxTable()
         self.updateCasesTable()
-
-    # --- parameter node (Slicer's scripted-module template) ------------------------------------------------
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        self.setParameterNode(None)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(WeakSegTrainParameterNode(self.logic.getParameterNode()))
-        if not self._parameterNode.inputVolume:
-            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-
-    def setParameterNode(self, parameterNode) -> None:
-        import vtk
-
-        if self._parameterNode is not None:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateApply)
-        self._parameterNode, self._parameterNodeGuiTag = parameterNode, None
-        if parameterNode is not None:
-            self._parameterNodeGuiTag = parameterNode.connectGui(self.ui)
-            self.addObserver(parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateApply)
-        self.updateApply()
 
     def updateApply(self, *args) -> None:
         """Apply (Start training) is enabled when there is something to train on, or a job to cancel."""

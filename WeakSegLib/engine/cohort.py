@@ -108,20 +108,15 @@ def _label_names(tc: TrainCase, read: Sequence[str], config: TrainConfig, names:
     """Pass 1: the label values (and names) the case's training inputs use join ``names`` (first
     name seen wins)."""
     for kind in read:
-        if kind == "boxes":
-            boxset = load_boxes(tc.boxes)
-            values = {b.label for b in boxset.boxes if config.labels is None or b.label in config.labels}
+        if kind in ("boxes", "sizes"):
+            path = getattr(tc, kind)
+            given = load_boxes(path) if kind == "boxes" else load_sizes(path)
+            entries = given.boxes if kind == "boxes" else given.sizes
+            values = {e.label for e in entries if config.labels is None or e.label in config.labels}
             if not values:
-                raise InputError(f"{tc.boxes}: no box with label(s) {config.labels}")
+                raise InputError(f"{path}: no {dict(boxes='box', sizes='size')[kind]} with label(s) {config.labels}")
             for v in sorted(values):
-                names.setdefault(v, boxset.labels.get(v, f"label {v}"))
-        elif kind == "sizes":
-            sizeset = load_sizes(tc.sizes)
-            values = {e.label for e in sizeset.sizes if config.labels is None or e.label in config.labels}
-            if not values:
-                raise InputError(f"{tc.sizes}: no size with label(s) {config.labels}")
-            for v in sorted(values):
-                names.setdefault(v, sizeset.labels.get(v, f"label {v}"))
+                names.setdefault(v, given.labels.get(v, f"label {v}"))
         elif kind in ("mask", "partial"):
             found = config.labels or [int(v) for v in np.unique(read_label_volume(getattr(tc, kind)).array)
                                       if v and v != PARTIAL_BACKGROUND]
