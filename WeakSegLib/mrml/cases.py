@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from WeakSegLib.errors import InputError
-from WeakSegLib.io.boxes import BoxSet, check_boxes_fit
+from WeakSegLib.io.boxes import check_boxes_fit
 from WeakSegLib.io.volume import read_label_volume, read_volume
 from WeakSegLib.io.worklist import Worklist
 from WeakSegLib.mrml.nodes import _slicer, add_volume_node, boxes_from_roi_nodes, grid_geometry, roi_nodes_from_boxes
@@ -173,7 +173,3 @@ class CaseSession:
     def __del__(self) -> None:
         for tag in getattr(self, "_tags", []):
             self.scene.RemoveObserver(tag)
-
-    def boxset(self) -> BoxSet | None:
-        """The loaded case's boxes as drawn now."""
-        return None if self.volume is None else boxes_from_roi_nodes(self.box_nodes(), self.volume).boxset

@@ -67,6 +67,7 @@ class _Revision:
         self.samples = samples
         self.predict = lambda: predict().numpy()
         self.weak = weak_samples(samples)
+        self.rows = samples.boxes.cpu().numpy()  # box rows [sample, class, y0, y1, x0, x1]
 
     def set_labels(self, labels: np.ndarray) -> None:
         """Replace the weak samples' labels by ``labels`` ``(N, H, W)`` (rows of the others are ignored)."""
@@ -137,7 +138,6 @@ class DeepCutRevision(_Revision):
             raise InputError(f"DeepCut's revision interval must be ≥ 1 epoch, got {every}")
         super().__init__(samples, predict)
         self.every, self.reinit, self.min_fill = every, reinit, min_fill
-        self.rows = samples.boxes.cpu().numpy()
         images, extent = _centre_slices(samples)
         box_mask = samples.box_mask.cpu().numpy().astype(bool)
         valid = samples.valid.cpu().numpy()
@@ -188,7 +188,6 @@ class BoxSupRevision(_Revision):
         began = time.perf_counter()
         images, _ = _centre_slices(samples)
         images = images / 255.0
-        self.rows = samples.boxes.cpu().numpy()
         self.candidates: list[BoxCandidates] = [
             box_candidates(images[r[0]], (r[2], r[3], r[4], r[5]), settings) for r in self.rows]
         self.proposal_seconds = time.perf_counter() - began
