@@ -33,7 +33,7 @@ from WeakSegLib.io.dataset import DatasetCase
 from WeakSegLib.io.volume import write_volume
 from WeakSegLib.io.worklist import DATASET_FILE, Worklist
 from WeakSegLib.mrml import tasks
-from WeakSegLib.mrml.cases import CaseSession
+from WeakSegLib.mrml.cases import CaseSession, box_nodes
 from WeakSegLib.recipes.registry import DEFAULT_RECIPE, recipe_names
 
 #: Attribute naming the volume node an ROI node is a box of.
@@ -504,9 +504,7 @@ class WeakSegTrainLogic(ScriptedLoadableModuleLogic):
     # --- boxes ---------------------------------------------------------------------------------------
     def boxNodes(self, volumeNode) -> list:
         """ROI nodes that are boxes of ``volumeNode`` (those added by this module or tagged for it)."""
-        scene = volumeNode.GetScene()
-        return [node for node in scene.GetNodesByClass("vtkMRMLMarkupsROINode")
-                if node.GetAttribute(VOLUME_ATTRIBUTE) == volumeNode.GetID()]
+        return box_nodes(volumeNode, VOLUME_ATTRIBUTE)
 
     def sliceIndexAt(self, volumeNode, ras) -> int:
         """Index along the volume's slice axis of the slice through the RAS point ``ras`` (mm), clipped."""

@@ -39,6 +39,7 @@ class Worklist:
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
+        self._counts: dict[int, int] = {}  # boxes per case, read once and kept up to date by save_boxes
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "Worklist":
@@ -101,15 +102,17 @@ class Worklist:
         """One row per case, in the dataset's order."""
         rows = []
         for i, case in enumerate(self.cases):
-            boxes = self.boxes(i)
-            rows.append(CaseRow(case.name, case.image, 0 if boxes is None else len(boxes.boxes),
-                                "mask" in case.files, case.split))
+            if i not in self._counts:
+                boxes = self.boxes(i)
+                self._counts[i] = 0 if boxes is None else len(boxes.boxes)
+            rows.append(CaseRow(case.name, case.image, self._counts[i], "mask" in case.files, case.split))
         return rows
 
     def save_boxes(self, index: int, boxset: BoxSet) -> Path:
         """Write case ``index``'s boxes; the first time, the dataset file names the box file and the case
         becomes a training case."""
         path = save_boxes(boxset, self.boxes_path(index))
+        self._counts[index] = len(boxset.boxes)
         case = self.cases[index]
         if case.files.get("boxes") != str(path) or case.split != "training":
             case.files["boxes"] = str(path)

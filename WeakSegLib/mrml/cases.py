@@ -25,6 +25,12 @@ from WeakSegLib.mrml.nodes import _slicer, add_volume_node, boxes_from_roi_nodes
 SELECTION_NODE = "vtkMRMLSelectionNodeSingleton"
 
 
+def box_nodes(volume: Any, attribute: str) -> list[Any]:
+    """The ROI nodes of ``volume``'s scene whose ``attribute`` names ``volume`` (its boxes)."""
+    return [n for n in volume.GetScene().GetNodesByClass("vtkMRMLMarkupsROINode")
+            if n.GetAttribute(attribute) == volume.GetID()]
+
+
 class CaseSession:
     """A worklist and the case of it that is in ``scene`` (module docstring).
 
@@ -71,10 +77,7 @@ class CaseSession:
     # ---- boxes ---------------------------------------------------------------------------------------
     def box_nodes(self) -> list[Any]:
         """The ROI nodes of the loaded case."""
-        if self.volume is None:
-            return []
-        return [n for n in self.scene.GetNodesByClass("vtkMRMLMarkupsROINode")
-                if n.GetAttribute(self.attribute) == self.volume.GetID()]
+        return [] if self.volume is None else box_nodes(self.volume, self.attribute)
 
     def save(self) -> Path | None:
         """Write the loaded case's boxes to its box file (nothing when no case is loaded)."""
