@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from WeakSegLib.errors import InputError
-from WeakSegLib.recipes.registry import DEFAULT_RECIPE, recipe_spec
+from WeakSegLib.recipes.registry import AUTO_RECIPE, DEFAULT_RECIPE, recipe_spec
 
 #: compute devices: ``auto`` takes a CUDA GPU when present, else an Apple GPU (``mps``), else the CPU
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -173,12 +173,14 @@ class TrainConfig:
     """Segmentation training settings (defaults: Kervadec et al. 2020, see docs/methods.md).
 
     ``spatial_dims`` 2 with ``context`` 1 is 2D, ``context`` k > 1 is 2.5D (k slices in), 3 is 3D.
-    ``lr``, ``betas`` and ``decay_from`` left None take the recipe's defaults (:meth:`resolved`).
+    ``lr``, ``betas``, ``decay_from`` and the constraint weights left None take the recipe's defaults
+    (:meth:`resolved`).
     Settings named after a recipe (``proposal_every``, ``size_*``, ``sccl_*``, ``adv_*``, …) only
     matter to it.
     """
 
-    recipe: str = option(DEFAULT_RECIPE, "training recipe (WeakSegLib.recipes.registry)", cli=False)
+    recipe: str = option(DEFAULT_RECIPE, "training recipe (WeakSegLib.recipes.registry), or 'auto': chosen from the "
+                                         "cases' inputs when training starts", cli=False)
     network: str = option("unet", "segmentation network", choices=NETWORKS)
     spatial_dims: int = option(2, "2 (slices, 2D or 2.5D) or 3 (volumes)", cli=False)
     context: int = option(1, "slices per input: 1 = 2D, 3 or 5 = 2.5D")
@@ -190,11 +192,16 @@ class TrainConfig:
     decay_from: float | None = option(None, "fraction of the epochs after which the learning rates decay linearly "
                                             "towards 0 (default by recipe: 1 = constant; accl-* 0.5)")
     band_width: int = option(5, "tightness prior: band width w in lines")
-    tightness_weight: float = option(1e-4, "tightness prior: weight λ")
+    tightness_weight: float | None = option(None, "tightness prior: weight λ (default by recipe: 1e-4; "
+                                                  "tightness+emptiness 5e-3)")
+    bounds_weight: float | None = option(None, "box-size bounds: weight (default by recipe: 1; "
+                                               "tightness+size+masked-ce 1e-2)")
     size_bounds: tuple[float, float] = option((0.5, 0.9), "box size bounds as fractions of the box area",
                                               metavar=("LOWER", "UPPER"))
     t0: float = option(5.0, "log-barrier t of the first epoch")
     t_factor: float = option(1.1, "log-barrier t growth per epoch")
+    t_max: float = option(1000.0, "log-barrier t stops growing at this value (an epoch is a few batches: uncapped, "
+                                 "t reaches 7e4 in 800 steps and the barriers' slopes swamp every other term)")
     seed: int = option(0, "random seed")
     device: str = option("auto", "compute device", choices=DEVICES)
     precision: str = option("auto", "arithmetic of training (auto: bf16 mixed precision on a CUDA GPU that "
@@ -249,7 +256,9 @@ class TrainConfig:
         return dataclasses.replace(
             self, lr=spec.lr if self.lr is None else self.lr,
             betas=spec.betas if self.betas is None else tuple(self.betas),
-            decay_from=spec.decay_from if self.decay_from is None else self.decay_from)
+            decay_from=spec.decay_from if self.decay_from is None else self.decay_from,
+            tightness_weight=spec.tightness_weight if self.tightness_weight is None else self.tightness_weight,
+            bounds_weight=spec.bounds_weight if self.bounds_weight is None else self.bounds_weight)
 
     def lr_factor(self, epoch: int) -> float:
         """Multiplier of the learning rates in ``epoch`` (0-based): 1 up to ``decay_from``·epochs,
@@ -258,12 +267,14 @@ class TrainConfig:
         return 1.0 - max(0, epoch + 1 - start) / (self.epochs - start + 1)
 
     def barrier_t(self, epoch: int) -> float:
-        """The log-barrier parameter of 0-based ``epoch``: t₀·factor^epoch, one t for every constraint."""
-        return self.t0 * self.t_factor ** epoch
+        """The log-barrier parameter of 0-based ``epoch``: t₀·factor^epoch up to ``t_max``, one t for
+        every constraint."""
+        return min(self.t0 * self.t_factor ** epoch, self.t_max)
 
     def validate(self) -> "TrainConfig":
-        """Raise :class:`InputError` naming the first bad setting; return self when all are fine."""
-        spec = recipe_spec(self.recipe)
+        """Raise :class:`InputError` naming the first bad setting; return self when all are fine
+        (``auto`` fits any network: it only picks a recipe that does)."""
+        spec = None if self.recipe == AUTO_RECIPE else recipe_spec(self.recipe)
         _check_choice("network", self.network, NETWORKS)
         _check_choice("normalisation", self.normalization, COHORT_NORMALIZATIONS)
         _check_choice("device", self.device.split(":")[0], DEVICES)
@@ -285,7 +296,7 @@ class TrainConfig:
             raise InputError("context (2.5D) applies to 2D networks only")
         if self.context < 1 or self.context % 2 == 0:
             raise InputError(f"context (slices per input) must be an odd number ≥ 1, got {self.context}")
-        if self.spatial_dims not in spec.dims:
+        if spec is not None and self.spatial_dims not in spec.dims:
             raise InputError(f"recipe {self.recipe!r} {spec.dims_reason}: use a 2D or 2.5D network")
         if self.epochs < 1 or self.batch_size < 1:
             raise InputError("epochs and batch_size must be ≥ 1")
@@ -293,8 +304,14 @@ class TrainConfig:
             raise InputError(f"decay_from is a fraction of the epochs in [0, 1], got {self.decay_from}")
         if self.lr is not None and not self.lr > 0:
             raise InputError(f"lr must be positive, got {self.lr}")
+        for name in ("tightness_weight", "bounds_weight"):
+            if getattr(self, name) is not None and not getattr(self, name) >= 0:
+                raise InputError(f"{name} must be ≥ 0, got {getattr(self, name)}")
         if self.axis not in (0, 1, 2):
             raise InputError(f"axis must be 0, 1 or 2, got {self.axis}")
+        if not 0 < self.t0 <= self.t_max or self.t_factor < 1:
+            raise InputError(f"the barrier needs 0 < t0 ≤ t_max and t_factor ≥ 1, got t0 {self.t0}, t_max {self.t_max}, "
+                             f"t_factor {self.t_factor}")
         if self.band_width < 1:
             raise InputError(f"band_width must be ≥ 1 line, got {self.band_width}")
         if not 0 <= self.size_bounds[0] <= self.size_bounds[1] <= 1:

@@ -34,7 +34,7 @@ from WeakSegLib.io.volume import write_volume
 from WeakSegLib.io.worklist import DATASET_FILE, Worklist
 from WeakSegLib.mrml import tasks
 from WeakSegLib.mrml.cases import CaseSession, box_nodes
-from WeakSegLib.recipes.registry import DEFAULT_RECIPE, recipe_names
+from WeakSegLib.recipes.registry import AUTO_RECIPE, panel_choices
 
 #: Attribute naming the volume node an ROI node is a box of.
 VOLUME_ATTRIBUTE = "WeakSeg.Volume"
@@ -115,7 +115,7 @@ class WeakSegTrainParameterNode:
     inputVolume: slicer.vtkMRMLScalarVolumeNode
     referenceVolume: Union[slicer.vtkMRMLLabelMapVolumeNode, slicer.vtkMRMLSegmentationNode]
     labelValue: int = 1
-    recipe: str = DEFAULT_RECIPE
+    recipe: str = AUTO_RECIPE
     network: str = NETWORKS[0]
     mode: str = "2D"
     epochs: int = TrainConfig.epochs
@@ -237,8 +237,8 @@ class WeakSegTrainWidget(ParameterNodePanel, ScriptedLoadableModuleWidget, VTKOb
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = WeakSegTrainLogic()
-        self.ui.recipeComboBox.addItems(list(recipe_names(panel=True)))
-        self.ui.recipeComboBox.currentText = DEFAULT_RECIPE
+        self.ui.recipeComboBox.addItems(list(panel_choices()))
+        self.ui.recipeComboBox.currentText = AUTO_RECIPE
         self.ui.networkComboBox.addItems(list(NETWORKS))
         self.ui.modeComboBox.addItems(list(MODES))
         self.ui.deviceComboBox.addItems(list(DEVICES))

@@ -21,12 +21,7 @@ from common import bench_parser, parse, run_each
 
 from WeakSegLib.app.demo import FILLED, compare_recipes
 from WeakSegLib.io.sample_data import CASES
-from WeakSegLib.recipes.registry import recipe_names, recipe_spec
-
-
-def box_recipes() -> list[str]:
-    """The recipes that learn from boxes alone."""
-    return [name for name in recipe_names() if recipe_spec(name).labels[0] == "boxes" and not recipe_spec(name).needs]
+from WeakSegLib.recipes.registry import box_recipes
 
 
 def main() -> None:

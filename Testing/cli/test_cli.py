@@ -30,6 +30,8 @@ def test_boxes_train_predict_evaluate(spine_ct, tmp_path):
             tmp_path / "model", "--epochs", 2, "--device", "cpu", "--events", events)
     lines = [json.loads(l) for l in events.read_text().splitlines()]
     assert [l["event"] for l in lines] == ["start", "epoch", "epoch", "done"] and "dice" in lines[1]
+    card = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert card["recipe"] == "boxsup"  # auto: tight slice boxes on a 2D network
     pred = tmp_path / "pred.nrrd"
     weakseg("predict", "--model", tmp_path / "model", "--image", spine_ct["image"], "--out", pred, "--quiet")
     assert read_label_volume(pred).shape == read_volume(spine_ct["image"]).shape
@@ -39,7 +41,7 @@ def test_boxes_train_predict_evaluate(spine_ct, tmp_path):
     assert "Dice 1.0000" in text and "HD95 0.00 mm" in text
 
 
-def test_3d_boxes_with_margin_and_label(spine_ct, tmp_path):
+def test_3d_boxes_with_margin_and_label_train_the_box_constraints(spine_ct, tmp_path):
     weakseg("boxes-from-mask", spine_ct["mask"], "--out", tmp_path / "b.json", "--mode", "3d", "--margin", 2,
             "--label", 1)
     (box,) = load_boxes(tmp_path / "b.json").boxes
@@ -48,6 +50,10 @@ def test_3d_boxes_with_margin_and_label(spine_ct, tmp_path):
     assert box.kind == "3d"
     assert box.start == tuple(np.maximum(idx.min(0) - 2, 0))
     assert box.stop == tuple(np.minimum(idx.max(0) + 3, mask.shape))
+    weakseg("train", "--image", spine_ct["image"], "--boxes", tmp_path / "b.json", "--out", tmp_path / "m",
+            "--epochs", 1, "--epoch-batches", 1, "--device", "cpu", "--quiet")
+    card = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert card["recipe"] == "tightness+size+emptiness"  # auto: the slices of a 3D box are loose
 
 
 def test_full_recipe_from_masks_only(spine_ct, tmp_path):

@@ -69,10 +69,10 @@ BOX_RECIPES = {
     "tightness+size+emptiness": lambda s, bt: (ref_tightness(s, bt["boxes"], 5, 1e-4, T)
                                                + ref_size(s, bt["box_mask"].double(), T, 0.5, 0.9)
                                                + ref_emptiness(s, bt["box_mask"].double(), T)),
-    "tightness+emptiness": lambda s, bt: (ref_tightness(s, bt["boxes"], 5, 1e-4, T)
+    "tightness+emptiness": lambda s, bt: (ref_tightness(s, bt["boxes"], 5, 5e-3, T)
                                           + ref_emptiness(s, bt["box_mask"].double(), T)),
     "tightness+size+masked-ce": lambda s, bt: (ref_tightness(s, bt["boxes"], 5, 1e-4, T)
-                                               + ref_size(s, bt["box_mask"].double(), T, 0.5, 0.9)
+                                               + 1e-2 * ref_size(s, bt["box_mask"].double(), T, 0.5, 0.9)
                                                + ref_masked_ce(s, bt["box_mask"].double())),
 }
 CE_RECIPES = ("full", "box-mask", "deepcut", "boxsup", "partial-ce")

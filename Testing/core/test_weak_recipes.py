@@ -126,6 +126,26 @@ def test_learning_rate_schedule_defaults_by_recipe():
         TrainConfig(decay_from=1.5).validate()
 
 
+def test_barrier_t_grows_per_epoch_up_to_t_max():
+    config = TrainConfig(t0=5.0, t_factor=2.0, t_max=30.0)
+    assert [config.barrier_t(e) for e in range(5)] == [5.0, 10.0, 20.0, 30.0, 30.0]
+    assert TrainConfig().barrier_t(200) == 1000.0
+    with pytest.raises(InputError, match="t_max"):
+        TrainConfig(t0=5.0, t_max=1.0).validate()
+
+
+def test_constraint_weights_default_by_recipe_and_yield_to_the_user():
+    weights = {r: (c.tightness_weight, c.bounds_weight) for r in ("tightness+size+emptiness", "tightness+emptiness",
+                                                                   "tightness+size+masked-ce")
+               for c in [TrainConfig(recipe=r).resolved()]}
+    assert weights == {"tightness+size+emptiness": (1e-4, 1.0), "tightness+emptiness": (5e-3, 1.0),
+                       "tightness+size+masked-ce": (1e-4, 1e-2)}
+    mine = TrainConfig(recipe="tightness+emptiness", tightness_weight=1e-3, bounds_weight=0.5).resolved()
+    assert (mine.tightness_weight, mine.bounds_weight) == (1e-3, 0.5)
+    with pytest.raises(InputError, match="bounds_weight"):
+        TrainConfig(bounds_weight=-1.0).validate()
+
+
 def test_sccl_with_explicit_bounds_needs_no_reference(weak_case, tmp_path):
     case = [TrainCase(weak_case["image"], partial=weak_case["partial"])]
     card = train(case, quick(recipe="sccl", sccl_bounds=[[10, 200], [5, 150]]), tmp_path / "m")

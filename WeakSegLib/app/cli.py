@@ -33,7 +33,14 @@ from WeakSegLib.config import (
     TrainConfig,
 )
 from WeakSegLib.errors import CancelledError, WeakSegError
-from WeakSegLib.recipes.registry import DEFAULT_RECIPE, default_recipe, recipe_names
+from WeakSegLib.recipes.registry import (
+    AUTO_RECIPE,
+    BOXSUP_SLICES_PER_EPOCH,
+    DEFAULT_RECIPE,
+    SLICE_BOX_RECIPE,
+    recipe_names,
+    recipe_spec,
+)
 
 #: the per-image file options of ``train``, in :class:`~WeakSegLib.config.TrainCase` order
 CASE_FILES = ("boxes", "mask", "eval_mask", "sizes", "partial", "reference")
@@ -167,13 +174,11 @@ def cmd_partial_from_mask(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _training_cases(args: argparse.Namespace) -> tuple[list[TrainCase], str]:
-    """The cases of ``train`` and its recipe: from ``--dataset``, or from ``--image`` and the per-image
-    file options."""
+def _training_cases(args: argparse.Namespace) -> tuple[list[TrainCase], bool]:
+    """The cases of ``train``, and whether they are a dataset's: from ``--dataset``, or from ``--image``
+    and the per-image file options."""
     if args.dataset:
-        from WeakSegLib.engine.cohort import as_trained
         from WeakSegLib.io.dataset import load_dataset
-        from WeakSegLib.recipes.registry import recipe_spec
 
         given = [kind for kind in ("image", *CASE_FILES) if getattr(args, kind)]
         if given:
@@ -182,9 +187,7 @@ def _training_cases(args: argparse.Namespace) -> tuple[list[TrainCase], str]:
         cases = load_dataset(args.dataset).split("training")
         if not cases:
             raise WeakSegError(f"{args.dataset}: the dataset has no training case")
-        recipe = args.recipe or default_recipe({k for c in cases for k in c.files if k in ("boxes", "mask", "sizes",
-                                                                                           "partial")})
-        return [as_trained(c.train_case(), recipe_spec(recipe)) for c in cases], recipe
+        return [c.train_case() for c in cases], True
     images = args.image
     if not images:
         raise WeakSegError("give the training cases: --dataset data.json, or --image (repeat for several)")
@@ -196,24 +199,27 @@ def _training_cases(args: argparse.Namespace) -> tuple[list[TrainCase], str]:
     if not (args.boxes or args.mask or args.sizes or args.partial):
         raise WeakSegError("give --boxes (box recipes), --mask (recipe 'full'), --sizes (recipe 'size') or "
                            "--partial (partial-label recipes) for the images")
-    recipe = args.recipe or default_recipe(k for k in ("boxes", "mask", "sizes", "partial") if per_image[k])
 
     def given(kind: str, i: int) -> str | None:
         files = per_image[kind]
         return files[i] if files and files[i] != "-" else None
 
-    return [TrainCase(img, **{kind: given(kind, i) for kind in CASE_FILES}) for i, img in enumerate(images)], recipe
+    return [TrainCase(img, **{kind: given(kind, i) for kind in CASE_FILES}) for i, img in enumerate(images)], False
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from WeakSegLib.app.launch import check_processes, child_of_launcher, launch
+    from WeakSegLib.engine.cohort import as_trained, recipe_for
     from WeakSegLib.engine.distributed import env_rank
     from WeakSegLib.engine.preprocess import AXIAL
     from WeakSegLib.engine.training import train
 
-    cases, recipe = _training_cases(args)
-    config = settings_from(args, TrainConfig, recipe=recipe, spatial_dims=3 if args.dims == "3d" else 2,
+    cases, dataset = _training_cases(args)
+    config = settings_from(args, TrainConfig, recipe=args.recipe, spatial_dims=3 if args.dims == "3d" else 2,
                            axis=AXIAL if args.axis == "auto" else args.axis)
+    config = dataclasses.replace(config.validate(), recipe=recipe_for(cases, config))
+    if dataset:  # a mask beside boxes is the Dice reference of a box recipe
+        cases = [as_trained(tc, recipe_spec(config.recipe)) for tc in cases]
     if args.gpus > 1 and not child_of_launcher():
         check_processes(args.gpus, config.device)
         config.validate()
@@ -511,8 +517,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reference masks, one per --image ('-' for none): accl-unpaired (any masks of the "
                         "structure), accl-paired (the image's true mask), sccl (to derive its size bounds)")
     t.add_argument("--out", required=True, help="model folder to write (resumes when it holds a checkpoint)")
-    t.add_argument("--recipe", choices=recipe_names(),
-                   help=f"default {DEFAULT_RECIPE} (full with --mask only, size with --sizes, partial-ce with --partial)")
+    t.add_argument("--recipe", choices=(AUTO_RECIPE, *recipe_names()), default=AUTO_RECIPE,
+                   help=f"default {AUTO_RECIPE}: {SLICE_BOX_RECIPE} for per-slice boxes on a 2D network (a cohort of "
+                        f"up to {BOXSUP_SLICES_PER_EPOCH}× the slices of an epoch), {DEFAULT_RECIPE} for 3D boxes, "
+                        f"3D networks or larger cohorts; full with --mask only, size with --sizes, partial-ce "
+                        f"with --partial")
     t.add_argument("--dims", choices=("2d", "3d"), default="2d")
     t.add_argument("--axis", type=_axis, default="auto",
                    help="slice axis of the images once reoriented to RAS: 0 axial (auto), 1 coronal, 2 sagittal")

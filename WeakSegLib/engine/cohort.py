@@ -48,7 +48,7 @@ from WeakSegLib.io.volume import (
     read_label_volume,
     read_volume,
 )
-from WeakSegLib.recipes.registry import INPUT_NAMES, RecipeSpec, recipe_spec
+from WeakSegLib.recipes.registry import AUTO_RECIPE, INPUT_NAMES, RecipeSpec, default_recipe, recipe_spec
 
 #: recipes whose label revisions or reference masks need every training sample in memory
 IN_MEMORY = ("deepcut", "boxsup", "sccl", "accl-partial", "accl-unpaired", "accl-paired")
@@ -93,6 +93,17 @@ def inputs_to_read(tc: TrainCase, spec: RecipeSpec) -> tuple[list[str], list[str
     read = [kind for kind in spec.inputs()
             if kind == first or (kind in given and (kind in spec.extra or kind == "reference"))]
     return read, [kind for kind in given if kind not in read]
+
+
+def recipe_for(cases: Sequence[TrainCase], config: TrainConfig) -> str:
+    """``config.recipe``, or for ``auto`` the recipe :func:`~WeakSegLib.recipes.registry.default_recipe`
+    picks from the inputs the cases give and the kinds of their boxes (each box file read once)."""
+    if config.recipe != AUTO_RECIPE:
+        return config.recipe
+    given = {kind for tc in cases for kind in ("boxes", "mask", "sizes", "partial") if getattr(tc, kind) is not None}
+    kinds = [box.kind for tc in cases if tc.boxes is not None for box in load_boxes(tc.boxes).boxes]
+    return default_recipe(given, boxes=kinds, spatial_dims=config.spatial_dims,
+                          slices_per_epoch=config.epoch_batches * config.batch_size)
 
 
 def as_trained(tc: TrainCase, spec: RecipeSpec) -> TrainCase:

@@ -30,7 +30,7 @@ import torch
 
 from WeakSegLib import events
 from WeakSegLib.config import TrainCase, TrainConfig
-from WeakSegLib.engine.cohort import Cohort, read_cohort
+from WeakSegLib.engine.cohort import Cohort, read_cohort, recipe_for
 from WeakSegLib.engine.data import SampleSet, flip_batch
 from WeakSegLib.engine.devices import autocast_dtype
 from WeakSegLib.engine.distributed import SINGLE, Distributed, join
@@ -135,7 +135,7 @@ def train(cases: Sequence[TrainCase], config: TrainConfig, out_dir: str | os.Pat
 
     Args:
         cases: training volumes.
-        config: settings; checked first.
+        config: settings; checked first (recipe ``auto``: chosen from the cases, :func:`recipe_for`).
         out_dir: model folder (created); holds the checkpoint while training.
         on_event: receives progress events (:mod:`WeakSegLib.events`).
         should_stop: polled between batches; when it returns True (on any rank) the run stops, keeping
@@ -145,7 +145,7 @@ def train(cases: Sequence[TrainCase], config: TrainConfig, out_dir: str | os.Pat
     Returns:
         The model card.
     """
-    config = config.validate().resolved()
+    config = dataclasses.replace(config.validate(), recipe=recipe_for(cases, config)).validate().resolved()
     group, device = join(config.device, backend)
     try:
         group.check_batch(config.batch_size)

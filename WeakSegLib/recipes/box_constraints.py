@@ -20,7 +20,8 @@ class _BoxConstraints(Recipe):
         return Term("tightness", TightnessPrior(config.band_width, config.tightness_weight), ("probs", "boxes", "t"))
 
     def size(self) -> Term:
-        return Term("size", BoxSize(*self.ctx.config.size_bounds), ("probs", "box_mask", "t"))
+        config = self.ctx.config
+        return Term("size", BoxSize(*config.size_bounds, weight=config.bounds_weight), ("probs", "box_mask", "t"))
 
     @staticmethod
     def emptiness() -> Term:

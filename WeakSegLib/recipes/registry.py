@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from WeakSegLib.errors import InputError
 
@@ -44,6 +44,8 @@ class RecipeSpec:
         dims_reason: why, when it is 2D only (shown in the error).
         lr, betas, decay_from: Adam's learning rate and betas, and the fraction of the epochs after
             which the learning rates decay linearly towards 0 (1 = constant).
+        tightness_weight, bounds_weight: the weights of the tightness prior and of the box-size bounds
+            (the reference code's per recipe; docs/methods.md §1 "Weights").
         extras: pip extras of the ``weakseg`` package it needs beyond the core (``crf``).
         panel: offered in the Slicer training panel (recipes trained from boxes or a mask).
         default_for: the inputs for which the command line picks it when no recipe is given.
@@ -61,6 +63,8 @@ class RecipeSpec:
     lr: float = 5e-4
     betas: tuple[float, float] = (0.9, 0.99)
     decay_from: float = 1.0
+    tightness_weight: float = 1e-4
+    bounds_weight: float = 1.0
     extras: tuple[str, ...] = ()
     panel: bool = False
     default_for: str | None = None
@@ -100,13 +104,22 @@ def register(spec: RecipeSpec) -> RecipeSpec:
 
 
 # ---- the registry (named as in Kervadec et al.'s table; docs/methods.md) -----------------------------
+#: the box recipe for 3D boxes (loose per slice), 3D networks and cohorts too large for BoxSup
 DEFAULT_RECIPE = "tightness+size+emptiness"
+#: the box recipe for tight per-slice boxes on a 2D network: the most stable box recipe of the
+#: stability benchmark (README › Results › Recipe stability)
+SLICE_BOX_RECIPE = "boxsup"
+#: what ``--recipe auto`` (the command line's and the panel's default) names: :func:`default_recipe`
+AUTO_RECIPE = "auto"
+#: BoxSup re-predicts every boxed slice before each epoch: ``auto`` picks it while the boxed slices
+#: number at most this many times the slices an epoch trains on
+BOXSUP_SLICES_PER_EPOCH = 4
 register(RecipeSpec("tightness+size+emptiness", "tightness prior + box-size bounds + background emptiness",
                     "WeakSegLib.recipes.box_constraints:TightnessSizeEmptiness", panel=True))
 register(RecipeSpec("tightness+emptiness", "tightness prior + background emptiness",
-                    "WeakSegLib.recipes.box_constraints:TightnessEmptiness", panel=True))
+                    "WeakSegLib.recipes.box_constraints:TightnessEmptiness", panel=True, tightness_weight=5e-3))
 register(RecipeSpec("tightness+size+masked-ce", "tightness prior + box-size bounds + masked CE outside the boxes",
-                    "WeakSegLib.recipes.box_constraints:TightnessSizeMaskedCE", panel=True))
+                    "WeakSegLib.recipes.box_constraints:TightnessSizeMaskedCE", panel=True, bounds_weight=1e-2))
 register(RecipeSpec("box-mask", "cross-entropy on the filled boxes (baseline)",
                     "WeakSegLib.recipes.label_map:CrossEntropy", panel=True))
 register(RecipeSpec("full", "cross-entropy on the reference masks (upper bound)",
@@ -145,21 +158,50 @@ def recipe_names(panel: bool = False) -> tuple[str, ...]:
     return tuple(name for name, spec in _REGISTRY.items() if spec.panel or not panel)
 
 
-def default_recipe(given: Iterable[str]) -> str:
-    """The recipe the command line trains when none is named, from the inputs given: sizes → ``size``,
-    partial labels → ``partial-ce``, masks alone → ``full``, otherwise the default box recipe."""
+def box_recipes() -> tuple[str, ...]:
+    """The recipes that can learn from boxes alone (no other input needed), in registry order."""
+    return tuple(s.name for s in _REGISTRY.values() if s.labels[0] == "boxes" and not s.needs)
+
+
+def panel_choices() -> tuple[str, ...]:
+    """The Slicer panel's recipe list: ``auto`` (the recommended choice) first, then the panel's recipes."""
+    return (AUTO_RECIPE, *recipe_names(panel=True))
+
+
+def auto_choices() -> tuple[str, ...]:
+    """Every recipe ``auto`` may pick (:func:`default_recipe`)."""
+    return (SLICE_BOX_RECIPE, DEFAULT_RECIPE, *(s.name for s in _REGISTRY.values() if s.default_for))
+
+
+def default_recipe(given: Iterable[str], *, boxes: Sequence[str] = (), spatial_dims: int = 2,
+                   slices_per_epoch: int = 64) -> str:
+    """The recipe ``auto`` trains, from the inputs the cases give (docs/methods.md, "Which recipe"):
+    sizes → ``size``, partial labels → ``partial-ce``, masks alone → ``full``; boxes →
+    :data:`SLICE_BOX_RECIPE` when every box is a per-slice box, the network is 2D and the boxes number
+    at most :data:`BOXSUP_SLICES_PER_EPOCH` × ``slices_per_epoch``, otherwise :data:`DEFAULT_RECIPE`.
+
+    Args:
+        given: the label inputs the cases give (``boxes``, ``mask``, ``sizes``, ``partial``).
+        boxes: the kind (``"slice"`` or ``"3d"``) of every box of every case.
+        spatial_dims: 2 (slices, 2D or 2.5D) or 3.
+        slices_per_epoch: slices one epoch trains on (batches per epoch × batch size).
+    """
     given = set(given)
     for kind in ("sizes", "partial"):
         if kind in given:
             return next(s.name for s in _REGISTRY.values() if s.default_for == kind)
     if given == {"mask"}:
         return next(s.name for s in _REGISTRY.values() if s.default_for == "mask")
+    if (boxes and set(boxes) == {"slice"} and spatial_dims in recipe_spec(SLICE_BOX_RECIPE).dims
+            and len(boxes) <= BOXSUP_SLICES_PER_EPOCH * slices_per_epoch):
+        return SLICE_BOX_RECIPE
     return DEFAULT_RECIPE
 
 
 def extras_of(names: Iterable[str]) -> set[str]:
-    """The pip extras the recipes ``names`` need together."""
-    return {extra for name in names for extra in recipe_spec(name).extras}
+    """The pip extras the recipes ``names`` need together (``auto``: those of every recipe it may pick)."""
+    named = {choice for name in names for choice in (auto_choices() if name == AUTO_RECIPE else (name,))}
+    return {extra for name in named for extra in recipe_spec(name).extras}
 
 
 def specs() -> tuple[RecipeSpec, ...]:
