@@ -19,10 +19,13 @@ def train_job(spine_ct, boxes, out, epochs):
 
 
 def test_train_then_predict_jobs(spine_ct, spine_boxes, tmp_path):
-    handle = start_job(train_job(spine_ct, spine_boxes, tmp_path / "m", 2), tmp_path / "job1")
+    job = train_job(spine_ct, spine_boxes, tmp_path / "m", 2)
+    job["config"]["recipe"] = "auto"  # the panel's default
+    handle = start_job(job, tmp_path / "job1")
     assert handle.wait(300) == EXIT_OK, handle.log()
     kinds = [e["event"] for e in handle.all_events()]
     assert kinds.count("epoch") == 2 and kinds[-1] == "done" and handle.status == "finished"
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["recipe"] == "boxsup"  # per-slice boxes
     job = {"kind": "predict", "model": str(tmp_path / "m"), "image": spine_ct["image"],
            "out": str(tmp_path / "p.nii.gz"), "device": "cpu"}
     handle = start_job(job, tmp_path / "job2")
