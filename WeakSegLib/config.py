@@ -233,6 +233,8 @@ class TrainConfig:
     eval_every: int = option(1, "epochs between Dice evaluations of --eval-mask")
     augment: bool = option(False, "random mirroring of each batch (boxes follow)")
     proposal_every: int = option(10, "deepcut: epochs between CRF label revisions (k)")
+    proposal_until: float = option(0.5, "deepcut: no revision after this fraction of the epochs (the network, "
+                                        "re-initialised at each revision, then trains on the last labels to the end)")
     processes: int = option(2, "deepcut: CRF worker processes")
     proposal_min_fill: float = option(0.3, "deepcut: a revision that labels less than this fraction of a box as "
                                            "its object keeps the box's previous labels (0: no guard)")
@@ -317,6 +319,8 @@ class TrainConfig:
         if not 0 <= self.size_bounds[0] <= self.size_bounds[1] <= 1:
             raise InputError(f"size_bounds must satisfy 0 ≤ lower ≤ upper ≤ 1 (fractions of the box area), "
                              f"got {tuple(self.size_bounds)}")
+        if not 0.0 <= self.proposal_until <= 1.0:
+            raise InputError(f"proposal_until is a fraction of the epochs in [0, 1], got {self.proposal_until}")
         if not 0.0 <= self.proposal_min_fill <= 1.0:
             raise InputError(f"proposal_min_fill must be in [0, 1], got {self.proposal_min_fill}")
         if min(self.proposal_every, self.processes, self.boxsup_k, self.size_samples, self.size_anchors) < 1:

@@ -271,6 +271,20 @@ def revision_setup(boxed, recipe, **kw):
     return config, fresh, samples, network, optimizer
 
 
+def test_deepcut_stops_revising_after_proposal_until(boxed):
+    """With 4 epochs and proposal_until 0.25 no revision is due after epoch 1: the revision of
+    epoch 2 is skipped and the labels stay the filled boxes."""
+    config, fresh, samples, network, optimizer = revision_setup(boxed, "deepcut", proposal_until=0.25)
+    filled = samples.labels.clone()
+    hooks = start_recipe(config.resolved(), samples, network, optimizer, torch.device("cpu"), fresh).hooks()
+    try:
+        assert hooks.before_epoch(2) is None and torch.equal(samples.labels, filled)
+    finally:
+        hooks.close()
+    with pytest.raises(InputError, match="proposal_until"):
+        quick(recipe="deepcut", proposal_until=1.5).validate()
+
+
 def test_deepcut_revision_keeps_labels_in_the_boxes_and_reinitialises_the_network(boxed):
     config, fresh, samples, network, optimizer = revision_setup(boxed, "deepcut")
     filled = samples.labels.clone()

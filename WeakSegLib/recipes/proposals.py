@@ -123,6 +123,8 @@ class DeepCutRevision(_Revision):
         predict: the network's softmax over every sample (see :class:`_Revision`).
         reinit: re-initialises network and optimizer for revision ``round`` (1, 2, …).
         every: k, epochs between revisions.
+        last: the last epoch (0-based) before which a revision may happen; later epochs train on the
+            labels as they are.
         processes: CRF worker processes.
         revise: whether this process computes the revisions (in a distributed run rank 0 alone does;
             the loop gives the other ranks its labels, :mod:`WeakSegLib.engine.distributed`).
@@ -131,13 +133,13 @@ class DeepCutRevision(_Revision):
     """
 
     def __init__(self, samples: SampleSet, predict: Callable[[], torch.Tensor], *,
-                 reinit: Callable[[int], None], every: int = 10, processes: int = 2,
+                 reinit: Callable[[int], None], every: int = 10, last: int | None = None, processes: int = 2,
                  params: CRFSettings = CRFSettings(), revise: bool = True, min_fill: float = 0.3) -> None:
         _check_2d(samples, "deepcut")
         if every < 1:
             raise InputError(f"DeepCut's revision interval must be ≥ 1 epoch, got {every}")
         super().__init__(samples, predict)
-        self.every, self.reinit, self.min_fill = every, reinit, min_fill
+        self.every, self.last, self.reinit, self.min_fill = every, last, reinit, min_fill
         images, extent = _centre_slices(samples)
         box_mask = samples.box_mask.cpu().numpy().astype(bool)
         valid = samples.valid.cpu().numpy()
@@ -146,7 +148,7 @@ class DeepCutRevision(_Revision):
                      if revise else None)
 
     def before_epoch(self, epoch: int) -> dict | None:
-        if epoch == 0 or epoch % self.every:
+        if epoch == 0 or epoch % self.every or (self.last is not None and epoch > self.last):
             return None
         round_ = epoch // self.every
         if self.pool is None:  # the labels come from the revising rank
@@ -221,7 +223,7 @@ class DeepCut(CrossEntropy):
         super().__init__(ctx)
         config = ctx.config
         self.revision = DeepCutRevision(ctx.samples, ctx.predict, reinit=ctx.reinit, every=config.proposal_every,
-                                        processes=config.processes, params=config.crf_settings(),
+                                        last=int(config.proposal_until * config.epochs), processes=config.processes, params=config.crf_settings(),
                                         revise=ctx.group.main, min_fill=config.proposal_min_fill)
 
     def hooks(self) -> DeepCutRevision:
