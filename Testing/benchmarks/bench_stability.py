@@ -37,7 +37,8 @@ def main() -> None:
     for seed in args.seeds:
         def one(case: str, folder: Path) -> dict:
             return compare_recipes(case, recipes, folder, epochs=args.epochs, seed=seed, eval_every=args.epochs)
-        for case, result in run_each(args.cases, one).items():
+        for case in args.cases:  # one case at a time, so that each prints as soon as it is done
+            result = run_each([case], one)[case]
             filled = result["results"][FILLED]["dice"]
             for recipe in recipes:
                 dice = result["results"][recipe]["dice"]

@@ -109,7 +109,7 @@ def test_train_on_a_dataset_predict_its_test_cases_skipping_a_corrupt_one_and_ev
     model = tmp_path / "model"
     out = weakseg("train", "--dataset", data, "--out", model, "--epochs", 1, "--epoch-batches", 2, "--quiet").stdout
     card = json.loads((model / "model.json").read_text())
-    assert card["training"]["dataset"]["cases"] == 2 and card["recipe"] == "tightness+size+emptiness"
+    assert card["training"]["dataset"]["cases"] == 2 and card["recipe"] == "boxsup"  # auto: per-slice boxes
     assert "dice" in out  # a's mask became the reference of the Dice per epoch
     preds = tmp_path / "preds"
     proc = weakseg("predict", "--model", model, "--dataset", data, "--out-dir", preds, "--device", "cpu", check=False)
