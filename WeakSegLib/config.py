@@ -236,7 +236,7 @@ class TrainConfig:
     proposal_until: float = option(0.5, "deepcut: no revision after this fraction of the epochs (the network, "
                                         "re-initialised at each revision, then trains on the last labels to the end)")
     processes: int = option(2, "deepcut: CRF worker processes")
-    proposal_min_fill: float = option(0.3, "deepcut: a revision that labels less than this fraction of a box as "
+    proposal_min_fill: float = option(0.5, "deepcut: a revision that labels less than this fraction of a box as "
                                            "its object keeps the box's previous labels (0: no guard)")
     boxsup_k: int = option(5, "boxsup: draw among the k cheapest candidates")
     boxsup_weight: float = option(1.0, "boxsup: λ of the network-disagreement cost")

@@ -134,7 +134,7 @@ class DeepCutRevision(_Revision):
 
     def __init__(self, samples: SampleSet, predict: Callable[[], torch.Tensor], *,
                  reinit: Callable[[int], None], every: int = 10, last: int | None = None, processes: int = 2,
-                 params: CRFSettings = CRFSettings(), revise: bool = True, min_fill: float = 0.3) -> None:
+                 params: CRFSettings = CRFSettings(), revise: bool = True, min_fill: float) -> None:
         _check_2d(samples, "deepcut")
         if every < 1:
             raise InputError(f"DeepCut's revision interval must be ≥ 1 epoch, got {every}")
