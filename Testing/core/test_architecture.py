@@ -2,6 +2,7 @@
 registry as the one place a recipe is added."""
 
 import ast
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -123,17 +124,18 @@ def test_panel_recipes_and_the_default_come_from_the_registry():
     panel = registry.panel_choices()
     assert panel[0] == registry.AUTO_RECIPE and registry.DEFAULT_RECIPE == panel[1]
     assert "size" not in panel and "deepcut" in panel
-    assert registry.default_recipe({"boxes"}) == registry.DEFAULT_RECIPE
-    assert registry.default_recipe({"mask"}) == "full" and registry.default_recipe({"sizes", "mask"}) == "size"
-    assert registry.default_recipe({"partial"}) == "partial-ce" and registry.extras_of(["deepcut"]) == {"crf"}
+    pick = functools.partial(registry.default_recipe, slices_per_epoch=64)
+    assert pick({"boxes"}) == registry.DEFAULT_RECIPE
+    assert pick({"mask"}) == "full" and pick({"sizes", "mask"}) == "size"
+    assert pick({"partial"}) == "partial-ce" and registry.extras_of(["deepcut"]) == {"crf"}
 
 
 def test_auto_picks_boxsup_for_slice_boxes_on_a_2d_network_of_a_small_cohort_only():
-    pick = registry.default_recipe
+    pick = functools.partial(registry.default_recipe, slices_per_epoch=64)  # 8 batches of 8
     assert pick({"boxes"}, boxes=["slice"] * 256) == "boxsup"
     assert pick({"boxes", "mask"}, boxes=["slice"] * 10) == "boxsup"  # masks of other cases: semi-supervised
     assert pick({"boxes"}, boxes=["slice"] * 257) == registry.DEFAULT_RECIPE  # re-predicting them costs too much
-    assert pick({"boxes"}, boxes=["slice"] * 500, slices_per_epoch=128) == "boxsup"
+    assert registry.default_recipe({"boxes"}, boxes=["slice"] * 500, slices_per_epoch=128) == "boxsup"
     assert pick({"boxes"}, boxes=["slice", "3d"]) == registry.DEFAULT_RECIPE  # a 3D box's slices are loose
     assert pick({"boxes"}, boxes=["slice"], spatial_dims=3) == registry.DEFAULT_RECIPE  # BoxSup is 2D
     assert pick({"boxes", "sizes"}, boxes=["slice"]) == "size"

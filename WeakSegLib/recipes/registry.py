@@ -174,7 +174,7 @@ def auto_choices() -> tuple[str, ...]:
 
 
 def default_recipe(given: Iterable[str], *, boxes: Sequence[str] = (), spatial_dims: int = 2,
-                   slices_per_epoch: int = 64) -> str:
+                   slices_per_epoch: int) -> str:
     """The recipe ``auto`` trains, from the inputs the cases give (docs/methods.md, "Which recipe"):
     sizes → ``size``, partial labels → ``partial-ce``, masks alone → ``full``; boxes →
     :data:`SLICE_BOX_RECIPE` when every box is a per-slice box, the network is 2D and the boxes number
