@@ -312,8 +312,8 @@ class TrainConfig:
         if self.axis not in (0, 1, 2):
             raise InputError(f"axis must be 0, 1 or 2, got {self.axis}")
         if not 0 < self.t0 <= self.t_max or self.t_factor < 1:
-            raise InputError(f"the barrier needs 0 < t0 ≤ t_max and t_factor ≥ 1, got t0 {self.t0}, t_max {self.t_max}, "
-                             f"t_factor {self.t_factor}")
+            raise InputError(f"the barrier needs 0 < t0 ≤ t_max and t_factor ≥ 1, got t0 {self.t0}, "
+                             f"t_max {self.t_max}, t_factor {self.t_factor}")
         if self.band_width < 1:
             raise InputError(f"band_width must be ≥ 1 line, got {self.band_width}")
         if not 0 <= self.size_bounds[0] <= self.size_bounds[1] <= 1:

@@ -222,7 +222,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         cases = [as_trained(tc, recipe_spec(config.recipe)) for tc in cases]
     if args.gpus > 1 and not child_of_launcher():
         check_processes(args.gpus, config.device)
-        config.validate()
         return launch(args.gpus, args.argv)
     main = env_rank() == 0
     printer = ProgressPrinter(args.events if main else None, args.quiet or not main)

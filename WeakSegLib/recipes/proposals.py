@@ -223,7 +223,8 @@ class DeepCut(CrossEntropy):
         super().__init__(ctx)
         config = ctx.config
         self.revision = DeepCutRevision(ctx.samples, ctx.predict, reinit=ctx.reinit, every=config.proposal_every,
-                                        last=int(config.proposal_until * config.epochs), processes=config.processes, params=config.crf_settings(),
+                                        last=int(config.proposal_until * config.epochs),
+                                        processes=config.processes, params=config.crf_settings(),
                                         revise=ctx.group.main, min_fill=config.proposal_min_fill)
 
     def hooks(self) -> DeepCutRevision:
