@@ -48,6 +48,11 @@ DEFAULT_PERCENTILES = (0.5, 99.5)
 DEFAULT_WINDOW = (-1000.0, 1000.0)
 #: segmentation networks (:mod:`WeakSegLib.nets.segmentation`) and the UNet's channels per level
 NETWORKS = ("unet", "enet")
+#: smooth maxima of a MIL bag's probabilities (WeakSegLib.losses.mil)
+SMOOTH_MAXIMA = ("softmax", "quasimax")
+#: where polar-mil's rays start: the box pixel the network finds most likely (the papers'
+#: "estimated" centre) or the box's centre
+POLAR_CENTRES = ("estimated", "box")
 DEFAULT_CHANNELS = (16, 32, 64, 128, 256)
 #: patch classifiers of the box tightener (:mod:`WeakSegLib.nets.classifier`)
 CLASSIFIERS = ("light", "vgg16")
@@ -187,7 +192,7 @@ class TrainConfig:
     axis: int = option(0, "slice axis of the RAS grid: 0 axial, 1 coronal, 2 sagittal", cli=False)
     epochs: int = option(100, "epochs (the barrier's t grows ×t_factor per epoch)")
     batch_size: int = option(8, "samples per step")
-    lr: float | None = option(None, "Adam learning rate (default by recipe: 5e-4; accl-* 2e-4)")
+    lr: float | None = option(None, "Adam learning rate (default by recipe: 5e-4; accl-* 2e-4; gmil, polar-mil 1e-4)")
     betas: tuple[float, float] | None = option(None, "Adam betas (default by recipe)", metavar=("B1", "B2"))
     decay_from: float | None = option(None, "fraction of the epochs after which the learning rates decay linearly "
                                             "towards 0 (default by recipe: 1 = constant; accl-* 0.5)")
@@ -251,6 +256,23 @@ class TrainConfig:
                                       metavar=("LO", "HI"))
     adv_weight: float | None = option(None, "accl-*: λ_a (default 1e-3 partial, 1e-2 unpaired/paired)")
     adv_lr: float = option(2e-4, "accl-*: the discriminator's learning rate")
+    mil_smoothmax: str = option("quasimax", "gmil, polar-mil: smooth maximum of a bag's probabilities",
+                                choices=SMOOTH_MAXIMA)
+    mil_alpha: float = option(6.0, "gmil, polar-mil: α of the smooth maximum of the crossing-line bags")
+    mil_angles: tuple[float, float, float] = option((-40.0, 40.0, 20.0), "gmil, polar-mil: angles of the crossing "
+                                                    "lines in degrees, first to last by step (0 0 0: rows and "
+                                                    "columns only)", metavar=("FIRST", "LAST", "STEP"))
+    mil_focal: tuple[float, float] = option((0.25, 2.0), "gmil, polar-mil: the unary loss's focal β and γ",
+                                            metavar=("BETA", "GAMMA"))
+    mil_pairwise_weight: float = option(10.0, "gmil, polar-mil: weight λ of the pairwise smoothness")
+    polar_rays: int = option(90, "polar-mil: rays per box, evenly spaced over 360°")
+    polar_radii: int = option(30, "polar-mil: samples per ray, from the centre to the farthest box corner")
+    polar_weight_min: float = option(0.5, "polar-mil: weight of a ray's outermost sample (nearer ones weigh more)")
+    polar_alpha: float = option(1.0, "polar-mil: α of the smooth maximum of a ray")
+    polar_centre: str = option("estimated", "polar-mil: where the rays start: the box pixel the network finds "
+                                            "most likely, or the box's centre", choices=POLAR_CENTRES)
+    polar_parallel: bool = option(False, "polar-mil: add the crossing-line bags of gmil (right for tight boxes "
+                                         "only)")
 
     def resolved(self) -> "TrainConfig":
         """A copy with the recipe's optimiser defaults in place of the settings left None."""
@@ -327,6 +349,18 @@ class TrainConfig:
             raise InputError("proposal_every, processes, boxsup_k, size_samples and size_anchors must be ≥ 1")
         if self.pretrain_epochs < 0:
             raise InputError(f"pretrain_epochs must be ≥ 0, got {self.pretrain_epochs}")
+        _check_choice("mil_smoothmax", self.mil_smoothmax, SMOOTH_MAXIMA)
+        _check_choice("polar_centre", self.polar_centre, POLAR_CENTRES)
+        if self.mil_alpha <= 0 or self.polar_alpha <= 0 or self.mil_pairwise_weight < 0:
+            raise InputError("mil_alpha and polar_alpha must be positive, mil_pairwise_weight ≥ 0")
+        first, last, step = self.mil_angles
+        if not (-90 < first <= last < 90 and step >= 0):
+            raise InputError(f"mil_angles must be FIRST ≤ LAST in (-90, 90) degrees and STEP ≥ 0, "
+                             f"got {tuple(self.mil_angles)}")
+        if not (0 <= self.mil_focal[0] <= 1 and self.mil_focal[1] >= 0):
+            raise InputError(f"mil_focal needs 0 ≤ β ≤ 1 and γ ≥ 0, got {tuple(self.mil_focal)}")
+        if self.polar_rays < 1 or self.polar_radii < 2 or not 0 < self.polar_weight_min <= 1:
+            raise InputError("polar_rays must be ≥ 1, polar_radii ≥ 2 and polar_weight_min in (0, 1]")
         self.crf_settings()
         return self
 

@@ -5,10 +5,12 @@ train a tightener on the *other* objects' masks, tighten the held-out object's t
 into axial slices) and compare with its tight per-slice boxes (mean box IoU over the slices of
 either set; a missing or extra slice box scores 0). Then train the engine's default recipe on all
 objects' boxes — tight 2D boxes, raw 3D-box slices, tightened boxes (each object tightened by the
-tightener that did not see it) — and score Dice against the mask. Times: tightener training and
-tightening of one object on this machine's threads.
+tightener that did not see it) — and score Dice against the mask; ``--raw-recipes`` also trains
+other recipes on the raw 3D-box slices (``polar-mil``: loose boxes without a tightener). Times:
+tightener training and tightening of one object on this machine's threads.
 
     python Testing/benchmarks/bench_tightening.py --threads 2 --json tightening.json
+    python Testing/benchmarks/bench_tightening.py --threads 2 --patches 8 --raw-recipes polar-mil
 """
 
 from __future__ import annotations
@@ -28,23 +30,26 @@ from WeakSegLib.engine.training import train
 from WeakSegLib.io.boxes import BoxSet, boxes_from_mask, save_boxes, split_box
 from WeakSegLib.io.sample_data import OBJECT_SETS, materialize_objects
 from WeakSegLib.io.volume import read_label_volume, read_volume, write_volume
+from WeakSegLib.recipes.registry import recipe_names
 from WeakSegLib.tightener.tighten import tighten
 from WeakSegLib.tightener.training import train_tightener
 
 
-def segment(image: str, boxes: list, mask, axis: int, folder: Path, name: str, epochs: int) -> float:
-    """Dice of the default recipe trained on ``boxes`` (slice boxes) against the binary objects."""
+def segment(image: str, boxes: list, mask, axis: int, folder: Path, name: str, epochs: int,
+            recipe: str = TrainConfig.recipe) -> float:
+    """Dice of ``recipe`` (default: the box constraints) trained on ``boxes`` (slice boxes) against the
+    binary objects."""
     path = folder / f"boxes-{name}.json"
     save_boxes(BoxSet([dataclasses.replace(b, label=1) for b in boxes], mask.shape,
                       {1: "object"}, mask.geometry()), path)
-    config = TrainConfig(epochs=epochs, axis=axis, device="cpu", eval_every=epochs)
+    config = TrainConfig(recipe=recipe, epochs=epochs, axis=axis, device="cpu", eval_every=epochs)
     train([TrainCase(image, boxes=str(path))], config, folder / f"model-{name}", resume=False)
     pred, _ = predict_volume(str(folder / f"model-{name}"), read_volume(image), device="cpu")
     return evaluate(pred.array, (mask.array > 0).astype(np.uint8), mask.spacing)["dice"]
 
 
 def run_set(name: str, patches: list[int], seg_patch: int, epochs: int, seg_epochs: int, rule: str,
-            context: int, folder: Path) -> dict:
+            context: int, raw_recipes: list[str], folder: Path) -> dict:
     sample = materialize_objects(name, folder)
     mask = read_label_volume(sample["mask"])
     image = read_volume(sample["image"])
@@ -90,6 +95,12 @@ def run_set(name: str, patches: list[int], seg_patch: int, epochs: int, seg_epoc
             out["dice"][kind] = segment(sample["image"], boxes, mask, axis, folder, kind.split()[0], seg_epochs)
             print(f"  {name:22s} default recipe on {kind:18s}: Dice {out['dice'][kind]:.3f} "
                   f"({time.perf_counter() - began:.0f} s)", flush=True)
+        for recipe in raw_recipes:
+            kind = f"{recipe} on raw 3D slices"
+            began = time.perf_counter()
+            out["dice"][kind] = segment(sample["image"], raw_all, mask, axis, folder, recipe, seg_epochs, recipe)
+            print(f"  {name:22s} {kind}: Dice {out['dice'][kind]:.3f} ({time.perf_counter() - began:.0f} s)",
+                  flush=True)
     return out
 
 
@@ -104,10 +115,12 @@ def main() -> None:
     p.add_argument("--threshold-rule", choices=("balanced", "accuracy"), default="balanced")
     p.add_argument("--context", type=int, default=TightenerConfig.context,
                    help="voxels of surrounding image the patch classifier sees on every side")
+    p.add_argument("--raw-recipes", nargs="+", default=[], choices=recipe_names(),
+                   help="recipes also trained on the raw 3D-box slices (e.g. polar-mil)")
     args = parse(p)
     results = run_each(args.sets, lambda name, folder: run_set(name, args.patches, args.seg_patch, args.epochs,
                                                                args.seg_epochs, args.threshold_rule, args.context,
-                                                               folder))
+                                                               args.raw_recipes, folder))
     print(f"\n## Box IoU against tight per-slice boxes, held-out objects ({args.threads} threads)\n")
     print("| object set | p | raw 3D-box slices | tightened | tightener training (s) | tightening one object (s) | "
           "patch accuracy (held-out slices) |")
@@ -118,7 +131,7 @@ def main() -> None:
                   f"{np.mean(row['train_s']):.0f} | {np.mean(row['tighten_s']):.2f} | "
                   f"{np.mean(row['val_accuracy']):.3f} |")
     if args.seg_epochs > 0:
-        print(f"\n## Dice of the default recipe ({args.seg_epochs} epochs)\n")
+        print(f"\n## Dice of the default recipe and of --raw-recipes ({args.seg_epochs} epochs)\n")
         kinds = list(next(iter(results.values()))["dice"])
         print("| object set | " + " | ".join(kinds) + " | tightened / tight |")
         print("|---" * (len(kinds) + 2) + "|")

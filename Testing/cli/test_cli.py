@@ -56,6 +56,22 @@ def test_3d_boxes_with_margin_and_label_train_the_box_constraints(spine_ct, tmp_
     assert card["recipe"] == "tightness+size+emptiness"  # auto: the slices of a 3D box are loose
 
 
+def test_polar_mil_trains_on_a_3d_box_and_its_model_predicts(spine_ct, tmp_path):
+    weakseg("boxes-from-mask", spine_ct["mask"], "--out", tmp_path / "b.json", "--mode", "3d")
+    weakseg("train", "--image", spine_ct["image"], "--boxes", tmp_path / "b.json", "--out", tmp_path / "m",
+            "--recipe", "polar-mil", "--polar-rays", 12, "--polar-centre", "box", "--polar-parallel",
+            "--mil-angles", -20, 20, 20, "--mil-smoothmax", "softmax", "--epochs", 1, "--epoch-batches", 2,
+            "--device", "cpu", "--quiet")
+    card = json.loads((tmp_path / "m" / "model.json").read_text())
+    config = card["training"]
+    assert card["recipe"] == "polar-mil" and config["lr"] == 1e-4  # the recipe's own learning rate
+    assert (config["polar_rays"], config["polar_centre"], config["polar_parallel"], config["mil_angles"],
+            config["mil_smoothmax"]) == (12, "box", True, [-20.0, 20.0, 20.0], "softmax")
+    weakseg("predict", "--model", tmp_path / "m", "--image", spine_ct["image"], "--out", tmp_path / "p.nii.gz",
+            "--quiet")
+    assert read_label_volume(tmp_path / "p.nii.gz").shape == read_volume(spine_ct["image"]).shape
+
+
 def test_full_recipe_from_masks_only(spine_ct, tmp_path):
     out = weakseg("train", "--image", spine_ct["image"], "--mask", spine_ct["mask"], "--out", tmp_path / "m",
                   "--epochs", 1, "--quiet").stdout

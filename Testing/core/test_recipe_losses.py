@@ -2,7 +2,17 @@
 
 import pytest
 import torch
-from reference_losses import ref_box_mask, ref_emptiness, ref_masked_ce, ref_size, ref_tightness
+from reference_losses import (
+    ref_box_mask,
+    ref_emptiness,
+    ref_masked_ce,
+    ref_mil_unary,
+    ref_pairwise,
+    ref_parallel_bags,
+    ref_polar_bags,
+    ref_size,
+    ref_tightness,
+)
 
 from WeakSegLib.config import TrainConfig
 from WeakSegLib.engine.data import SampleSet
@@ -74,6 +84,13 @@ BOX_RECIPES = {
     "tightness+size+masked-ce": lambda s, bt: (ref_tightness(s, bt["boxes"], 5, 1e-4, T)
                                                + 1e-2 * ref_size(s, bt["box_mask"].double(), T, 0.5, 0.9)
                                                + ref_masked_ce(s, bt["box_mask"].double())),
+    "gmil": lambda s, bt: (ref_mil_unary(s, bt["boxes"], bt["box_mask"], bt["valid"],
+                                         [(ref_parallel_bags(bt["boxes"], (-40, -20, 0, 20, 40)), 6.0)], "quasimax")
+                           + 10 * ref_pairwise(s, bt["box_mask"])),
+    "polar-mil": lambda s, bt: (ref_mil_unary(s, bt["boxes"], bt["box_mask"], bt["valid"],
+                                              [(ref_polar_bags(s, bt["boxes"], 90, 30, 0.5, "estimated"), 1.0)],
+                                              "quasimax")
+                                + 10 * ref_pairwise(s, bt["box_mask"])),
 }
 CE_RECIPES = ("full", "box-mask", "deepcut", "boxsup", "partial-ce")
 OTHER_RECIPES = ("size", "sccl", "accl-partial", "accl-unpaired", "accl-paired")

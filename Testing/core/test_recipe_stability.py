@@ -53,7 +53,7 @@ def crop(tmp_path_factory):
 
 def test_the_box_recipes_are_these():
     assert set(box_recipes()) == {DEFAULT_RECIPE, "tightness+emptiness", "tightness+size+masked-ce", "box-mask",
-                                  "deepcut", "boxsup"}
+                                  "gmil", "polar-mil", "deepcut", "boxsup"}
 
 
 @pytest.mark.parametrize("recipe", [r for r in box_recipes() if r != DEFAULT_RECIPE])

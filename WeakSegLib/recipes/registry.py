@@ -124,6 +124,12 @@ register(RecipeSpec("box-mask", "cross-entropy on the filled boxes (baseline)",
                     "WeakSegLib.recipes.label_map:CrossEntropy", panel=True))
 register(RecipeSpec("full", "cross-entropy on the reference masks (upper bound)",
                     "WeakSegLib.recipes.label_map:CrossEntropy", labels=("mask",), panel=True, default_for="mask"))
+register(RecipeSpec("gmil", "generalised MIL: lines crossing tight boxes at several angles + pairwise smoothness",
+                    "WeakSegLib.recipes.mil:GeneralizedMIL", lr=1e-4, panel=True, dims=(2,),
+                    dims_reason="learns from lines in slices"))
+register(RecipeSpec("polar-mil", "polar MIL: rays from inside the object to the sides of loose boxes (3D boxes)",
+                    "WeakSegLib.recipes.mil:PolarMIL", lr=1e-4, panel=True, dims=(2,),
+                    dims_reason="learns from rays in slices"))
 register(RecipeSpec("deepcut", "cross-entropy on filled boxes revised by a dense CRF every k epochs",
                     "WeakSegLib.recipes.proposals:DeepCut", extras=("crf",), **_REVISED))
 register(RecipeSpec("boxsup", "cross-entropy on region-proposal candidates chosen every epoch",

@@ -1,0 +1,50 @@
+"""Multiple-instance learning from boxes (Wang & Xia 2021, 2022; docs/methods.md §8).
+
+``gmil`` (tight boxes): every line crossing a box at the configured angles is a positive bag, every
+pixel outside the boxes a negative bag; focal unary loss of the bags' smooth maxima plus pairwise
+smoothness inside the boxes. ``polar-mil`` (loose boxes, e.g. the slices of a 3D box): the positive
+bags are rays from a point inside the object to the box's sides instead, which stay correct when
+the box is larger than its object.
+
+The network's foreground probabilities are the softmax's foreground channels: with one class this is
+exactly the papers' sigmoid output (softmax over (0, z) = sigmoid(z)), and label maps, which the
+engine predicts, need classes that exclude each other.
+"""
+
+from __future__ import annotations
+
+from WeakSegLib.engine.recipe import Recipe, Term
+from WeakSegLib.losses.mil import MILUnary, PairwiseSmoothness, angles_of
+
+
+class _MIL(Recipe):
+    """Shared terms: the unary loss over the recipe's bags and the pairwise smoothness."""
+
+    def bags(self) -> list[tuple[str, tuple, float]]:
+        raise NotImplementedError
+
+    def terms(self) -> list[Term]:
+        config = self.ctx.config
+        unary = MILUnary(self.bags(), config.mil_smoothmax, config.mil_focal)
+        return [Term("mil-unary", unary, ("probs", "boxes", "box_mask", "valid")),
+                Term("mil-pairwise", PairwiseSmoothness(), ("probs", "box_mask"), weight=config.mil_pairwise_weight)]
+
+
+class GeneralizedMIL(_MIL):
+    """Parallel crossing lines at ``mil_angles`` (generalised MIL; tight boxes)."""
+
+    def bags(self) -> list[tuple[str, tuple, float]]:
+        config = self.ctx.config
+        return [("parallel", angles_of(config.mil_angles), config.mil_alpha)]
+
+
+class PolarMIL(_MIL):
+    """Rays from a point inside the object (polar MIL; loose boxes), plus the parallel lines when
+    ``polar_parallel``."""
+
+    def bags(self) -> list[tuple[str, tuple, float]]:
+        config = self.ctx.config
+        polar = ("polar", (config.polar_rays, config.polar_radii, config.polar_weight_min, config.polar_centre),
+                 config.polar_alpha)
+        parallel = ("parallel", angles_of(config.mil_angles), config.mil_alpha)
+        return [polar, parallel] if config.polar_parallel else [polar]
