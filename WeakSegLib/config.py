@@ -195,7 +195,7 @@ class TrainConfig:
     lr: float | None = option(None, "Adam learning rate (default by recipe: 5e-4; accl-* 2e-4; gmil, polar-mil 1e-4)")
     betas: tuple[float, float] | None = option(None, "Adam betas (default by recipe)", metavar=("B1", "B2"))
     decay_from: float | None = option(None, "fraction of the epochs after which the learning rates decay linearly "
-                                            "towards 0 (default by recipe: 1 = constant; accl-* 0.5)")
+                                            "towards 0 (default by recipe: 1 = constant; accl-*, gmil, polar-mil 0.5)")
     band_width: int = option(5, "tightness prior: band width w in lines")
     tightness_weight: float | None = option(None, "tightness prior: weight λ (default by recipe: 1e-4; "
                                                   "tightness+emptiness 5e-3)")

@@ -35,14 +35,15 @@ from WeakSegLib.tightener.tighten import tighten
 from WeakSegLib.tightener.training import train_tightener
 
 
-def segment(image: str, boxes: list, mask, axis: int, folder: Path, name: str, epochs: int,
+def segment(image: str, boxes: list, mask, folder: Path, name: str, epochs: int,
             recipe: str = TrainConfig.recipe) -> float:
-    """Dice of ``recipe`` (default: the box constraints) trained on ``boxes`` (slice boxes) against the
-    binary objects."""
+    """Dice of ``recipe`` (default: the box constraints) trained on ``boxes`` (axial slice boxes) against
+    the binary objects. The training axis is the canonical axial axis (``TrainConfig.axis`` 0); the
+    boxes' array axis is mapped to it when the cohort is read."""
     path = folder / f"boxes-{name}.json"
     save_boxes(BoxSet([dataclasses.replace(b, label=1) for b in boxes], mask.shape,
                       {1: "object"}, mask.geometry()), path)
-    config = TrainConfig(recipe=recipe, epochs=epochs, axis=axis, device="cpu", eval_every=epochs)
+    config = TrainConfig(recipe=recipe, epochs=epochs, device="cpu", eval_every=epochs)
     train([TrainCase(image, boxes=str(path))], config, folder / f"model-{name}", resume=False)
     pred, _ = predict_volume(str(folder / f"model-{name}"), read_volume(image), device="cpu")
     return evaluate(pred.array, (mask.array > 0).astype(np.uint8), mask.spacing)["dice"]
@@ -92,13 +93,13 @@ def run_set(name: str, patches: list[int], seg_patch: int, epochs: int, seg_epoc
         for kind, boxes in (("tight 2D", tight_all), ("raw 3D slices", raw_all),
                             (f"tightened (p={seg_patch})", tightened_by_patch[seg_patch])):
             began = time.perf_counter()
-            out["dice"][kind] = segment(sample["image"], boxes, mask, axis, folder, kind.split()[0], seg_epochs)
+            out["dice"][kind] = segment(sample["image"], boxes, mask, folder, kind.split()[0], seg_epochs)
             print(f"  {name:22s} default recipe on {kind:18s}: Dice {out['dice'][kind]:.3f} "
                   f"({time.perf_counter() - began:.0f} s)", flush=True)
         for recipe in raw_recipes:
             kind = f"{recipe} on raw 3D slices"
             began = time.perf_counter()
-            out["dice"][kind] = segment(sample["image"], raw_all, mask, axis, folder, recipe, seg_epochs, recipe)
+            out["dice"][kind] = segment(sample["image"], raw_all, mask, folder, recipe, seg_epochs, recipe)
             print(f"  {name:22s} {kind}: Dice {out['dice'][kind]:.3f} ({time.perf_counter() - began:.0f} s)",
                   flush=True)
     return out

@@ -64,7 +64,7 @@ def test_polar_mil_trains_on_a_3d_box_and_its_model_predicts(spine_ct, tmp_path)
             "--device", "cpu", "--quiet")
     card = json.loads((tmp_path / "m" / "model.json").read_text())
     config = card["training"]
-    assert card["recipe"] == "polar-mil" and config["lr"] == 1e-4  # the recipe's own learning rate
+    assert card["recipe"] == "polar-mil" and (config["lr"], config["decay_from"]) == (1e-4, 0.5)  # its own schedule
     assert (config["polar_rays"], config["polar_centre"], config["polar_parallel"], config["mil_angles"],
             config["mil_smoothmax"]) == (12, "box", True, [-20.0, 20.0, 20.0], "softmax")
     weakseg("predict", "--model", tmp_path / "m", "--image", spine_ct["image"], "--out", tmp_path / "p.nii.gz",

@@ -89,6 +89,9 @@ class RecipeSpec:
 _REGISTRY: dict[str, RecipeSpec] = {}
 _ACCL = {"lr": 2e-4, "betas": (0.5, 0.999), "decay_from": 0.5}
 _SLICES = {"dims": (2,), "dims_reason": "learns from per-slice labels"}
+#: the MIL recipes: the authors' Adam lr, decaying over the second half (without the decay the objects
+#: erode late in training: vertebral bodies MR 0.895 at epoch 60 → 0.865 at 100; with it 0.892)
+_MIL = {"lr": 1e-4, "decay_from": 0.5, "panel": True}
 _REVISED = {"dims": (2,), "dims_reason": "revises 2D slice labels", "panel": True}
 
 
@@ -125,10 +128,10 @@ register(RecipeSpec("box-mask", "cross-entropy on the filled boxes (baseline)",
 register(RecipeSpec("full", "cross-entropy on the reference masks (upper bound)",
                     "WeakSegLib.recipes.label_map:CrossEntropy", labels=("mask",), panel=True, default_for="mask"))
 register(RecipeSpec("gmil", "generalised MIL: lines crossing tight boxes at several angles + pairwise smoothness",
-                    "WeakSegLib.recipes.mil:GeneralizedMIL", lr=1e-4, panel=True, dims=(2,),
+                    "WeakSegLib.recipes.mil:GeneralizedMIL", **_MIL, dims=(2,),
                     dims_reason="learns from lines in slices"))
 register(RecipeSpec("polar-mil", "polar MIL: rays from inside the object to the sides of loose boxes (3D boxes)",
-                    "WeakSegLib.recipes.mil:PolarMIL", lr=1e-4, panel=True, dims=(2,),
+                    "WeakSegLib.recipes.mil:PolarMIL", **_MIL, dims=(2,),
                     dims_reason="learns from rays in slices"))
 register(RecipeSpec("deepcut", "cross-entropy on filled boxes revised by a dense CRF every k epochs",
                     "WeakSegLib.recipes.proposals:DeepCut", extras=("crf",), **_REVISED))
