@@ -100,8 +100,9 @@ def ref_centre(s, box, mode):
     cy, cx = (y0 + y1 - 1) // 2, (x0 + x1 - 1) // 2
     if mode == "box":
         return cy, cx
-    top = max(float(s[b, c, y, x]) for y in range(y0, y1) for x in range(x0, x1))
-    ties = [(y, x) for y in range(y0, y1) for x in range(x0, x1) if float(s[b, c, y, x]) >= top - 1e-6]
+    p = s.detach()
+    top = max(float(p[b, c, y, x]) for y in range(y0, y1) for x in range(x0, x1))
+    ties = [(y, x) for y in range(y0, y1) for x in range(x0, x1) if float(p[b, c, y, x]) >= top - 1e-6]
     return min(ties, key=lambda p: (p[0] - cy) ** 2 + (p[1] - cx) ** 2)
 
 
