@@ -111,6 +111,19 @@ def test_box_recipe_total_is_the_sum_of_its_reference_terms(recipe):
     assert float(sum(parts.values())) == pytest.approx(float(want), rel=1e-9)
 
 
+def test_polar_mil_with_polar_parallel_adds_the_crossing_lines():
+    gen = torch.Generator().manual_seed(1)
+    batch = batch_of(gen)
+    logits = torch.randn(B, C + 1, H, W, generator=gen, dtype=torch.float64)
+    total, _ = build("polar-mil", batch, polar_parallel=True, mil_angles=(0, 0, 0)).loss(logits, batch, T, weak=False)
+    s = torch.softmax(logits, 1)[:, 1:]
+    bags = [(ref_polar_bags(s, batch["boxes"], 90, 30, 0.5, "estimated"), 1.0),
+            (ref_parallel_bags(batch["boxes"], (0.0,)), 6.0)]
+    want = (ref_mil_unary(s, batch["boxes"], batch["box_mask"], batch["valid"], bags, "quasimax")
+            + 10 * ref_pairwise(s, batch["box_mask"]))
+    assert float(total) == pytest.approx(float(want), rel=1e-9)
+
+
 @pytest.mark.parametrize("recipe", CE_RECIPES)
 def test_label_recipe_total_is_the_reference_cross_entropy(recipe):
     gen = torch.Generator().manual_seed(2)
