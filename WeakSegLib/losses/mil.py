@@ -50,13 +50,18 @@ class Bags:
         return Bags(self.index[rows], self.valid[rows], self.cls[rows], self.weight)
 
 
+def _plane_start(boxes: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """``(N,)`` flat index into ``s`` ``(B, C, H, W)`` of pixel (0, 0) of each box's image and class."""
+    _, C, H, W = shape
+    return (boxes[:, 0] * C + boxes[:, 1]) * (H * W)
+
+
 def _flat(boxes: torch.Tensor, shape: tuple[int, ...], y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Flat indices into ``s`` ``(B, C, H, W)`` of pixels ``(y, x)`` of each box's image and class
     (``y``, ``x`` broadcast against ``(N, 1, …)``), clamped into the image for padding entries."""
-    _, C, H, W = shape
-    extra = (1,) * (y.dim() - 1)
-    plane = (boxes[:, 0] * C + boxes[:, 1]).view(-1, *extra)
-    return (plane * H + y.clamp(0, H - 1)) * W + x.clamp(0, W - 1)
+    H, W = shape[2:]
+    start = _plane_start(boxes, shape).view(-1, *(1,) * (y.dim() - 1))
+    return start + y.clamp(0, H - 1) * W + x.clamp(0, W - 1)
 
 
 def angles_of(spec: tuple[float, float, float]) -> tuple[float, ...]:
@@ -82,10 +87,10 @@ def parallel_bags(boxes: torch.Tensor, shape: tuple[int, ...], angles: tuple[flo
         shape: ``s.shape`` ``(B, C, H, W)``.
         angles: angles in degrees, each in (−90, 90).
     """
-    _, C, H, W = shape
+    W = shape[3]
     device = boxes.device
     slope = torch.tan(torch.deg2rad(torch.tensor(angles, dtype=torch.float64, device=device)))  # (A,)
-    base = (boxes[:, 0] * C + boxes[:, 1]) * (H * W)  # (N,) start of each box's (image, class) plane
+    base = _plane_start(boxes, shape)
     out = []
     for along, across, step_a, step_c in ((2, 4, W, 1), (4, 2, 1, W)):  # family 0: lines along y
         lo_a, n_a = boxes[:, along], boxes[:, along + 1] - boxes[:, along]
