@@ -6,11 +6,13 @@ panel to it. torch and MONAI are imported only by the worker process.
 
 from __future__ import annotations
 
-import pathlib
 from pathlib import Path
+from typing import Annotated
 
 import slicer
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -20,13 +22,16 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from WeakSegLib import mrml
-from WeakSegLib.config import DEVICES
+from WeakSegLib.config import DEFAULT_DEVICE, DEVICES
 from WeakSegLib.errors import WeakSegError
 from WeakSegLib.io.fields import read_json
 from WeakSegLib.io.volume import read_volume
 from WeakSegLib.io.worklist import Worklist
 from WeakSegLib.mrml import tasks
-from WeakSegTrain import JobWatcher, ParameterNodePanel, ensureDependencies, workerPython
+from WeakSegPanelLib import DOCUMENTATION_URL
+from WeakSegPanelLib.dependencies import ensureDependencies, workerPython
+from WeakSegPanelLib.panel import JobWatcher, ParameterNodePanel, PathFields
+from WeakSegPanelLib.selftest import trainSelfTestModel
 
 #: the cases "Apply to dataset" predicts: a split of the dataset file, or all of them
 SPLIT_CHOICES = {"test cases": "test", "training cases": "training", "all cases": None}
@@ -34,29 +39,32 @@ SPLIT_CHOICES = {"test cases": "test", "training cases": "training", "all cases"
 
 @parameterNodeWrapper
 class WeakSegInferParameterNode:
-    """The panel's settings, kept in the module's parameter node (saved with the scene) and bound to the
-    widgets whose ``SlicerParameterName`` names them."""
+    """The panel's settings, kept in the module's parameter node (saved with the scene). The widgets whose
+    ``SlicerParameterName`` names a field are bound by Slicer's connectors; the folder and file fields
+    (empty: not set) by :class:`WeakSegPanelLib.panel.PathFields`."""
 
-    modelFolder: pathlib.Path
+    modelFolder: str = ""
     inputVolume: slicer.vtkMRMLScalarVolumeNode
     outputSegmentation: slicer.vtkMRMLSegmentationNode
-    device: str = "auto"
-    dataset: pathlib.Path
-    cases: str = next(iter(SPLIT_CHOICES))
-    outputFolder: pathlib.Path
+    device: Annotated[str, Choice(list(DEVICES))] = DEFAULT_DEVICE
+    dataset: str = ""
+    cases: Annotated[str, Choice(list(SPLIT_CHOICES))] = next(iter(SPLIT_CHOICES))
+    outputFolder: str = ""
 
 
 class WeakSegInfer(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "WeakSeg Infer"
-        self.parent.categories = ["Segmentation"]
-        self.parent.dependencies = ["WeakSegTrain", "Segmentations"]
+        self.parent.title = _("WeakSeg Infer")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = ["Segmentations"]
         self.parent.contributors = ["WeakSeg developers"]
-        self.parent.helpText = (
-            "Segment a volume with a model trained by WeakSeg Train (or the weakseg command line). The model "
-            "folder's card tells the labels, their colours and the intensity normalisation.")
-        self.parent.acknowledgementText = "See the WeakSeg extension's README for the methods and their papers."
+        self.parent.helpText = _(
+            "Segment a volume, or the cases of a dataset, with a model trained by WeakSeg Train (or the weakseg "
+            "command line). The model folder's card tells the labels, their colours and the intensity "
+            "normalisation. Needs Slicer 5.10 or newer.") + (
+            f' <a href="{DOCUMENTATION_URL}">' + _("Documentation") + "</a>")
+        self.parent.acknowledgementText = _("See the WeakSeg extension's README for the methods and their papers.")
 
 
 class WeakSegInferWidget(ParameterNodePanel, ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -69,28 +77,28 @@ class WeakSegInferWidget(ParameterNodePanel, ScriptedLoadableModuleWidget, VTKOb
         VTKObservationMixin.__init__(self)
         self.logic = None
         self.watcher = None
-        self.modelOk = False
         self.datasetResult = None
+        self.resultNames: list[str] = []  # the results table's rows, by case name
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/WeakSegInfer.ui"))
         self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.bind(slicer.util.childWidgetVariables(uiWidget))
+        self.initializeParameterNode()
+
+    def bind(self, ui) -> None:
+        """Connect the panel's widgets (``ui``: the .ui's named children) to the logic and the scene."""
+        self.ui = ui
         self.logic = WeakSegInferLogic()
-        self.ui.deviceComboBox.addItems(list(DEVICES))
-        self.ui.splitComboBox.addItems(list(SPLIT_CHOICES))
-        self.watcher = JobWatcher(self.ui.progressBar)
-        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelChanged)
-        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateApply)
-        self.ui.applyButton.connect("clicked()", self.onApply)
-        self.ui.applyDatasetButton.connect("clicked()", self.onApplyDataset)
-        self.ui.datasetResultsTable.connect("cellDoubleClicked(int,int)", self.onLoadResult)
+        self.pathFields = PathFields(ui)
+        self.watcher = JobWatcher(ui.progressBar)
+        ui.applyButton.clicked.connect(self.onApply)
+        ui.applyDatasetButton.clicked.connect(self.onApplyDataset)
+        ui.datasetResultsTable.cellDoubleClicked.connect(self.onLoadResult)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        self.initializeParameterNode()
-        self.onModelChanged(self.ui.modelPathLineEdit.currentPath)
 
     def cleanup(self) -> None:
         self.removeObservers()
@@ -98,103 +106,93 @@ class WeakSegInferWidget(ParameterNodePanel, ScriptedLoadableModuleWidget, VTKOb
         if self.watcher is not None:
             self.watcher.stop()
 
-    def onModelChanged(self, path: str) -> None:
-        try:
-            self.ui.modelInfoLabel.text = self.logic.modelSummary(path) if path else "No model folder selected."
-            self.modelOk = bool(path)
-        except WeakSegError as exc:
-            self.ui.modelInfoLabel.text = str(exc)
-            self.modelOk = False
-        self.updateApply()
-
     def updateApply(self, *args) -> None:
-        if self.watcher is None:
+        """The model's card (or why the folder is not a model) and the Apply buttons' states."""
+        if self.watcher is None or self.parameters is None:
             return
-        running = self.watcher.running
-        self.ui.applyButton.enabled = running or (self.modelOk and self.ui.inputVolumeSelector.currentNode() is not None)
-        self.ui.applyButton.text = "Cancel" if running else "Apply"
-        self.ui.applyDatasetButton.enabled = running or self.modelOk
-        self.ui.applyDatasetButton.text = "Cancel" if running else "Apply to dataset"
+        summary, modelOk = self.logic.modelState(self.parameters.modelFolder)
+        self.ui.modelInfoLabel.setText(summary)
+        running, cancelling = self.watcher.running, self.watcher.cancelling
+        label = _("Cancelling…") if cancelling else _("Cancel") if running else None
+        self.ui.applyButton.setEnabled(not cancelling and (running or (
+            modelOk and self.parameters.inputVolume is not None)))
+        self.ui.applyButton.setText(label or _("Apply"))
+        self.ui.applyDatasetButton.setEnabled(not cancelling and (running or modelOk))
+        self.ui.applyDatasetButton.setText(label or _("Apply to dataset"))
 
     def onApply(self) -> None:
         if self.watcher.running:
             self.watcher.cancel()
+            self.updateApply()
             return
-        with slicer.util.tryWithErrorDisplay("Could not start the prediction.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Could not start the prediction."), waitCursor=True):
             ensureDependencies()
-            self.ui.modelPathLineEdit.addCurrentPathToHistory()  # remembered across sessions (settingKey)
-            job = self.logic.predict(self.ui.modelPathLineEdit.currentPath, self.ui.inputVolumeSelector.currentNode(),
-                                     self.ui.outputSegmentationSelector.currentNode(),
-                                     device=self.ui.deviceComboBox.currentText)
-            self.ui.statusLabel.text = "Predicting…"
+            self.pathFields.remember()
+            parameters = self.parameters
+            job = self.logic.predict(parameters.modelFolder, parameters.inputVolume, parameters.outputSegmentation,
+                                     device=parameters.device)
+            self.ui.statusLabel.setText(_("Predicting…"))
             self.watcher.watch(job, onEnd=self.onPredicted)
             self.updateApply()
 
     def onPredicted(self, job) -> None:
         if job.error:
-            self.ui.statusLabel.text = "Cancelled." if job.cancelled else "Failed."
-        else:
-            self.ui.outputSegmentationSelector.setCurrentNode(job.result)
+            self.ui.statusLabel.setText(_("Cancelled.") if job.cancelled else _("Failed."))
+        elif job.result is not None:
+            self.parameters.outputSegmentation = job.result
             job.result.CreateClosedSurfaceRepresentation()
-            self.ui.statusLabel.text = f"Done: {job.result.GetName()}"
+            self.ui.statusLabel.setText(_("Done: {name}").format(name=job.result.GetName()))
         self.updateApply()
 
     # --- a dataset or a folder ------------------------------------------------------------------------
     def onApplyDataset(self) -> None:
         if self.watcher.running:
             self.watcher.cancel()
+            self.updateApply()
             return
-        with slicer.util.tryWithErrorDisplay("Could not start the predictions.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Could not start the predictions."), waitCursor=True):
             ensureDependencies()
-            for edit in (self.ui.modelPathLineEdit, self.ui.datasetPathLineEdit, self.ui.outputFolderPathLineEdit):
-                edit.addCurrentPathToHistory()
-            job = self.logic.predictDataset(self.ui.modelPathLineEdit.currentPath, self.ui.datasetPathLineEdit.currentPath,
-                                            self.ui.outputFolderPathLineEdit.currentPath,
-                                            split=SPLIT_CHOICES[self.ui.splitComboBox.currentText],
-                                            device=self.ui.deviceComboBox.currentText)
-            self.datasetResult = None
+            self.pathFields.remember()
+            parameters = self.parameters
+            job = self.logic.predictDataset(parameters.modelFolder, parameters.dataset, parameters.outputFolder,
+                                            split=SPLIT_CHOICES[parameters.cases], device=parameters.device)
+            self.datasetResult, self.resultNames = None, []
             self.ui.datasetResultsTable.setRowCount(0)
-            self.ui.statusLabel.text = "Predicting the cases…"
+            self.ui.statusLabel.setText(_("Predicting the cases…"))
             self.watcher.watch(job, onEvent=self.onCaseEvent, onEnd=self.onDatasetPredicted)
             self.updateApply()
 
     def onCaseEvent(self, event: dict) -> None:
         if event.get("event") == "case":
-            self._addResultRow(event["name"], "done" if "prediction" in event else f"skipped: {event['error']}", "")
-            self.ui.statusLabel.text = f"Case {event['done']} of {event['of']}"
+            self._setResultRow(event["name"], "done" if "prediction" in event else f"skipped: {event['error']}", "")
+            self.ui.statusLabel.setText(_("Case {done} of {total}").format(done=event["done"], total=event["of"]))
 
-    def _addResultRow(self, name: str, result: str, dice: str) -> None:
+    def _setResultRow(self, name: str, result: str, dice: str) -> None:
         import qt
 
-        table = self.ui.datasetResultsTable
-        rows = [table.item(r, 0).text() for r in range(table.rowCount)]
-        row = rows.index(name) if name in rows else table.rowCount
-        if row == table.rowCount:
-            table.setRowCount(row + 1)
+        if name not in self.resultNames:
+            self.resultNames.append(name)
+            self.ui.datasetResultsTable.setRowCount(len(self.resultNames))
+        row = self.resultNames.index(name)
         for column, text in enumerate((name, result, dice)):
-            table.setItem(row, column, qt.QTableWidgetItem(text))
+            self.ui.datasetResultsTable.setItem(row, column, qt.QTableWidgetItem(text))
 
     def onDatasetPredicted(self, job) -> None:
         if not job.error:
             self.datasetResult = job.result
-            dice: dict[str, list[float]] = {}
-            for row in self.logic.scores(job.result):
-                dice.setdefault(row["case"], []).append(row["dice"])
-            for name, path in job.result["predictions"].items():
-                shown = " / ".join(f"{d:.3f}" for d in dice.get(name, []))
-                self._addResultRow(name, "done" if path else f"skipped: {job.result['failed'].get(name)}", shown)
-            self.ui.statusLabel.text = f"{len(job.result['predictions'])} cases → {job.result['out_dir']}"
+            for row in self.logic.resultRows(job.result):
+                self._setResultRow(*row)
+            self.ui.statusLabel.setText(_("{count} cases → {folder}").format(count=len(job.result["predictions"]),
+                                                                              folder=job.result["out_dir"]))
         else:
-            self.ui.statusLabel.text = "Cancelled." if job.cancelled else "Failed."
+            self.ui.statusLabel.setText(_("Cancelled.") if job.cancelled else _("Failed."))
         self.updateApply()
 
     def onLoadResult(self, row: int, column: int) -> None:
         if self.datasetResult is None:
             return
-        with slicer.util.tryWithErrorDisplay("Could not load the case.", waitCursor=True):
-            name = self.ui.datasetResultsTable.item(row, 0).text()
-            segmentation = self.logic.loadPrediction(self.datasetResult, name)
-            self.ui.outputSegmentationSelector.setCurrentNode(segmentation)
+        with slicer.util.tryWithErrorDisplay(_("Could not load the case."), waitCursor=True):
+            self.parameters.outputSegmentation = self.logic.loadPrediction(self.datasetResult, self.resultNames[row])
 
 
 class WeakSegInferLogic(ScriptedLoadableModuleLogic):
@@ -215,6 +213,15 @@ class WeakSegInferLogic(ScriptedLoadableModuleLogic):
     def modelSummary(self, folder) -> str:
         """Recipe, network, labels, training spacing and metrics of a model folder (raises if it is not one)."""
         return tasks.model_summary(folder)
+
+    def modelState(self, folder) -> tuple[str, bool]:
+        """What the panel says of a model folder, and whether it can predict: its summary, or why not."""
+        if not folder:
+            return _("No model folder selected."), False
+        try:
+            return self.modelSummary(folder), True
+        except WeakSegError as exc:
+            return str(exc), False
 
     def predict(self, folder, volumeNode, segmentationNode=None, device: str = "auto", wait: bool = False):
         """Segment ``volumeNode`` with the model in ``folder`` into ``segmentationNode`` (new when None).
@@ -248,6 +255,15 @@ class WeakSegInferLogic(ScriptedLoadableModuleLogic):
         (empty without references)."""
         return read_json(Path(result["scores"]), "scores file")["cases"] if result.get("scores") else []
 
+    def resultRows(self, result) -> list[tuple[str, str, str]]:
+        """The rows of the panel's results table for a :meth:`predictDataset` result: case, outcome and
+        its Dice per label (" / "-joined, empty without a reference)."""
+        dice: dict[str, list[float]] = {}
+        for row in self.scores(result):
+            dice.setdefault(row["case"], []).append(row["dice"])
+        return [(name, "done" if path else f"skipped: {result['failed'].get(name)}",
+                 " / ".join(f"{d:.3f}" for d in dice.get(name, []))) for name, path in result["predictions"].items()]
+
     def loadPrediction(self, result, name: str):
         """Load case ``name``'s image and its predicted segmentation (a :meth:`predictDataset` result) into
         the scene; returns the segmentation node (on the image's grid, its segments named from the card)."""
@@ -260,7 +276,8 @@ class WeakSegInferLogic(ScriptedLoadableModuleLogic):
 
 
 class WeakSegInferTest(ScriptedLoadableModuleTest):
-    """Self-test inside Slicer: train a tiny model with WeakSegTrain's logic, then predict with this one."""
+    """Self-test inside Slicer, offline: a tiny model trained on a synthetic volume's 3D box, then predicted
+    with this module (skipped, saying why, when WeakSeg's packages are not installed)."""
 
     def setUp(self) -> None:
         slicer.mrmlScene.Clear()
@@ -270,8 +287,6 @@ class WeakSegInferTest(ScriptedLoadableModuleTest):
         self.test_predict_names_segments_from_the_card()
 
     def test_predict_names_segments_from_the_card(self) -> None:
-        from WeakSegTrain import trainSelfTestModel
-
         volumeNode, folder = trainSelfTestModel("3d")
         logic = WeakSegInferLogic()
         self.assertIn("recipe", logic.modelSummary(folder))

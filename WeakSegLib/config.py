@@ -24,6 +24,8 @@ from WeakSegLib.recipes.registry import AUTO_RECIPE, DEFAULT_RECIPE, recipe_spec
 
 #: compute devices: ``auto`` takes a CUDA GPU when present, else an Apple GPU (``mps``), else the CPU
 DEVICES = ("auto", "cpu", "cuda", "mps")
+#: the device every job takes unless told otherwise
+DEFAULT_DEVICE = DEVICES[0]
 #: intensity normalisations of one image (:func:`WeakSegLib.io.volume.normalize`)
 NORMALIZATIONS = ("percentile", "minmax", "ct-window", "none")
 #: normalisations of a training cohort (:mod:`WeakSegLib.engine.preprocess`): ``ct`` maps every case
@@ -208,7 +210,7 @@ class TrainConfig:
     t_max: float = option(1000.0, "log-barrier t stops growing at this value (an epoch is a few batches: uncapped, "
                                  "t reaches 7e4 in 800 steps and the barriers' slopes swamp every other term)")
     seed: int = option(0, "random seed")
-    device: str = option("auto", "compute device", choices=DEVICES)
+    device: str = option(DEFAULT_DEVICE, "compute device", choices=DEVICES)
     precision: str = option("auto", "arithmetic of training (auto: bf16 mixed precision on a CUDA GPU that "
                                     "supports it, else 32-bit; 16: float16 with a gradient scaler)",
                             choices=PRECISIONS)
@@ -420,7 +422,7 @@ class TightenerConfig:
                                              "held-out slices", choices=THRESHOLD_RULES)
     augment: bool = option(True, "random flips and 90° rotations of the patches", cli=False)
     seed: int = option(0, "random seed")
-    device: str = option("auto", "compute device", choices=DEVICES)
+    device: str = option(DEFAULT_DEVICE, "compute device", choices=DEVICES)
 
     @property
     def stride(self) -> int:

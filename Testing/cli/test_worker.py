@@ -4,12 +4,14 @@ import json
 import os
 import signal
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 from worker_events import wait_for
 
-from WeakSegLib.app.jobs import EXIT_BAD_INPUT, EXIT_BAD_JOB, EXIT_CANCELLED, EXIT_OK, start_job
+from WeakSegLib.app.jobs import EXIT_BAD_INPUT, EXIT_BAD_JOB, EXIT_CANCELLED, EXIT_OK, GpuProbe, start_job
 from WeakSegLib.io.volume import read_label_volume
 
 
@@ -118,3 +120,60 @@ def test_tightener_job_cancels_resumes_and_tightens(spine_ct, tmp_path):
     job["settings"] = {"stride": 2, "bogus": 1}
     handle = start_job(job, tmp_path / "job3")
     assert handle.wait(60) == EXIT_BAD_INPUT and "bogus" in handle.all_events()[-1]["message"]
+
+
+LAUNCHER = Path(__file__).resolve().parents[1] / "ctk_launcher.py"
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie left for its parent to reap counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not hasattr(os, "killpg") or not Path("/proc").is_dir(), reason="POSIX process groups, /proc")
+def test_cancel_under_slicers_launcher_stops_the_real_worker_without_blocking(spine_ct, spine_boxes, tmp_path,
+                                                                             monkeypatch):
+    """Inside Slicer the worker runs under ``PythonSlicer``, a launcher that starts the interpreter as its
+    child and forwards no signal (``ctk_launcher.py``). Cancel must stop that child, not orphan it: the
+    request returns at once, the job is over only when the child has gone, with the child's own
+    "cancelled" event and a checkpoint kept, and it reads as cancelled although the launcher died of the
+    signal."""
+    monkeypatch.setenv("CTK_LAUNCHER_CHILD_PID", str(tmp_path / "child.pid"))
+    handle = start_job(train_job(spine_ct, spine_boxes, tmp_path / "m", 500), tmp_path / "job",
+                       python=[sys.executable, str(LAUNCHER)])
+    wait_for(handle, "epoch")
+    child = int((tmp_path / "child.pid").read_text())
+    assert child != handle.process.pid and _alive(child)
+    handle.request_cancel()
+    assert not handle.finished()  # returned without waiting for the worker's next batch
+    deadline = time.monotonic() + 120
+    while not handle.finished():
+        assert time.monotonic() < deadline, handle.log()
+        time.sleep(0.05)
+    assert not _alive(child), "the real worker outlived the cancel"
+    assert handle.process.returncode == -signal.SIGTERM  # the launcher itself died of the signal …
+    assert handle.exit_code == EXIT_CANCELLED and handle.status == "cancelled"  # … and it reads as a cancel
+    assert any(e["event"] == "cancelled" for e in handle.all_events())
+    assert torch.load(tmp_path / "m" / "checkpoint.pt", weights_only=True)["epoch"] >= 1
+
+
+def test_the_gpu_count_is_asked_without_waiting(tmp_path, monkeypatch):
+    """The panels learn the GPU count from ``nvidia-smi -L`` without blocking Slicer while it runs (it may
+    take seconds): a slow stand-in answers two GPUs after the probe has returned."""
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\nsleep 1\necho 'GPU 0: A (UUID: a)'\necho 'GPU 1: B (UUID: b)'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    probe = GpuProbe()
+    assert probe.result() is None  # still running: not waited for
+    deadline = time.monotonic() + 30
+    while probe.result() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert probe.result() == 2
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    assert GpuProbe().result() == 0  # no driver: no GPU

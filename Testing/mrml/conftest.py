@@ -10,11 +10,17 @@ module logics, all kept referenced for the test's lifetime.
 
 from __future__ import annotations
 
+import shutil
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import slicer  # the slicer-core wheel (requirements-test.txt)
 import slicer_app_standins
+
+from WeakSegLib.io.boxes import BoxSet, boxes_from_mask, save_boxes
+from WeakSegLib.io.sample_data import materialize
+from WeakSegLib.io.volume import axial_axis, read_label_volume
 
 slicer_app_standins.install()
 
@@ -55,3 +61,21 @@ def wired():
                           markups=markups)
     slicer.mrmlScene = previous
     scene.Clear(True)
+
+
+@pytest.fixture(scope="session")
+def cohort(tmp_path_factory):
+    """A folder of 3 real cases named as ``weakseg dataset init`` expects: ``bodies`` (vertebral bodies
+    CT) and ``spine`` (spine CT) with tight axial slice boxes, ``brain`` (MNI T1) without; each with its mask."""
+    folder = tmp_path_factory.mktemp("cohort")
+    source = tmp_path_factory.mktemp("samples")
+    for name, sample, boxed in (("bodies", "vertebral-body-ct", True), ("spine", "spine-ct", True),
+                                ("brain", "brain-mri", False)):
+        files = materialize(sample, source / sample)
+        shutil.copy(files["image"], folder / f"{name}.nii.gz")
+        shutil.copy(files["mask"], folder / f"{name}_mask.nii.gz")
+        if boxed:
+            mask = read_label_volume(files["mask"])
+            boxes = boxes_from_mask((mask.array > 0).astype(np.uint8), "slice", axial_axis(mask.direction))
+            save_boxes(BoxSet(boxes, mask.shape, {1: "bone"}, mask.geometry()), folder / f"{name}.boxes.json")
+    return folder

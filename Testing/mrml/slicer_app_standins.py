@@ -1,21 +1,26 @@
-"""Stand-ins for the parts of Slicer that need its Qt application, so the module files import here.
+"""What the module files import from Slicer beyond the MRML classes of the slicer-core wheel.
 
-slicer-core has the MRML classes but not ``slicer.ScriptedLoadableModule`` or
-``slicer.parameterNodeWrapper`` (they import qt and ctk).
-The module files only subclass its four base classes; these stand-ins give the base-class behaviour the
-Logic classes use (``moduleName``, ``getParameterNode``) and nothing else. Everything under test in
-the Logic classes runs on the real MRML scene.
+slicer-core has the MRML classes and Slicer's ``util.py``, but not ``slicer.ScriptedLoadableModule``,
+``slicer.parameterNodeWrapper`` or ``slicer.i18n`` (they need Slicer's Qt application). Here:
+
+- ``slicer.parameterNodeWrapper`` is :mod:`slicer_conformance`, which applies Slicer's own rules to every
+  parameter-node field and the widget bound to it (raising where Slicer raises);
+- ``slicer.ScriptedLoadableModule``: the four base classes with the members the modules use, as Slicer
+  v5.12.0's ``Base/Python/slicer/ScriptedLoadableModule.py`` defines them (module name from the class
+  name, ``getParameterNode``'s singleton node tagged with the module name, ``parent.layout()``);
+- ``slicer.i18n``: ``tr`` and ``translate`` return the text, as Slicer's ``Base/Python/slicer/i18n.py``
+  does when ``slicer.app`` cannot be imported (its ``translate`` falls back to the text).
 """
 
 from __future__ import annotations
 
 import sys
 import types
-import typing
 import unittest
 from pathlib import Path
 
 import slicer
+import slicer_conformance
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE_DIRS = [REPO / "WeakSegTrain", REPO / "WeakSegInfer"]
@@ -31,6 +36,7 @@ class ScriptedLoadableModuleWidget:
     def __init__(self, parent=None) -> None:
         self.parent = parent
         self.moduleName = type(self).__name__.removesuffix("Widget")
+        self.layout = parent.layout() if parent is not None and hasattr(parent, "layout") else None
 
     def setup(self) -> None:
         pass
@@ -43,8 +49,12 @@ class ScriptedLoadableModuleLogic:
     def getParameterNode(self):
         node = slicer.mrmlScene.GetSingletonNode(self.moduleName, "vtkMRMLScriptedModuleNode")
         if node is None:
-            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScriptedModuleNode")
+            node = slicer.mrmlScene.CreateNodeByClass("vtkMRMLScriptedModuleNode")
+            node.UnRegister(None)
             node.SetSingletonTag(self.moduleName)
+            node.SetAttribute("ModuleName", self.moduleName)
+            node.SetName(slicer.mrmlScene.GenerateUniqueName(self.moduleName))
+            node = slicer.mrmlScene.AddNode(node)
         return node
 
 
@@ -53,26 +63,21 @@ class ScriptedLoadableModuleTest(unittest.TestCase):
         print(message)
 
 
-def parameterNodeWrapper(cls):
-    """Stand-in for ``slicer.parameterNodeWrapper.parameterNodeWrapper`` (it needs Slicer's Qt GUI
-    connectors): resolves the class's annotations as the real one does (``typing.get_type_hints``, so a
-    name that does not resolve fails here too) and lists them in ``allParameters``."""
-    cls.allParameters = typing.get_type_hints(cls, include_extras=True)
-    return cls
-
-
 def install() -> None:
-    """Register the stand-in module and put the module folders on ``sys.path`` (idempotent)."""
+    """Register the modules above and put the module folders on ``sys.path`` (idempotent)."""
     module = types.ModuleType("slicer.ScriptedLoadableModule")
     for cls in (ScriptedLoadableModule, ScriptedLoadableModuleWidget, ScriptedLoadableModuleLogic,
                 ScriptedLoadableModuleTest):
         setattr(module, cls.__name__, cls)
     sys.modules.setdefault("slicer.ScriptedLoadableModule", module)
     slicer.ScriptedLoadableModule = sys.modules["slicer.ScriptedLoadableModule"]
-    wrapper = types.ModuleType("slicer.parameterNodeWrapper")
-    wrapper.parameterNodeWrapper = parameterNodeWrapper
-    sys.modules.setdefault("slicer.parameterNodeWrapper", wrapper)
-    slicer.parameterNodeWrapper = sys.modules["slicer.parameterNodeWrapper"]
-    for folder in MODULE_DIRS:
+    if "slicer.parameterNodeWrapper" not in sys.modules:
+        slicer_conformance.install()
+    i18n = types.ModuleType("slicer.i18n")
+    i18n.tr = lambda text: text
+    i18n.translate = lambda context, text: text
+    sys.modules.setdefault("slicer.i18n", i18n)
+    slicer.i18n = sys.modules["slicer.i18n"]
+    for folder in [REPO, *MODULE_DIRS]:
         if str(folder) not in sys.path:
             sys.path.insert(0, str(folder))

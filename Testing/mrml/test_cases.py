@@ -15,32 +15,13 @@ import slicer
 from WeakSegInfer import WeakSegInferLogic
 from WeakSegLib import mrml
 from WeakSegLib.errors import InputError
-from WeakSegLib.io.boxes import BoxSet, boxes_from_mask, load_boxes, save_boxes
+from WeakSegLib.io.boxes import load_boxes
 from WeakSegLib.io.card import read_card
 from WeakSegLib.io.dataset import load_dataset
-from WeakSegLib.io.sample_data import materialize
-from WeakSegLib.io.volume import axial_axis, read_label_volume, read_volume
+from WeakSegLib.io.volume import read_label_volume, read_volume
 from WeakSegTrain import CASE_PARAMETER, DATASET_PARAMETER, WeakSegTrainLogic
 
 SMALL = [8, 16, 32, 64, 128]
-
-
-@pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    """A folder of 3 real cases named as ``weakseg dataset init`` expects: ``bodies`` (vertebral bodies
-    CT) and ``spine`` (spine CT) with tight axial slice boxes, ``brain`` (MNI T1) without; each with its mask."""
-    folder = tmp_path_factory.mktemp("cohort")
-    source = tmp_path_factory.mktemp("samples")
-    for name, sample, boxed in (("bodies", "vertebral-body-ct", True), ("spine", "spine-ct", True),
-                                ("brain", "brain-mri", False)):
-        files = materialize(sample, source / sample)
-        shutil.copy(files["image"], folder / f"{name}.nii.gz")
-        shutil.copy(files["mask"], folder / f"{name}_mask.nii.gz")
-        if boxed:
-            mask = read_label_volume(files["mask"])
-            boxes = boxes_from_mask((mask.array > 0).astype(np.uint8), "slice", axial_axis(mask.direction))
-            save_boxes(BoxSet(boxes, mask.shape, {1: "bone"}, mask.geometry()), folder / f"{name}.boxes.json")
-    return folder
 
 
 def box_count(path):
@@ -159,3 +140,34 @@ def test_the_loaded_volumes_become_the_cases_of_a_folder_with_their_boxes(wired,
     with pytest.raises(InputError, match="already has case"):  # the same volume again: refused, nothing written
         logic.addLoadedVolumes(tmp_path / "new", [brain])
     assert (tmp_path / "new" / "brain.nrrd").stat().st_mtime_ns == written
+
+
+def test_a_case_left_without_boxes_is_saved_so_and_stays_a_normal_case(wired, cohort, tmp_path):
+    """Deleting a case's last box used to raise "no usable box" on every save (next/previous, reopening,
+    scene close) and was never written, so the box came back on reload. Now the case loses its box file,
+    is no longer trained on, and every move works."""
+    folder = tmp_path / "cases"
+    shutil.copytree(cohort, folder)
+    logic = WeakSegTrainLogic()
+    logic.openDataset(folder)
+    logic.nextCase()  # bodies, boxed
+    for node in logic.session.box_nodes():
+        wired.scene.RemoveNode(node)  # the user deletes every box, one by one
+    assert not (folder / "bodies.boxes.json").exists()
+    case = {c.name: c for c in load_dataset(folder / "dataset.json").cases}["bodies"]
+    assert "boxes" not in case.files and case.split == "test"
+    assert [r.boxes for r in logic.cases()][0] == 0
+    assert logic.nextCase().GetName() == "spine" and logic.previousCase().GetName() == "bodies"
+    assert not logic.session.box_nodes()
+    cases, skipped = logic.session.worklist.training_cases()
+    assert skipped == ["bodies", "brain"] and len(cases) == 1
+    logic.openDataset(folder)  # reopening saves the loaded (empty) case first
+    assert {r.name: r.boxes for r in logic.cases()}["bodies"] == 0
+    volume = logic.loadCase(logic.session.worklist.index("bodies"))
+    wired.scene.Clear(False)  # closing the scene saves too
+    logic.closeDataset()
+    logic.openDataset(folder)
+    volume = logic.loadCase(logic.session.worklist.index("bodies"))
+    logic.addBox(volume, kind="3d")  # boxing it again makes it a training case again
+    assert box_count(folder / "bodies.boxes.json") == 1
+    assert {c.name: c for c in load_dataset(folder / "dataset.json").cases}["bodies"].split == "training"

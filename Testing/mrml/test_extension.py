@@ -12,13 +12,13 @@ import struct
 import subprocess
 import sys
 import textwrap
-import typing
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 import slicer
 from slicer_app_standins import MODULE_DIRS, REPO
+from slicer_widgets import load_ui
 
 from WeakSegLib.app import dependencies
 
@@ -27,65 +27,14 @@ MODULES = [folder.name for folder in MODULE_DIRS]
 HEAVY = ("torch", "monai", "skimage", "scipy", "pydensecrf", "matplotlib")
 
 
-@pytest.fixture(scope="module")
-def ui_loader():
-    """QUiLoader with stand-in classes for the ctk/qMRML widgets the .ui files use."""
-    from PySide6.QtUiTools import QUiLoader
-    from PySide6.QtWidgets import QApplication, QComboBox, QLineEdit, QPushButton, QWidget
-
-    app = QApplication.instance() or QApplication([])
-    standins = {"qMRMLWidget": QWidget, "ctkCollapsibleButton": QPushButton, "qMRMLNodeComboBox": QComboBox,
-                "ctkPathLineEdit": QLineEdit}
-    classes = [type(name, (base,), {}) for name, base in standins.items()]  # kept alive while the loader is used
-    loader = QUiLoader()
-    for cls in classes:
-        loader.registerCustomWidget(cls)
-    yield loader
-    del classes
-    app.processEvents()
-
-
-def _load_ui(loader, module):
-    from PySide6.QtCore import QFile
-
-    file = QFile(str(REPO / module / "Resources" / "UI" / f"{module}.ui"))
-    assert file.open(QFile.ReadOnly)
-    widget = loader.load(file)
-    file.close()
-    assert widget is not None, loader.errorString()
-    return widget
-
-
 @pytest.mark.parametrize("module", MODULES)
-def test_ui_has_every_widget_the_module_uses(ui_loader, module):
+def test_ui_has_every_widget_the_module_uses(module):
     from PySide6.QtCore import QObject
 
-    widget = _load_ui(ui_loader, module)
+    widget = load_ui(module)
     names = {child.objectName() for child in widget.findChildren(QObject)}
     used = set(re.findall(r"self\.ui\.(\w+)", (REPO / module / f"{module}.py").read_text()))
     assert used and not used - names, f"{module}.py uses widgets missing from its .ui: {sorted(used - names)}"
-
-
-@pytest.mark.parametrize("module", MODULES)
-def test_every_panel_setting_lives_in_the_parameter_node(module):
-    """The widgets bound to the parameter node (``SlicerParameterName`` in the .ui) are exactly the
-    parameters of the module's ``parameterNodeWrapper`` class, and node selectors hold node parameters of
-    the selector's node types."""
-    import importlib
-
-    wrapper = getattr(importlib.import_module(module), f"{module}ParameterNode")
-    root = ET.parse(REPO / module / "Resources" / "UI" / f"{module}.ui").getroot()
-    bound = {}
-    for widget in root.iter("widget"):
-        for prop in widget.findall("property"):
-            if prop.get("name") == "SlicerParameterName":
-                bound[prop.findtext("string")] = widget
-    assert bound and set(bound) == set(wrapper.allParameters)
-    for name, widget in bound.items():
-        if widget.get("class") == "qMRMLNodeComboBox":
-            types = {s.text for p in widget.iter("property") if p.get("name") == "nodeTypes" for s in p.iter("string")}
-            hinted = typing.get_args(wrapper.allParameters[name]) or (wrapper.allParameters[name],)
-            assert {t.__name__ for t in hinted} == types, name
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -128,6 +77,12 @@ def test_module_file_structure(module, tmp_path):
     assert {module, f"{module}Widget", f"{module}Logic", f"{module}Test"} <= classes
 
 
+def test_the_slicer_smoke_script_compiles_and_is_documented(tmp_path):
+    path = REPO / "Testing" / "slicer_smoke.py"
+    py_compile.compile(str(path), cfile=str(tmp_path / "s.pyc"), doraise=True)
+    assert "Slicer --no-main-window --python-script Testing/slicer_smoke.py" in (REPO / "CONTRIBUTING.md").read_text()
+
+
 def _cmake_sets(text: str) -> dict[str, str]:
     return {m.group(1): m.group(2) for m in re.finditer(r'set\((EXTENSION_\w+)\s+"([^"]*)"\)', text)}
 
@@ -165,13 +120,16 @@ def test_the_extension_configures_against_slicers_macros(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     calls = [line.split("|") for line in (tmp_path / "slicer-calls.txt").read_text().splitlines()]
     assert [(name, Path(folder).name) for name, folder, _ in calls] == [
-        ("ctkMacroCompilePythonScript", REPO.name),
+        ("ctkMacroCompilePythonScript", REPO.name), ("ctkMacroCompilePythonScript", REPO.name),
         *[(name, module) for module in MODULES
           for name in ("slicerMacroBuildScriptedModule", "slicer_add_python_unittest")]]
-    shipped = set(calls[0][2].split(";"))  # every module of the core and its requirement lists are installed
+    for call, package in zip(calls, ("WeakSegLib", "WeakSegPanelLib")):
+        shipped = set(call[2].split(";"))  # every module of the package (and the core's requirement lists)
+        assert f"TARGET_NAME;{package};" in call[2] + ";"
+        assert {str(p.relative_to(REPO / package)) for p in (REPO / package).rglob("*.py")} <= shipped
     core = REPO / "WeakSegLib"
-    assert {str(p.relative_to(core)) for p in core.rglob("*.py")} <= shipped
-    assert {str(p.relative_to(core)) for p in (core / "app" / "requirements").glob("*.txt")} <= shipped
+    requirement_lists = {str(p.relative_to(core)) for p in (core / "app" / "requirements").glob("*.txt")}
+    assert requirement_lists <= set(calls[0][2].split(";"))
 
     broken = tmp_path / "broken"
     shutil.copytree(REPO, broken, ignore=shutil.ignore_patterns(".git", "Testing", "*.pyc", "__pycache__"))
@@ -192,13 +150,14 @@ def test_every_slicer_util_and_app_name_the_modules_use_exists_in_slicer():
     ``slicer.app.X`` one of the application's members listed above."""
     util = ast.parse((Path(slicer.__file__).parent / "util.py").read_text())
     functions = {node.name for node in util.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
-    sources = [REPO / m / f"{m}.py" for m in MODULES] + sorted((REPO / "WeakSegLib").rglob("*.py"))
+    sources = ([REPO / m / f"{m}.py" for m in MODULES] + sorted((REPO / "WeakSegLib").rglob("*.py"))
+               + sorted((REPO / "WeakSegPanelLib").glob("*.py")) + [REPO / "Testing" / "slicer_smoke.py"])
     used_util, used_app = set(), set()
     for path in sources:
         text = path.read_text()
         used_util |= set(re.findall(r"(?:\bslicer|_slicer\(\))\.util\.(\w+)", text))
         used_app |= set(re.findall(r"\bslicer\.app\.(\w+)", text))
-    assert {"tryWithErrorDisplay", "vtkMatrixFromArray", "updateVolumeFromArray"} <= used_util  # the scan works
+    assert {"tryWithErrorDisplay", "vtkMatrixFromArray", "updateVolumeFromArray", "getModuleWidget"} <= used_util
     assert used_util <= functions, sorted(used_util - functions)
     assert used_app and used_app <= SLICER_APP_MEMBERS, sorted(used_app - SLICER_APP_MEMBERS)
 
@@ -217,7 +176,6 @@ def test_one_requirements_source_for_pip_and_slicer():
     """pyproject.toml reads its dependencies and extras from the package's requirement files, the very
     lists Slicer installs from; requirements.txt only pins versions those lists allow."""
     import tomllib
-
     from packaging.requirements import Requirement
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -288,3 +246,79 @@ def test_ensure_dependencies_installs_missing_packages_through_slicer(monkeypatc
     monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # the PyTorch extension is not installed
     with pytest.raises(RuntimeError, match="Extensions Manager"):
         WeakSegTrain.ensureDependencies()
+
+
+def test_on_slicer_5_10_missing_packages_are_installed_after_a_confirmation(monkeypatch):
+    """``slicer.packaging`` exists from Slicer 5.12 (Base/Python/slicer/packaging.py is absent at v5.10.0):
+    on 5.10 the user is asked, then ``slicer.util.pip_install`` installs; declining installs nothing."""
+    import WeakSegTrain
+
+    state = {"missing": ["monai==1.6.1"], "installed": [], "asked": []}
+    monkeypatch.setattr(dependencies, "missing_requirements", lambda requirements: list(state["missing"]))
+    monkeypatch.setitem(sys.modules, "slicer.packaging", None)  # import slicer.packaging → ImportError
+
+    def pip_install(requirements):
+        state["installed"].append(requirements)
+        state["missing"] = []
+
+    monkeypatch.setattr(slicer.util, "pip_install", pip_install, raising=False)
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, title: state["asked"].append(text) or False,
+                        raising=False)
+    with pytest.raises(RuntimeError, match="cannot run without: monai==1.6.1"):
+        WeakSegTrain.ensureDependencies()
+    assert state["installed"] == [] and "monai==1.6.1" in state["asked"][0]
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, title: True, raising=False)
+    WeakSegTrain.ensureDependencies()
+    assert state["installed"] == [["monai==1.6.1"]]
+
+
+def test_the_supported_slicer_versions_are_stated_where_users_look():
+    """Slicer 5.8 ships Python 3.9 (CMakeLists.txt Slicer_REQUIRED_PYTHON_VERSION at v5.8.0), older than the
+    package's requirement; 5.10 ships 3.12. The README, the extension's description, both panels' help
+    and the package's minimum say 5.10; the docs link of the help is the extension's homepage."""
+    import tomllib
+
+    import WeakSegPanelLib
+
+    from WeakSegLib.app import dependencies as deps  # noqa: F401 - the requirement the statement follows
+
+    assert WeakSegPanelLib.MINIMUM_SLICER == (5, 10)
+    requires = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert requires == ">=3.10"
+    meta = _cmake_sets((REPO / "CMakeLists.txt").read_text())
+    assert "Slicer 5.10 or newer" in meta["EXTENSION_DESCRIPTION"]
+    assert "Slicer 5.10 or newer" in (REPO / "README.md").read_text()
+    assert meta["EXTENSION_HOMEPAGE"] == WeakSegPanelLib.DOCUMENTATION_URL
+    for module in MODULES:
+        text = (REPO / module / f"{module}.py").read_text()
+        assert "Needs Slicer 5.10 or newer." in text and "DOCUMENTATION_URL" in text
+    assert "slicer.packaging.pip_ensure`` (Slicer ≥ 5.12" in (REPO / "WeakSegPanelLib" / "dependencies.py").read_text()
+
+
+def _calls(tree, names):
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+            and n.func.attr in names]
+
+
+@pytest.mark.parametrize("path", [*(f"{m}/{m}.py" for m in MODULES), *(
+    str(p.relative_to(REPO)) for p in sorted((REPO / "WeakSegPanelLib").glob("*.py")))])
+def test_panel_code_speaks_through_translations_and_pythonqt(path):
+    """Texts a user reads go through Slicer's ``_()`` (slicer.i18n.tr) in the module files; and no Qt
+    property is read as a method: PythonQt exposes a Q_PROPERTY (``text``, ``value``, ``rowCount``,
+    ``currentIndex``, …) as an attribute, so ``widget.text()`` fails inside Slicer."""
+    tree = ast.parse((REPO / path).read_text())
+    properties = {"text", "value", "rowCount", "columnCount", "currentIndex", "currentText", "checked", "enabled",
+                  "toolTip", "minimum", "maximum", "plainText", "count"}
+    read_as_method = [f"{path}:{n.lineno} .{n.func.attr}()" for n in _calls(tree, properties) if not n.args]
+    assert not read_as_method
+    if path.startswith("WeakSegPanelLib"):
+        return
+    shown = ("tryWithErrorDisplay", "errorDisplay", "setText", "setToolTip", "appendPlainText", "addAction",
+             "getExistingDirectory", "getOpenFileName", "getSaveFileName")
+    untranslated = [f"{path}:{n.lineno} {n.func.attr}" for n in _calls(tree, shown)
+                    if any(isinstance(a, ast.Constant) and isinstance(a.value, str) and a.value for a in n.args)]
+    assert not untranslated
+    texts = [n for n in ast.walk(tree) if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Attribute)
+             and n.targets[0].attr in ("title", "helpText", "acknowledgementText")]
+    assert len(texts) == 3 and all(any(isinstance(c, ast.Call) and getattr(c.func, "id", "") == "_"
+                                       for c in ast.walk(t.value)) for t in texts)

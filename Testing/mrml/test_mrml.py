@@ -288,6 +288,24 @@ def test_training_curves_table_and_chart(wired):
     assert all(s.GetTableNode() is curves.table for s in curves.series.values())
 
 
+def test_training_curves_of_a_second_run_reuse_the_nodes(wired):
+    """Every run used to add a table, a chart and two series: a run of the same name now empties and reuses
+    them; another name gets its own."""
+    first = mrml.TrainingCurves("WeakSeg train")
+    first.add({"event": "epoch", "epoch": 1, "loss": 0.9, "dice": 0.4})
+    again = mrml.TrainingCurves("WeakSeg train")
+    assert (again.table, again.chart) == (first.table, first.chart)
+    assert [again.series[c].GetID() for c in ("loss", "dice")] == [first.series[c].GetID() for c in ("loss", "dice")]
+    assert again.rows().shape == (0, 3) and again.chart.GetNumberOfPlotSeriesNodes() == 2
+    again.add({"event": "epoch", "epoch": 1, "loss": 0.7, "dice": 0.5})
+    np.testing.assert_allclose(again.rows(), [[1, 0.7, 0.5]])
+    other = mrml.TrainingCurves("WeakSeg tighten-train", metric="val_accuracy")
+    assert other.table is not again.table and other.series["val_accuracy"].GetYColumnName() == "val_accuracy"
+    counts = [wired.scene.GetNumberOfNodesByClass(c) for c in ("vtkMRMLTableNode", "vtkMRMLPlotChartNode",
+                                                               "vtkMRMLPlotSeriesNode")]
+    assert counts == [2, 2, 4]
+
+
 def test_a_segmentation_file_written_here_opens_in_slicer_named_coloured_on_its_grid(wired, tmp_path):
     """``.seg.nrrd`` from :mod:`WeakSegLib.io.segfile`, read by Slicer's own segmentation storage node:
     every segment of the table (the empty one too) with its name, colour and voxels, on the volume's grid."""
@@ -311,3 +329,23 @@ def test_a_segmentation_file_written_here_opens_in_slicer_named_coloured_on_its_
     np.testing.assert_allclose(seg.GetNthSegment(0).GetColor(), [0.2, 0.5, 0.9], atol=1e-6)
     back, _ = mrml.labelmap_from_segmentation(segmentation, node)
     np.testing.assert_array_equal(back, np.select([labels == 4, labels == 1], [1, 2], 0))  # segment n → n + 1
+    # The reference image geometry Slicer reads from the file is the volume's IJK→RAS matrix and extent, as
+    # Slicer's own converter serialises them (a file dropped into Slicer converts on the scan's grid).
+    converter = slicer.vtkSegmentationConverter
+    stored = seg.GetConversionParameter(converter.GetReferenceImageGeometryParameterName())
+    expected = converter.SerializeImageGeometry(_ijk_to_ras(node),
+                                                [0, volume.shape[2] - 1, 0, volume.shape[1] - 1, 0, volume.shape[0] - 1])
+    assert _geometry(stored) == pytest.approx(_geometry(expected))
+
+
+def _ijk_to_ras(node):
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return matrix
+
+
+def _geometry(serialised: str) -> list[float]:
+    """A serialised image geometry as numbers (the 16 matrix entries, then the extent), via Slicer's parser."""
+    matrix, extent = vtk.vtkMatrix4x4(), [0] * 6
+    assert serialised and slicer.vtkSegmentationConverter.DeserializeImageGeometry(serialised, matrix, extent)
+    return [matrix.GetElement(r, c) for r in range(4) for c in range(4)] + list(extent)

@@ -22,8 +22,8 @@ A job is a JSON file (:func:`write_job`)::
 cancels at the next batch: the last epoch's checkpoint stays, and the same job started again resumes
 from it (so does a job whose worker was killed).
 
-In Python (e.g. a Slicer module): ``handle = start_job(job, workdir)``, then ``handle.poll()``,
-``handle.events()``, ``handle.cancel()``, ``handle.wait()``.
+In Python (e.g. a Slicer module): ``handle = start_job(job, workdir)``, then ``handle.finished()``,
+``handle.events()``, ``handle.request_cancel()`` (or the blocking ``handle.cancel()``), ``handle.wait()``.
 """
 
 from __future__ import annotations
@@ -96,14 +96,31 @@ def write_job(job: dict, path: str | os.PathLike) -> Path:
     return atomic_write_json(path, check_job(job))
 
 
-def cuda_gpu_count() -> int:
-    """CUDA GPUs on this machine as ``nvidia-smi -L`` lists them (0 without the NVIDIA driver); asked
-    without importing torch, for panels that offer a job several GPUs."""
-    try:
-        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return 0
-    return sum(line.startswith("GPU ") for line in listing.splitlines())
+class GpuProbe:
+    """The CUDA GPUs of this machine as ``nvidia-smi -L`` lists them (0 without the NVIDIA driver), asked
+    without importing torch and without waiting: the command starts at construction and :meth:`result`
+    reads its answer once it has come (None before; a GUI asks again from a timer)."""
+
+    def __init__(self, timeout: float = 10.0) -> None:
+        self._count: int | None = None
+        self._deadline = time.monotonic() + timeout
+        try:
+            self._process: subprocess.Popen | None = subprocess.Popen(
+                ["nvidia-smi", "-L"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        except OSError:
+            self._process, self._count = None, 0
+
+    def result(self) -> int | None:
+        """GPUs listed, or None while ``nvidia-smi`` still runs (it is killed after the timeout: 0)."""
+        if self._count is None and self._process is not None:
+            code = self._process.poll()
+            if code is None and time.monotonic() < self._deadline:
+                return None
+            if code is None:
+                self._process.kill()
+            listing = self._process.communicate()[0] if code == 0 else ""
+            self._count = sum(line.startswith("GPU ") for line in listing.splitlines())
+        return self._count
 
 
 def package_root() -> str:
@@ -111,8 +128,21 @@ def package_root() -> str:
     return str(Path(__file__).resolve().parent.parent)
 
 
+#: seconds a cancelled job's processes get to stop at their next batch before they are killed
+CANCEL_GRACE_SECONDS = 30.0
+
+
 class JobHandle:
-    """A running worker process: its events, state and cancellation."""
+    """A running worker and every process it started: its events, state and cancellation.
+
+    The worker may run under a launcher, as inside Slicer: ``PythonSlicer`` is CTK's application launcher,
+    which starts the real interpreter as its child, forwards its output and forwards no signal
+    (commontk/AppLauncher, ``Base/ctkAppLauncher.cpp``, ``runProcess``). So the job is the worker's whole
+    process group (its own session, POSIX) or process tree (Windows), and it has ended only when the
+    started process has exited *and* every process of the job has closed its output — never while an
+    orphaned worker still trains. Nothing here blocks unless asked to (:meth:`wait`, :meth:`cancel` with a
+    timeout): a GUI polls :meth:`finished` from a timer.
+    """
 
     def __init__(self, process: subprocess.Popen, job_path: Path, log_path: Path) -> None:
         self.process = process
@@ -120,6 +150,9 @@ class JobHandle:
         self.log_path = log_path
         self._queue: "queue.Queue[dict]" = queue.Queue()
         self.history: list[dict] = []
+        self.cancel_requested: float | None = None  # monotonic time of the request
+        self._killed = False
+        self._said_cancelled = False  # the worker's "cancelled" event went by (set by the reader)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -133,11 +166,36 @@ class JobHandle:
                 event = json.loads(line)
             except json.JSONDecodeError:
                 event = {"event": events.OUTPUT, "text": line}
+            self._said_cancelled |= isinstance(event, dict) and event.get("event") == events.CANCELLED
             self._queue.put(event)
 
     def poll(self) -> int | None:
-        """Exit code, or None while the worker runs."""
+        """Exit code of the started process (the launcher, if any), or None while it runs."""
         return self.process.poll()
+
+    def finished(self) -> bool:
+        """Whether the job has ended: the started process exited and no process of the job holds its
+        output any more (so every event is queued). A cancelled job still running
+        :data:`CANCEL_GRACE_SECONDS` after the request is killed here. Never blocks."""
+        done = self.process.poll() is not None and not self._reader.is_alive()
+        if (not done and self.cancel_requested is not None and not self._killed
+                and time.monotonic() - self.cancel_requested > CANCEL_GRACE_SECONDS):
+            self.kill()
+        return done
+
+    @property
+    def exit_code(self) -> int | None:
+        """The job's exit code (:data:`EXIT_CODES`), or None before :meth:`finished`: a job that said it was
+        cancelled, or was stopped on request, is :data:`EXIT_CANCELLED` even when its launcher died of the
+        signal."""
+        if not self.finished():
+            return None
+        code = self.process.returncode
+        if code == EXIT_OK:
+            return code
+        if self._said_cancelled or code == EXIT_CANCELLED or (self.cancel_requested is not None and code < 0):
+            return EXIT_CANCELLED
+        return code
 
     def events(self) -> list[dict]:
         """Events that arrived since the last call (never blocks)."""
@@ -155,25 +213,50 @@ class JobHandle:
         self.events()
         return list(self.history)
 
-    def cancel(self, timeout: float = 30.0) -> int:
-        """Ask the worker to stop (SIGTERM: it stops at the next batch, keeping its checkpoint);
-        kill its process group when it has not exited after ``timeout`` seconds."""
-        if self.process.poll() is None:
-            self.process.terminate()
+    def _signal(self, force: bool) -> None:
+        """SIGTERM (SIGKILL when ``force``) to every process of the job; on Windows the tree is ended by
+        ``taskkill`` (which has no graceful form for console programs)."""
+        if self.process.poll() is not None and not self._reader.is_alive():
+            return  # all gone: the group id may belong to someone else by now
+        if hasattr(os, "killpg"):
             try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                if hasattr(os, "killpg"):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                else:
-                    self.process.kill()
-        return self.wait()
+                os.killpg(self.process.pid, signal.SIGKILL if force else signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+        else:
+            subprocess.run(["taskkill", "/PID", str(self.process.pid), "/T", "/F"], capture_output=True, check=False)
 
-    def wait(self, timeout: float | None = None) -> int:
-        """Wait for the worker to exit; returns its exit code (all its events are then queued)."""
-        code = self.process.wait(timeout)
-        self._reader.join(timeout=5)
-        return code
+    def request_cancel(self) -> None:
+        """Ask every process of the job to stop (SIGTERM: the worker stops at the next batch, keeping its
+        checkpoint); returns at once. The job is killed if still running after the grace period."""
+        if self.cancel_requested is None and not self.finished():
+            self.cancel_requested = time.monotonic()
+            self._signal(force=False)
+
+    def kill(self) -> None:
+        """Kill every process of the job now (SIGKILL)."""
+        self._killed = True
+        self._signal(force=True)
+
+    def cancel(self, timeout: float = CANCEL_GRACE_SECONDS) -> int:
+        """:meth:`request_cancel`, then wait up to ``timeout`` seconds for the job to end, kill what is left;
+        returns the exit code (:data:`EXIT_CANCELLED` when it stopped on the request)."""
+        self.request_cancel()
+        try:
+            return self.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return self.wait(CANCEL_GRACE_SECONDS)
+
+    def wait(self, timeout: float | None = None, interval: float = 0.02) -> int:
+        """Block until the job has ended (:meth:`finished`); returns :attr:`exit_code`. Raises
+        :class:`subprocess.TimeoutExpired` after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.finished():
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.process.args, timeout)
+            time.sleep(interval)
+        return self.exit_code  # type: ignore[return-value]
 
     def log(self) -> str:
         """The worker's log (its stderr)."""
@@ -181,7 +264,7 @@ class JobHandle:
 
     @property
     def status(self) -> str:
-        code = self.poll()
+        code = self.exit_code
         return "running" if code is None else EXIT_CODES.get(code, f"exit code {code}")
 
 

@@ -90,15 +90,6 @@ def looks_like_ct(array: np.ndarray) -> bool:
 
 # ---- geometry -------------------------------------------------------------------------------------
 
-def ras_affine(volume: Volume) -> np.ndarray:
-    """4×4 matrix from ITK index ``(i, j, k)`` to RAS mm (MONAI's convention)."""
-    direction = np.asarray(volume.direction, float).reshape(3, 3)
-    affine = np.eye(4)
-    affine[:3, :3] = _FLIP @ direction @ np.diag(np.asarray(volume.spacing, float))
-    affine[:3, 3] = _FLIP @ np.asarray(volume.origin, float)
-    return affine
-
-
 def volume_from_affine(array: np.ndarray, affine: np.ndarray) -> Volume:
     """A volume ``(z, y, x)`` on the grid of an ITK-index→RAS matrix."""
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
@@ -189,7 +180,7 @@ def canonicalize(image: Volume, plan: Plan, labels: dict[str, np.ndarray] | None
     from monai.transforms import Compose, Orientationd, Spacingd
 
     labels = dict(labels or {})
-    affine = torch.from_numpy(ras_affine(image))
+    affine = torch.from_numpy(image.ijk_to_ras())
     layers = box_layers(boxes, image.shape) if boxes else None
     channels = [v for v in labels.values()] + ([*layers] if layers is not None else [])
     data = {"image": MetaTensor(torch.from_numpy(np.ascontiguousarray(image.array.T[None], np.float32)), affine=affine)}
@@ -208,7 +199,7 @@ def canonicalize(image: Volume, plan: Plan, labels: dict[str, np.ndarray] | None
     new_labels = {name: np.ascontiguousarray(moved[..., i]).astype(values.dtype)
                   for i, (name, values) in enumerate(labels.items())}
     # index mapping new → old in (z, y, x) order, from the two ITK-index→RAS matrices
-    mapping = np.linalg.inv(ras_affine(image)) @ new_affine  # new ITK index → old ITK index
+    mapping = np.linalg.inv(image.ijk_to_ras()) @ new_affine  # new ITK index → old ITK index
     axis_map = [0, 0, 0]
     for new_ijk in range(3):
         old_ijk = int(np.argmax(np.abs(mapping[:3, new_ijk])))

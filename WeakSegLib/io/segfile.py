@@ -6,7 +6,10 @@ The file is the label volume as NRRD with the key/value header fields of Slicer'
 node for a single-layer binary labelmap: per segment ``SegmentN_ID``, ``_Name``, ``_Color`` (RGB in
 [0, 1]), ``_LabelValue`` (its value in the volume), ``_Layer`` (0), ``_Extent`` (the voxel extent it
 occupies, ``x0 x1 y0 y1 z0 z1``; an empty segment ``0 -1 0 -1 0 -1``), ``_Tags``, plus
-``Segmentation_MasterRepresentation`` and ``Segmentation_ContainedRepresentationNames``. Every
+``Segmentation_MasterRepresentation``, ``Segmentation_ContainedRepresentationNames`` and
+``Segmentation_ConversionParameters`` holding the *reference image geometry* (the IJK→RAS matrix and
+extent of the label volume, serialised as Slicer's ``vtkSegmentationConverter::SerializeImageGeometry``
+does), so a file dropped into Slicer converts to surfaces and back on the scan's own grid. Every
 segment of the label table is listed, the empty ones too, in the table's order.
 """
 
@@ -25,12 +28,27 @@ SEGMENTATION_SUFFIX = ".seg.nrrd"
 _BINARY_LABELMAP = "Binary labelmap"
 
 
-def segment_fields(array: np.ndarray, labels: Sequence[tuple[int, str, Sequence[float]]]) -> dict[str, str]:
-    """The header fields of a segmentation of ``array`` ``(z, y, x)`` with the segments ``labels``:
+#: the conversion parameter of Slicer's segmentations that names the labelmaps' grid
+REFERENCE_GEOMETRY = "Reference image geometry"
+
+
+def reference_geometry(volume: Volume) -> str:
+    """The grid of ``volume`` as Slicer serialises an image geometry: the 16 entries of the IJK→RAS matrix
+    (row by row), then the extent ``0 nx-1 0 ny-1 0 nz-1``, each followed by ``;``."""
+    extent = [v for n in reversed(volume.shape) for v in (0, n - 1)]
+    return "".join(f"{float(v)!r};" for v in volume.ijk_to_ras().ravel()) + "".join(f"{v};" for v in extent)
+
+
+def segment_fields(volume: Volume, labels: Sequence[tuple[int, str, Sequence[float]]]) -> dict[str, str]:
+    """The header fields of a segmentation of the label ``volume`` with the segments ``labels``:
     ``(value, name, (r, g, b))`` each."""
+    array = volume.array
+    parameters = (f"{REFERENCE_GEOMETRY}|{reference_geometry(volume)}|"
+                  "the grid of the label volume the segments came from&")
     fields = {"Segmentation_MasterRepresentation": _BINARY_LABELMAP,
               "Segmentation_ContainedRepresentationNames": f"{_BINARY_LABELMAP}|",
-              "Segmentation_ReferenceImageExtentOffset": "0 0 0"}
+              "Segmentation_ReferenceImageExtentOffset": "0 0 0",
+              "Segmentation_ConversionParameters": parameters}
     for n, (value, name, color) in enumerate(labels):
         where = np.nonzero(array == value)
         if where[0].size:
@@ -49,7 +67,7 @@ def segment_fields(array: np.ndarray, labels: Sequence[tuple[int, str, Sequence[
 def stage_segmentation(staged: Staged, volume: Volume, labels: Sequence[tuple[int, str, Sequence[float]]],
                        path: str | os.PathLike) -> Path:
     """Add the label ``volume`` as the segmentation file ``path`` to ``staged`` writes (verified)."""
-    return stage_volume(staged, volume, path, metadata=segment_fields(volume.array, labels))
+    return stage_volume(staged, volume, path, metadata=segment_fields(volume, labels))
 
 
 def write_segmentation(volume: Volume, labels: Sequence[tuple[int, str, Sequence[float]]],

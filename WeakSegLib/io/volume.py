@@ -73,6 +73,17 @@ class Volume:
             "direction": list(self.direction),
         }
 
+    def ijk_to_ras(self) -> np.ndarray:
+        """4×4 matrix from the ITK index ``(i, j, k)`` (= array index ``(z, y, x)`` reversed) to RAS mm, the
+        convention of Slicer's IJK→RAS matrix and of MONAI's affine: ITK's LPS with the first two axes
+        flipped."""
+        flip = np.diag([-1.0, -1.0, 1.0])
+        matrix = np.eye(4)
+        matrix[:3, :3] = flip @ np.asarray(self.direction, float).reshape(3, 3) @ np.diag(np.asarray(self.spacing,
+                                                                                                     float))
+        matrix[:3, 3] = flip @ np.asarray(self.origin, float)
+        return matrix
+
     def with_array(self, array: np.ndarray) -> "Volume":
         """A volume on the same grid holding ``array`` (same shape required)."""
         if tuple(array.shape) != self.shape:

@@ -5,7 +5,7 @@ boxes live: the box file its entry names, else ``<case name>.boxes.json`` beside
 Saving a case's boxes writes that file (atomically) and, the first time, names it in the dataset file
 and makes the case a training case (also written atomically), so what the user drew is on disk
 whenever the panel saves — closing Slicer loses nothing, and ``weakseg train --dataset`` trains on the
-same cases as the panel. A case whose box file holds no box is not trained on.
+same cases as the panel. A case whose last box is deleted loses its box file and is not trained on.
 """
 
 from __future__ import annotations
@@ -117,6 +117,20 @@ class Worklist:
         if case.files.get("boxes") != str(path) or case.split != "training":
             case.files["boxes"] = str(path)
             case.split = "training"
+            save_dataset(self.dataset, self.path)
+        return path
+
+    def clear_boxes(self, index: int) -> Path:
+        """Case ``index`` has no box any more: its box file is removed, the dataset file no longer names it,
+        and the case is a test case again unless other labels (sizes, partial labels) train it."""
+        path = self.boxes_path(index)
+        path.unlink(missing_ok=True)
+        self._counts[index] = 0
+        case = self.cases[index]
+        split = "training" if set(case.files) & {"sizes", "partial"} else "test"
+        if "boxes" in case.files or case.split != split:
+            case.files.pop("boxes", None)
+            case.split = split
             save_dataset(self.dataset, self.path)
         return path
 

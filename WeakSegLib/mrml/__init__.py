@@ -12,6 +12,7 @@ Slicer and, for the tests, against the ``slicer-core`` wheel. Nothing here impor
   works).
 """
 
+from WeakSegLib.mrml.cases import VOLUME_ATTRIBUTE, box_nodes
 from WeakSegLib.mrml.nodes import (
                                    KIND_ATTRIBUTE,
                                    LABEL_ATTRIBUTE,
@@ -34,7 +35,7 @@ from WeakSegLib.mrml.nodes import (
                                    world_to_index,
 )
 
-__all__ = ["KIND_ATTRIBUTE", "LABEL_ATTRIBUTE", "RoiConversion", "TrainingCurves", "add_volume_node", "box_from_roi",
+__all__ = ["VOLUME_ATTRIBUTE", "box_nodes", "KIND_ATTRIBUTE", "LABEL_ATTRIBUTE", "RoiConversion", "TrainingCurves", "add_volume_node", "box_from_roi",
            "boxes_from_roi_nodes", "grid_geometry", "ijk_to_world", "labelmap_from_segmentation", "load_segmentation", "roi_nodes_from_boxes",
            "segmentation_from_labelmap", "slice_axis", "update_node_from_volume", "volume_from_node",
            "volume_from_node_geometry", "volume_shape", "world_to_index"]

@@ -21,24 +21,30 @@ from WeakSegLib.io.volume import read_label_volume, read_volume
 from WeakSegLib.io.worklist import Worklist
 from WeakSegLib.mrml.nodes import _slicer, add_volume_node, boxes_from_roi_nodes, grid_geometry, roi_nodes_from_boxes
 
+#: attribute naming the volume node an ROI node is a box of (its node ID)
+VOLUME_ATTRIBUTE = "WeakSeg.Volume"
 #: the selection node every Slicer scene holds (its active volume is what the slice views show)
 SELECTION_NODE = "vtkMRMLSelectionNodeSingleton"
 
 
-def box_nodes(volume: Any, attribute: str) -> list[Any]:
-    """The ROI nodes of ``volume``'s scene whose ``attribute`` names ``volume`` (its boxes)."""
-    return [n for n in volume.GetScene().GetNodesByClass("vtkMRMLMarkupsROINode")
-            if n.GetAttribute(attribute) == volume.GetID()]
+def box_nodes(volume: Any, attribute: str = VOLUME_ATTRIBUTE) -> list[Any]:
+    """The ROI nodes of ``volume``'s scene whose ``attribute`` names ``volume`` (its boxes); none for a
+    volume no longer in a scene (MRML detaches a node from its scene before it tells the scene's
+    observers that the node was removed: vtkMRMLScene::RemoveNode)."""
+    scene = volume.GetScene()
+    if scene is None:
+        return []
+    return [n for n in scene.GetNodesByClass("vtkMRMLMarkupsROINode") if n.GetAttribute(attribute) == volume.GetID()]
 
 
 class CaseSession:
     """A worklist and the case of it that is in ``scene`` (module docstring).
 
-    ``volume_attribute`` names the attribute that ties a box ROI to its volume (the panel's);
+    ``volume_attribute`` names the attribute that ties a box ROI to its volume;
     ``on_saved(index, path)`` is told after every save.
     """
 
-    def __init__(self, worklist: Worklist, scene: Any, volume_attribute: str,
+    def __init__(self, worklist: Worklist, scene: Any, volume_attribute: str = VOLUME_ATTRIBUTE,
                  on_saved: Callable[[int, Path], None] | None = None) -> None:
         self.worklist, self.scene, self.attribute = worklist, scene, volume_attribute
         self.on_saved = on_saved
@@ -80,11 +86,15 @@ class CaseSession:
         return [] if self.volume is None else box_nodes(self.volume, self.attribute)
 
     def save(self) -> Path | None:
-        """Write the loaded case's boxes to its box file (nothing when no case is loaded)."""
+        """Write the loaded case's boxes to its box file (nothing when no case is loaded); a case left with
+        no box loses its box file and is no longer trained on (:meth:`Worklist.clear_boxes`)."""
         if self.current is None or self.volume is None or self._quiet:
             return None
-        boxset = boxes_from_roi_nodes(self.box_nodes(), self.volume).boxset
-        path = self.worklist.save_boxes(self.current, boxset)
+        boxset = boxes_from_roi_nodes(self.box_nodes(), self.volume, empty_ok=True).boxset
+        if boxset is None:
+            path = self.worklist.clear_boxes(self.current)
+        else:
+            path = self.worklist.save_boxes(self.current, boxset)
         if self.on_saved is not None:
             self.on_saved(self.current, path)
         return path

@@ -28,6 +28,8 @@ _LPS = np.diag([-1.0, -1.0, 1.0])
 #: Node attributes that record what an ROI node stands for.
 KIND_ATTRIBUTE = "WeakSeg.BoxKind"
 LABEL_ATTRIBUTE = "WeakSeg.Label"
+#: attribute of the table, chart and series nodes of :class:`TrainingCurves`: the curves' name
+CURVES_ATTRIBUTE = "WeakSeg.Curves"
 #: Tolerance (in voxels) for "the voxel centre lies inside the ROI" and "the ROI is axis-aligned".
 _TOL = 1e-3
 
@@ -88,11 +90,7 @@ def volume_from_node(volume_node: Any) -> Volume:
 
 
 def _set_geometry(node: Any, volume: Volume) -> None:
-    direction_ras = _LPS @ np.asarray(volume.direction, dtype=float).reshape(3, 3)
-    matrix = np.eye(4)
-    matrix[:3, :3] = direction_ras * np.asarray(volume.spacing, dtype=float)
-    matrix[:3, 3] = _LPS @ np.asarray(volume.origin, dtype=float)
-    node.SetIJKToRASMatrix(_slicer().util.vtkMatrixFromArray(matrix))
+    node.SetIJKToRASMatrix(_slicer().util.vtkMatrixFromArray(volume.ijk_to_ras()))
 
 
 def add_volume_node(volume: Volume, name: str, labelmap: bool = False, scene: Any = None) -> Any:
@@ -147,9 +145,10 @@ def grid_geometry(volume_node: Any) -> dict:
 
 @dataclass
 class RoiConversion:
-    """Boxes read from ROI nodes, and what was changed on the way (one message per ROI)."""
+    """Boxes read from ROI nodes, and what was changed on the way (one message per ROI). ``boxset`` is
+    None when no ROI gave a box and that was allowed (``empty_ok``)."""
 
-    boxset: BoxSet
+    boxset: BoxSet | None
     warnings: list[str]
 
 
@@ -203,10 +202,11 @@ def box_from_roi(roi: Any, volume_node: Any, axis: int | None = None) -> tuple[B
 
 
 def boxes_from_roi_nodes(roi_nodes: Iterable[Any], volume_node: Any, labels: dict[int, str] | None = None,
-                         axis: int | None = None) -> RoiConversion:
+                         axis: int | None = None, empty_ok: bool = False) -> RoiConversion:
     """Boxes of all ``roi_nodes`` on ``volume_node``'s grid (see :func:`box_from_roi`).
 
-    Raises :class:`InputError` when no ROI gives a box (the message lists why each was skipped).
+    Raises :class:`InputError` when no ROI gives a box (the message lists why each was skipped), unless
+    ``empty_ok``: then the result's ``boxset`` is None (a case with no box yet is a normal state).
     """
     boxes: list[Box] = []
     warnings: list[str] = []
@@ -215,6 +215,8 @@ def boxes_from_roi_nodes(roi_nodes: Iterable[Any], volume_node: Any, labels: dic
         warnings.extend(notes)
         if box is not None:
             boxes.append(box)
+    if not boxes and empty_ok:
+        return RoiConversion(None, warnings)
     if not boxes:
         raise InputError("no usable box: " + ("; ".join(warnings) if warnings else "place at least one ROI"))
     shape = volume_shape(volume_node)
@@ -390,7 +392,8 @@ class TrainingCurves:
 
     ``curves.add(event)`` takes the worker's events as they come; non-epoch events are ignored.
     Columns: ``epoch``, ``loss`` and ``metric`` (``"dice"`` for segmentation training,
-    ``"val_accuracy"`` for the box tightener; NaN in epochs whose event has none).
+    ``"val_accuracy"`` for the box tightener; NaN in epochs whose event has none). Curves of the same
+    ``name`` reuse the nodes of the previous run (emptied), so repeated runs do not pile up nodes.
     """
 
     def __init__(self, name: str = "WeakSeg training", metric: str = "dice", scene: Any = None) -> None:
@@ -398,18 +401,20 @@ class TrainingCurves:
 
         self.scene = scene or _slicer().mrmlScene
         self.columns = ("epoch", "loss", metric)
-        self.table = self.scene.AddNewNodeByClass("vtkMRMLTableNode", self.scene.GenerateUniqueName(name))
+        self.table = self._node("vtkMRMLTableNode", name, name)
+        self.table.RemoveAllColumns()  # a new run starts an empty table
         for column in self.columns:
             array = vtk.vtkDoubleArray()
             array.SetName(column)
             self.table.AddColumn(array)
-        self.chart = self.scene.AddNewNodeByClass("vtkMRMLPlotChartNode", self.scene.GenerateUniqueName(name))
+        self.chart = self._node("vtkMRMLPlotChartNode", name, name)
         self.chart.SetTitle(name)
         self.chart.SetXAxisTitle("epoch")
         self.chart.SetYAxisTitle(f"loss / {metric}")
+        self.chart.RemoveAllPlotSeriesNodeIDs()
         self.series = {}
         for column, color in zip(self.columns[1:], ((0.85, 0.33, 0.1), (0.0, 0.45, 0.74))):
-            series = self.scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", self.scene.GenerateUniqueName(column))
+            series = self._node("vtkMRMLPlotSeriesNode", f"{name} {column}", column)
             series.SetAndObserveTableNodeID(self.table.GetID())
             series.SetXColumnName("epoch")
             series.SetYColumnName(column)
@@ -417,6 +422,16 @@ class TrainingCurves:
             series.SetColor(*color)
             self.chart.AddAndObservePlotSeriesNodeID(series.GetID())
             self.series[column] = series
+
+    def _node(self, cls: str, key: str, name: str) -> Any:
+        """The scene's node of class ``cls`` made for ``key`` by an earlier run (so every run of a kind
+        shows in the same table and chart), else a new one."""
+        for node in self.scene.GetNodesByClass(cls):
+            if node.GetAttribute(CURVES_ATTRIBUTE) == key:
+                return node
+        node = self.scene.AddNewNodeByClass(cls, self.scene.GenerateUniqueName(name))
+        node.SetAttribute(CURVES_ATTRIBUTE, key)
+        return node
 
     def add(self, event: dict) -> bool:
         """Append an ``{"event": "epoch", ...}`` event as a row; return whether it was one."""

@@ -16,6 +16,8 @@ import dataclasses
 import shutil
 import tempfile
 import time
+import traceback
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -24,7 +26,7 @@ import numpy as np
 from WeakSegLib import events
 from WeakSegLib.app.jobs import EXIT_CANCELLED, EXIT_CODES, EXIT_OK, JobHandle, start_job
 from WeakSegLib.config import TightenerConfig, TrainCase, TrainConfig, from_dict
-from WeakSegLib.errors import WeakSegError
+from WeakSegLib.errors import InputError, WeakSegError
 from WeakSegLib.io.boxes import BoxSet, load_boxes, save_boxes
 from WeakSegLib.io.card import TightenerCard, read_card
 from WeakSegLib.io.segfile import SEGMENTATION_SUFFIX
@@ -46,16 +48,22 @@ class JobFailed(WeakSegError):
 class NodeJob:
     """A worker started from nodes. Poll it; once it has ended, ``result`` or ``error`` is set.
 
+    Polling never blocks (a GUI polls from a timer): the job has ended when every process of the worker
+    has (:meth:`WeakSegLib.app.jobs.JobHandle.finished`). When ``scene`` closes, a job whose result goes
+    into its nodes (prediction, tightening) is cancelled, and any other (training: the result is a folder)
+    is detached: it runs on, but gives its events to no listener and its end touches no node.
+
     Attributes:
-        kind: the job kind (``train``, ``predict``, ``tighten-train``, ``tighten``).
+        kind: the job kind (``train``, ``predict``, ``tighten-train``, ``tighten``, ``predict-cases``).
         events: every event seen so far (dicts, in order).
         result: what ``finish`` made of the worker's output (a segmentation node, boxes, a model folder).
         error: why the job gave no result, or None.
         listeners: callables given each new event by :meth:`poll` (e.g. :meth:`TrainingCurves.add`).
+        detached: the scene it was started from has closed (see above).
     """
 
     def __init__(self, kind: str, handle: JobHandle, workdir: Path, finish: Callable[[], Any],
-                 cleanup: bool = False) -> None:
+                 cleanup: bool = False, scene: Any = None, on_scene_close: str = "cancel") -> None:
         self.kind = kind
         self.handle = handle
         self.workdir = workdir
@@ -63,9 +71,19 @@ class NodeJob:
         self.result: Any = None
         self.error: str | None = None
         self.listeners: list[Callable[[dict], Any]] = []
+        self.detached = False
         self._finish = finish
         self._cleanup = cleanup
         self._done = False
+        self._scene, self._scene_tag = scene, None
+        if scene is not None:
+            job = weakref.ref(self)  # the scene's observer must not keep the job alive
+
+            def closing(caller: Any, event: Any) -> None:
+                if job() is not None:
+                    job()._scene_closing(on_scene_close)
+
+            self._scene_tag = scene.AddObserver(scene.StartCloseEvent, closing)
 
     @property
     def done(self) -> bool:
@@ -73,7 +91,7 @@ class NodeJob:
 
     @property
     def cancelled(self) -> bool:
-        return self._done and self.handle.poll() == EXIT_CANCELLED
+        return self._done and self.handle.exit_code == EXIT_CANCELLED
 
     def status(self) -> str:
         """``running``, ``finished``, ``cancelled``, ``bad input``, …"""
@@ -86,37 +104,40 @@ class NodeJob:
         return self
 
     def poll(self) -> list[dict]:
-        """New events since the last call (also given to the listeners); when the worker has exited,
-        read its output back (once)."""
-        new = self.handle.events()
-        exited = not self._done and self.handle.poll() is not None
-        if exited:
-            self.handle.wait()  # join the reader so no event is left behind
-            new += self.handle.events()
+        """New events since the last call (also given to the listeners); once every process of the job
+        has ended, read its output back (once). Never blocks."""
+        ended = not self._done and self.handle.finished()
+        new = self.handle.events()  # after finished(): every event of an ended job is queued by now
         self.events.extend(new)
         for event in new:
-            for listener in self.listeners:
+            for listener in list(self.listeners):
                 listener(event)
-        if not exited:
-            return new
-        code = self.handle.poll()
+        if ended:
+            self._end()
+        return new
+
+    def _end(self) -> None:
         self._done = True
+        self._forget_scene()
+        code = self.handle.exit_code
         if code == EXIT_OK:
             try:
                 self.result = self._finish()
             except WeakSegError as exc:
                 self.error = str(exc)
+            except Exception as exc:  # a fault of WeakSeg itself: the job ends with its traceback, never half-done
+                self.error = (f"{self.kind} finished but its result could not be read back: {type(exc).__name__}: "
+                              f"{exc}\n{traceback.format_exc()}")
             else:
                 if self._cleanup:
                     shutil.rmtree(self.workdir, ignore_errors=True)
-        else:
-            messages = [e.get("message") for e in self.events if e.get("event") in (events.ERROR, events.CANCELLED)]
-            reason = next((m for m in reversed(messages) if m), None)
-            self.error = f"{self.kind} {EXIT_CODES.get(code, f'exited with code {code}')}" + (f": {reason}" if reason
-                                                                                                else "")
-            if code not in EXIT_CODES or code == 1:
-                self.error += f"\n--- worker log ({self.handle.log_path}) ---\n{self.handle.log()[-4000:]}"
-        return new
+            return
+        messages = [e.get("message") for e in self.events if e.get("event") in (events.ERROR, events.CANCELLED)]
+        reason = next((m for m in reversed(messages) if m), None)
+        self.error = f"{self.kind} {EXIT_CODES.get(code, f'exited with code {code}')}" + (f": {reason}" if reason
+                                                                                            else "")
+        if code not in EXIT_CODES or code == 1:
+            self.error += f"\n--- worker log ({self.handle.log_path}) ---\n{self.handle.log()[-4000:]}"
 
     def wait(self, timeout: float | None = None, on_event: Callable[[dict], None] | None = None,
              interval: float = 0.2) -> Any:
@@ -137,20 +158,36 @@ class NodeJob:
                     raise TimeoutError(f"{self.kind} job still running after {timeout} s")
                 time.sleep(interval)
         finally:
-            if on_event is not None:
+            if on_event is not None and on_event in self.listeners:
                 self.listeners.remove(on_event)
         if self.error is not None:
             raise JobFailed(self.error)
         return self.result
 
     def cancel(self) -> None:
-        """Stop the worker (at its next batch; a training checkpoint stays) and collect its last events."""
-        self.handle.cancel()
-        self.poll()
+        """Ask the worker to stop (at its next batch; a training checkpoint stays); returns at once. The job
+        ends, cancelled, on a later :meth:`poll` (:meth:`wait` to block until then)."""
+        if not self._done:
+            self.handle.request_cancel()
 
     def progress(self) -> float | None:
         """Fraction done (0–1) from the latest progress event, or None before the first one."""
         return events.fraction_done(self.events)
+
+    def _scene_closing(self, policy: str) -> None:
+        self._forget_scene()
+        if self._done:
+            return
+        self.detached = True
+        self.listeners.clear()
+        if policy == "cancel":
+            self.cancel()
+            self._finish = lambda: None  # a worker that ended just before must not fill the next scene
+
+    def _forget_scene(self) -> None:
+        if self._scene is not None and self._scene_tag is not None:
+            self._scene.RemoveObserver(self._scene_tag)
+        self._scene, self._scene_tag = None, None
 
 
 def _write_volume(node: Any, path: Path) -> str:
@@ -167,6 +204,14 @@ def _write_labels(node: Any, reference_node: Any, path: Path) -> str:
     write_volume(Volume(array.astype(np.uint8 if array.max() < 256 else np.int16), grid.spacing, grid.origin,
                         grid.direction), path)
     return str(path)
+
+
+def chosen_folder(value: str | Path | None, what: str) -> Path:
+    """``value`` as a folder path; an empty one (a path field left blank in a panel) is an
+    :class:`~WeakSegLib.errors.InputError` naming ``what``, never the working directory."""
+    if value is None or not str(value).strip():
+        raise InputError(f"choose the {what} first")
+    return Path(value)
 
 
 def _job_folder(workdir: str | Path | None, model_folder: Path) -> Path:
@@ -187,7 +232,7 @@ def start_training(volume_node: Any, boxset: BoxSet, out_folder: str | Path, con
     used to report Dice per epoch.
     """
     from_dict(TrainConfig, config, "training settings").validate()
-    out = Path(out_folder)
+    out = chosen_folder(out_folder, "output model folder")
     folder = _job_folder(workdir, out)
     case = {"image": _write_volume(volume_node, folder / "image.nrrd"),
             "boxes": str(save_boxes(boxset, folder / "boxes.json")), "mask": None, "eval_mask": None}
@@ -195,7 +240,8 @@ def start_training(volume_node: Any, boxset: BoxSet, out_folder: str | Path, con
         case["eval_mask"] = _write_labels(reference_node, volume_node, folder / "reference.nrrd")
     job = {"kind": "train", "out": str(out), "resume": bool(resume), "cases": [case], "config": dict(config or {}),
            "gpus": int(gpus)}
-    return NodeJob("train", start_job(job, folder, python), folder, lambda: out)
+    return NodeJob("train", start_job(job, folder, python), folder, lambda: out, scene=volume_node.GetScene(),
+                   on_scene_close="detach")
 
 
 def start_dataset_training(cases: Sequence[TrainCase], out_folder: str | Path, config: dict | None = None,
@@ -206,7 +252,7 @@ def start_dataset_training(cases: Sequence[TrainCase], out_folder: str | Path, c
     from_dict(TrainConfig, config, "training settings").validate()
     if not cases:
         raise WeakSegError("no case has a box yet: box at least one case to train")
-    out = Path(out_folder)
+    out = chosen_folder(out_folder, "output model folder")
     folder = _job_folder(workdir, out)
     job = {"kind": "train", "out": str(out), "resume": bool(resume), "gpus": int(gpus),
            "cases": [{k: v for k, v in dataclasses.asdict(c).items() if v is not None} for c in cases],
@@ -222,8 +268,8 @@ def start_dataset_prediction(model_folder: str | Path, cases: Sequence[tuple[str
     result is the worker's ``done`` payload: ``predictions`` (name → file or None), ``failed``
     (name → message) and, when references were given, ``scores`` (the scores file of ``weakseg
     evaluate``)."""
-    read_card(model_folder)  # a wrong folder fails here, not in the worker
-    out = Path(out_dir)
+    read_card(chosen_folder(model_folder, "model folder"))  # a wrong folder fails here, not in the worker
+    out = chosen_folder(out_dir, "output folder")
     out.mkdir(parents=True, exist_ok=True)
     job = {"kind": "predict-cases", "model": str(model_folder), "out_dir": str(out), "suffix": suffix,
            "device": device, "cases": [{"name": n, "image": str(i), **({"mask": str(m)} if m else {})}
@@ -246,7 +292,7 @@ def start_tightener_training(cases: Sequence[tuple[Any, Any]], out_folder: str |
     written. The result is the tightener folder (Path).
     """
     from_dict(TightenerConfig, config, "tightener settings").validate()
-    out = Path(out_folder)
+    out = chosen_folder(out_folder, "tightener folder")
     folder = _job_folder(workdir, out)
     files = []
     for index, (image_node, label_node) in enumerate(cases):
@@ -254,13 +300,15 @@ def start_tightener_training(cases: Sequence[tuple[Any, Any]], out_folder: str |
         files.append({"image": image, "mask": _write_labels(label_node, image_node, folder / f"case{index}-labels.nrrd")})
     job = {"kind": "tighten-train", "out": str(out), "resume": bool(resume), "cases": files,
            "config": dict(config or {})}
-    return NodeJob("tighten-train", start_job(job, folder, python), folder, lambda: out)
+    return NodeJob("tighten-train", start_job(job, folder, python), folder, lambda: out,
+                   scene=cases[0][0].GetScene() if cases else None, on_scene_close="detach")
 
 
 def start_tightening(tightener_folder: str | Path, volume_node: Any, boxset: BoxSet, settings: dict | None = None,
                      device: str = "auto", python: str | Sequence[str] | None = None) -> NodeJob:
     """Tighten the per-slice boxes cut from ``boxset``'s 3D boxes; the result is ``(BoxSet, report)``."""
-    read_card(tightener_folder, TightenerCard)  # a wrong folder fails here, not in the worker
+    # a wrong folder fails here, not in the worker
+    read_card(chosen_folder(tightener_folder, "tightener folder"), TightenerCard)
     folder = Path(tempfile.mkdtemp(prefix="weakseg-"))
     job = {"kind": "tighten", "model": str(tightener_folder), "image": _write_volume(volume_node, folder / "image.nrrd"),
            "boxes": str(save_boxes(boxset, folder / "boxes3d.json")), "out": str(folder / "boxes2d.json"),
@@ -271,7 +319,7 @@ def start_tightening(tightener_folder: str | Path, volume_node: Any, boxset: Box
         report = next((e for e in reversed(handle.history) if e.get("event") == events.DONE), {})
         return load_boxes(folder / "boxes2d.json"), report
 
-    return NodeJob("tighten", handle, folder, finish, cleanup=True)
+    return NodeJob("tighten", handle, folder, finish, cleanup=True, scene=volume_node.GetScene())
 
 
 def start_prediction(model_folder: str | Path, volume_node: Any, segmentation_node: Any = None,
@@ -281,7 +329,7 @@ def start_prediction(model_folder: str | Path, volume_node: Any, segmentation_no
     Segments are named and coloured from the model card; the segmentation references the input
     volume's geometry. The result is the segmentation node.
     """
-    card = read_card(model_folder)
+    card = read_card(chosen_folder(model_folder, "model folder"))
     folder = Path(tempfile.mkdtemp(prefix="weakseg-"))
     job = {"kind": "predict", "model": str(model_folder), "image": _write_volume(volume_node, folder / "image.nrrd"),
            "out": str(folder / "prediction.nrrd"), "device": device}
@@ -293,7 +341,7 @@ def start_prediction(model_folder: str | Path, volume_node: Any, segmentation_no
         return segmentation_from_labelmap(labels, volume_node, card.label_table(), segmentation_node,
                                           name=f"{volume_node.GetName()} {card.recipe}", scene=scene)
 
-    return NodeJob("predict", handle, folder, finish, cleanup=True)
+    return NodeJob("predict", handle, folder, finish, cleanup=True, scene=scene)
 
 
 def model_summary(folder: str | Path) -> str:
