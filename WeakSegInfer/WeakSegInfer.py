@@ -79,6 +79,7 @@ class WeakSegInferWidget(ParameterNodePanel, ScriptedLoadableModuleWidget, VTKOb
         self.watcher = None
         self.datasetResult = None
         self.resultNames: list[str] = []  # the results table's rows, by case name
+        self._model: tuple = (None, "", False)  # (folder, summary shown, whether it can predict)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -110,8 +111,10 @@ class WeakSegInferWidget(ParameterNodePanel, ScriptedLoadableModuleWidget, VTKOb
         """The model's card (or why the folder is not a model) and the Apply buttons' states."""
         if self.watcher is None or self.parameters is None:
             return
-        summary, modelOk = self.logic.modelState(self.parameters.modelFolder)
-        self.ui.modelInfoLabel.setText(summary)
+        if self._model[0] != self.parameters.modelFolder:  # read the card once per folder chosen
+            self._model = (self.parameters.modelFolder, *self.logic.modelState(self.parameters.modelFolder))
+            self.ui.modelInfoLabel.setText(self._model[1])
+        modelOk = self._model[2]
         running, cancelling = self.watcher.running, self.watcher.cancelling
         label = _("Cancelling…") if cancelling else _("Cancel") if running else None
         self.ui.applyButton.setEnabled(not cancelling and (running or (

@@ -49,6 +49,16 @@ def test_ui_node_selectors_get_the_scene_and_name_real_mrml_classes(module):
         assert types and all(hasattr(slicer, t) for t in types), f"{name}: {types}"
 
 
+def test_the_modules_share_the_panel_library_not_each_other():
+    """What both panels use lives in WeakSegPanelLib (installed by CMake beside the modules)."""
+    for module in MODULES:
+        imported = {n.module.split(".")[0] for n in ast.walk(ast.parse((REPO / module / f"{module}.py").read_text()))
+                    if isinstance(n, ast.ImportFrom) and n.module} | {
+            a.name.split(".")[0] for n in ast.walk(ast.parse((REPO / module / f"{module}.py").read_text()))
+            if isinstance(n, ast.Import) for a in n.names}
+        assert "WeakSegPanelLib" in imported and not (set(MODULES) - {module}) & imported, module
+
+
 def test_module_files_import_without_heavy_packages():
     """Importing the modules (as Slicer does at startup) must not import torch, MONAI, scikit-image, ..."""
     code = textwrap.dedent(f"""
