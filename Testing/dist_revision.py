@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from WeakSegLib.app.jobs import exit_process
 from WeakSegLib.config import TrainCase, TrainConfig
 from WeakSegLib.engine.cohort import read_cohort
 from WeakSegLib.engine.distributed import join
@@ -53,3 +54,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    exit_process(0)  # as the package's own entry points end a launched process

@@ -31,8 +31,9 @@ from WeakSegLib.config import DEFAULT_DEVICE, DEVICES, NETWORKS, TrainConfig
 from WeakSegLib.errors import WeakSegError
 from WeakSegLib.io.boxes import Box, BoxSet, check_boxes_fit, load_boxes, save_boxes
 from WeakSegLib.io.dataset import DatasetCase
+from WeakSegLib.io.names import case_file, safe_case_name
 from WeakSegLib.io.volume import MAX_LABEL, write_volume
-from WeakSegLib.io.worklist import DATASET_FILE, Worklist
+from WeakSegLib.io.worklist import BOXES_SUFFIX, DATASET_FILE, Worklist
 from WeakSegLib.mrml import VOLUME_ATTRIBUTE, tasks
 from WeakSegLib.mrml.cases import CaseSession, box_nodes
 from WeakSegLib.recipes.registry import AUTO_RECIPE, panel_choices
@@ -533,7 +534,8 @@ class WeakSegTrainLogic(ScriptedLoadableModuleLogic):
 
     def addLoadedVolumes(self, folder, volumeNodes=None) -> list:
         """Make the scene's volumes (default: every scalar volume) cases of the dataset in ``folder``: each
-        image written there as ``<name>.nrrd`` with its boxes (if it has any) as ``<name>.boxes.json``;
+        image written there as ``<name>.nrrd`` with its boxes (if it has any) as ``<name>.boxes.json``, the
+        name made from the node's (characters a file name cannot hold become ``_``);
         the folder's ``dataset.json`` lists them (created, or extended). Opens it; returns its rows."""
         folder = Path(folder)
         nodes = list(volumeNodes) if volumeNodes is not None else [
@@ -541,14 +543,14 @@ class WeakSegTrainLogic(ScriptedLoadableModuleLogic):
             if not n.IsA("vtkMRMLLabelMapVolumeNode")]
         if not nodes:
             raise WeakSegError("no volume is loaded")
-        Worklist.check_new_names(folder / DATASET_FILE, [node.GetName() for node in nodes])  # before any write
+        names = [safe_case_name(node.GetName()) for node in nodes]  # node names are free text: "1: CT/chest"
+        Worklist.check_new_names(folder / DATASET_FILE, names)  # before any write
         cases = []
-        for node in nodes:
-            name = node.GetName()
-            image = write_volume(mrml.volume_from_node(node), folder / f"{name}.nrrd")
+        for node, name in zip(nodes, names):
+            image = write_volume(mrml.volume_from_node(node), case_file(folder, name, ".nrrd"))
             files = {}
             if self.boxNodes(node):
-                files["boxes"] = str(self.saveBoxes(node, folder / f"{name}.boxes.json"))
+                files["boxes"] = str(self.saveBoxes(node, case_file(folder, name, BOXES_SUFFIX)))
             cases.append(DatasetCase(name, "training" if files else "test", str(image), files))
         Worklist.create(folder / DATASET_FILE, cases)
         return self.openDataset(folder / DATASET_FILE)

@@ -142,6 +142,20 @@ def test_the_loaded_volumes_become_the_cases_of_a_folder_with_their_boxes(wired,
     assert (tmp_path / "new" / "brain.nrrd").stat().st_mtime_ns == written
 
 
+def test_a_node_name_or_a_dataset_case_name_never_leads_outside_the_folder(wired, cohort, tmp_path):
+    """A Slicer node's name is free text ("2: CT/../chest"): it becomes a safe case name; a dataset file
+    whose case name leads elsewhere is refused when opened, with a one-line error naming the case."""
+    logic = WeakSegTrainLogic()
+    spine = mrml.add_volume_node(read_volume(cohort / "spine.nii.gz"), "2: CT/../chest")
+    rows = logic.addLoadedVolumes(tmp_path / "new", [spine])
+    assert [r.name for r in rows] == ["2_ CT_.._chest"]
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["2_ CT_.._chest.nrrd", "dataset.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new"]
+    (tmp_path / "bad.json").write_text(json.dumps({"test": [{"name": "../../x", "image": str(cohort / "spine.nii.gz")}]}))
+    with pytest.raises(InputError, match=r"test\[0\]: the case name '../../x' cannot be a file name"):
+        logic.openDataset(tmp_path / "bad.json")
+
+
 def test_a_case_left_without_boxes_is_saved_so_and_stays_a_normal_case(wired, cohort, tmp_path):
     """Deleting a case's last box used to raise "no usable box" on every save (next/previous, reopening,
     scene close) and was never written, so the box came back on reload. Now the case loses its box file,

@@ -289,7 +289,6 @@ def test_the_supported_slicer_versions_are_stated_where_users_look():
     import tomllib
 
     import WeakSegPanelLib
-
     from WeakSegLib.app import dependencies as deps  # noqa: F401 - the requirement the statement follows
 
     assert WeakSegPanelLib.MINIMUM_SLICER == (5, 10)

@@ -101,6 +101,18 @@ def model_copy(good, tmp, edit_card=None, weights=None, source="model") -> str:
     return str(copy)
 
 
+def dataset_file(good, tmp, name: str, split: str = "test") -> str:
+    """A dataset file with one case of the good image and mask, named ``name``."""
+    entry = {"name": name, "image": good["image"], "mask": good["mask"]}
+    if split == "training":
+        entry["boxes"] = good["boxes"]
+    return text_file(tmp, "data.json", json.dumps({split: [entry]}))
+
+
+def constant_image(tmp: Path) -> str:
+    return array_file(tmp, "flat.nii.gz", np.full((12, 24, 24), 7, np.float32))
+
+
 def pickled_object(path: Path) -> bytes:
     import io
 
@@ -157,7 +169,9 @@ CASES = [
     ("train-nan-nii", lambda g, t, o: train(nan_image(g, t), g["boxes"], o / "m"), "nan.nii: 1 voxels are NaN or infinite"),
     ("train-4d-image", lambda g, t, o: train(image_4d(g, t), g["boxes"], o / "m"), "4d.nii.gz: 4D image"),
     ("train-2d-image", lambda g, t, o: train(image_2d(g, t), g["boxes"], o / "m"), "2d.nrrd: 2D image"),
-    ("train-constant-image", lambda g, t, o: train(array_file(t, "flat.nii.gz", np.full((12, 24, 24), 7, np.float32)), g["boxes"], o / "m"), "every voxel has the value 7"),
+    ("train-constant-image", lambda g, t, o: train(constant_image(t), g["boxes"], o / "m"), "every voxel has the value 7: nothing to learn from"),
+    ("predict-constant-image", lambda g, t, o: predict(g["model"], constant_image(t), o / "p.nii.gz"), "flat.nii.gz: every voxel has the value 7: nothing to segment"),
+    ("tighten-constant-image", lambda g, t, o: tighten(g["tightener"], constant_image(t), g["boxes3d"], o / "b.json"), "flat.nii.gz: every voxel has the value 7: nothing to tighten boxes on"),
     ("train-text-as-image", lambda g, t, o: train(text_file(t, "notes.nrrd", "hello"), g["boxes"], o / "m"), "notes.nrrd: cannot be read as an image"),
     ("train-unknown-ending", lambda g, t, o: train(text_file(t, "photo.png", "x"), g["boxes"], o / "m"), "photo.png: unknown image file ending"),
     ("predict-truncated-mha", lambda g, t, o: predict(g["model"], truncated(g["image"], t, "cut.mha"), o / "p.nii.gz"), "cut.mha: cannot be read as an image: the file is truncated"),
@@ -186,6 +200,15 @@ CASES = [
     ("partial-from-mask-4d", lambda g, t, o: ["partial-from-mask", image_4d(g, t), "--out", str(o / "p.nii.gz")], "4D image"),
     ("partial-from-mask-negative", lambda g, t, o: ["partial-from-mask", mask_with(g, t, "neg.nrrd", lambda m: -m), "--out", str(o / "p.nii.gz")], "negative labels"),
     ("tighten-train-mask-label-70000", lambda g, t, o: tighten_train(g["image"], mask_with(g, t, "big.nrrd", lambda m: m * 70000), o / "t"), "label 70000"),
+    # case names: a dataset file names files in output folders
+    ("dataset-check-name-climbs-out", lambda g, t, o: ["dataset", "check", dataset_file(g, t, "../x")], "test[0]: the case name '../x' cannot be a file name (it contains '/'"),
+    ("dataset-check-name-too-long", lambda g, t, o: ["dataset", "check", dataset_file(g, t, "c" * 200)], "cannot be a file name (it is longer than 128 characters)"),
+    ("predict-dataset-absolute-name", lambda g, t, o: ["predict", "--model", g["model"], "--dataset", dataset_file(g, t, str(t / "x")), "--out-dir", str(o / "p"), "--device", "cpu", "--quiet"], "cannot be a file name (it contains '/'"),
+    ("predict-dataset-name-climbs-out", lambda g, t, o: ["predict", "--model", g["model"], "--dataset", dataset_file(g, t, ".."), "--out-dir", str(o / "p"), "--device", "cpu", "--quiet"], "the case name '..' cannot be a file name (it starts with a dot)"),
+    ("train-dataset-hidden-name", lambda g, t, o: ["train", "--dataset", dataset_file(g, t, ".bashrc", "training"), "--out", str(o / "m"), "--quiet"], "the case name '.bashrc' cannot be a file name (it starts with a dot)"),
+    ("evaluate-dataset-control-character", lambda g, t, o: ["evaluate", "--pred-dir", folder(o, "p"), "--dataset", dataset_file(g, t, "a\nb")], "cannot be a file name (it contains '\\n'"),
+    ("evaluate-empty-prediction-folder", lambda g, t, o: ["evaluate", "--pred-dir", folder(o, "p"), "--dataset", dataset_file(g, t, "case")], "nothing to score: none of the 1 test case(s) with a mask has a prediction there"),
+    ("evaluate-missing-prediction-folder", lambda g, t, o: ["evaluate", "--pred-dir", str(o / "none"), "--dataset", dataset_file(g, t, "case")], "none: prediction folder not found"),
     # box and size files
     ("train-boxes-version-text", lambda g, t, o: train(g["image"], box_file(g, t, lambda d: d.update(version="abc")), o / "m"), "version is 'abc', not a finite number"),
     ("train-boxes-null", lambda g, t, o: train(g["image"], box_file(g, t, lambda d: d.update(boxes=None)), o / "m"), "box list is empty"),
@@ -209,6 +232,7 @@ CASES = [
     ("tighten-train-odd-patch", lambda g, t, o: tighten_train(g["image"], g["mask"], o / "t", "--patch-size", "5"), "patch size must be an even number"),
     ("tighten-train-negative-margin", lambda g, t, o: tighten_train(g["image"], g["mask"], o / "t", "--margin", "-2"), "margin must be ≥ 0"),
     ("train-truncated-checkpoint", lambda g, t, o: train(g["image"], g["boxes"], model_with_garbage_checkpoint(o)), "; delete it or start over (--no-resume)"),
+    ("train-gpus-odd-batch", lambda g, t, o: train(g["image"], g["boxes"], o / "m", "--gpus", "2", "--batch-size", "3"), "the batch size 3 cannot be split evenly over 2 processes"),
     # output locations
     ("train-out-is-a-file", lambda g, t, o: train(g["image"], g["boxes"], Path(text_file(o, "model", "not a folder"))), "model: the model folder is a file"),
     ("train-out-under-a-file", lambda g, t, o: train(g["image"], g["boxes"], Path(text_file(o, "f", "x")) / "model"), "f is a file, not a folder"),
@@ -221,6 +245,11 @@ CASES = [
     ("partial-from-mask-out-ending", lambda g, t, o: ["partial-from-mask", g["mask"], "--out", str(o / "p.hdr")], "p.hdr: cannot write this file ending"),
     # models
     ("predict-missing-model", lambda g, t, o: predict(str(t / "nowhere"), g["image"], o / "p.nii.gz"), "nowhere: model folder not found"),
+    ("predict-model-is-a-file", lambda g, t, o: predict(g["boxes"], g["image"], o / "p.nii.gz"), "boxes.json: is a file, not a model folder"),
+    ("predict-card-is-given", lambda g, t, o: predict(str(Path(g["model"]) / "model.json"), g["image"], o / "p.nii.gz"), "model.json: is a file; give the model folder that holds it"),
+    ("predict-card-unknown-network", lambda g, t, o: predict(model_copy(g, t, lambda c: set_in(c, "network.name", "resnet9000")), g["image"], o / "p.nii.gz"), "model.json: the card's network 'resnet9000' (2D, channels [4, 8, 16, 32, 64]) cannot be built: unknown network"),
+    ("predict-card-bad-normalisation", lambda g, t, o: predict(model_copy(g, t, lambda c: set_in(c, "input.preprocessing.normalization.method", "bogus")), g["image"], o / "p.nii.gz"), "model.json: input.preprocessing: normalization method 'bogus' is unknown"),
+    ("predict-card-bad-percentiles", lambda g, t, o: predict(model_copy(g, t, lambda c: set_in(c, "input.preprocessing.normalization.percentiles", "x")), g["image"], o / "p.nii.gz"), "model.json: input.preprocessing.normalization.percentiles is 'x', not a list"),
     ("predict-card-without-label-value", lambda g, t, o: predict(model_copy(g, t, lambda c: set_in(c, "labels.value", KeyError)), g["image"], o / "p.nii.gz"), "labels[0] has no 'value'"),
     ("predict-card-without-axis", lambda g, t, o: predict(model_copy(g, t, lambda c: set_in(c, "input.axis", KeyError)), g["image"], o / "p.nii.gz"), "input has no 'axis'"),
     ("predict-card-version-text", lambda g, t, o: predict(model_copy(g, t, lambda c: c.update(version="two")), g["image"], o / "p.nii.gz"), "version is 'two', not a finite number"),
@@ -257,6 +286,7 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(build, fragment, good,
     lines = err.strip().splitlines()
     assert code == EXIT_BAD_INPUT, err
     assert len(lines) == 1 and lines[0].startswith("weakseg: error: ") and fragment in lines[0], err
+    assert len(lines[0]) < 400, err  # a line a person reads, not a dump
     assert "np.float" not in lines[0] and "weights_only" not in lines[0]
     assert snapshot(tmp_path) == before
 
@@ -271,6 +301,7 @@ JOBS = [
     ("job-unknown-setting", lambda g, t, o: {"kind": "train", "out": str(o / "m"), "cases": [{"image": g["image"], "boxes": g["boxes"]}], "config": {"learning_speed": 3}}, EXIT_BAD_INPUT, "unknown settings: learning_speed"),
     ("job-setting-of-wrong-type", lambda g, t, o: {"kind": "train", "out": str(o / "m"), "cases": [{"image": g["image"], "boxes": g["boxes"]}], "config": {"epochs": "ten"}}, EXIT_BAD_INPUT, "epochs is 'ten', not a whole number"),
     ("job-truncated-image", lambda g, t, o: {"kind": "predict", "model": g["model"], "image": truncated(g["image"], t, "cut.nii.gz"), "out": str(o / "p.nii.gz")}, EXIT_BAD_INPUT, "the file is truncated"),
+    ("job-predict-cases-name-climbs-out", lambda g, t, o: {"kind": "predict-cases", "model": g["model"], "cases": [{"name": "../escaped", "image": g["image"]}], "out_dir": str(o / "p")}, EXIT_BAD_INPUT, "the case name '../escaped' cannot be a file name"),
     ("job-tighten-train-out-is-a-file", lambda g, t, o: {"kind": "tighten-train", "out": text_file(o, "t", "x"), "cases": [{"image": g["image"], "mask": g["mask"]}], "config": {"patch": 8}}, EXIT_BAD_INPUT, "the tightener folder is a file"),
 ]
 
@@ -294,5 +325,5 @@ def test_bad_worker_job_is_one_error_event_and_changes_nothing(build, code, frag
 
 def test_every_command_has_bad_input_cases():
     for command in ("train-", "predict-", "evaluate-", "boxes-from-mask-", "sizes-from-mask-", "partial-from-mask-",
-                    "tighten-", "tighten-train-"):
+                    "tighten-", "tighten-train-", "dataset-"):
         assert sum(c[0].startswith(command) for c in CASES) >= 2, command

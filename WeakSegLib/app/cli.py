@@ -208,7 +208,8 @@ def _training_cases(args: argparse.Namespace) -> tuple[list[TrainCase], bool]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from WeakSegLib.app.launch import check_processes, child_of_launcher, launch
+    from WeakSegLib.app.jobs import child_of_launcher
+    from WeakSegLib.app.launch import check_processes, launch
     from WeakSegLib.engine.cohort import as_trained, recipe_for
     from WeakSegLib.engine.distributed import env_rank
     from WeakSegLib.engine.preprocess import AXIAL
@@ -221,7 +222,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if dataset:  # a mask beside boxes is the Dice reference of a box recipe
         cases = [as_trained(tc, recipe_spec(config.recipe)) for tc in cases]
     if args.gpus > 1 and not child_of_launcher():
-        check_processes(args.gpus, config.device)
+        check_processes(args.gpus, config.device, config.batch_size)
         return launch(args.gpus, args.argv)
     main = env_rank() == 0
     printer = ProgressPrinter(args.events if main else None, args.quiet or not main)
@@ -298,11 +299,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return _evaluate_dataset(args)
     if not (args.pred and args.ref):
         raise WeakSegError("give --pred and --ref (one prediction), or --pred-dir and --dataset (a test set)")
+    import numpy as np
+
+    from WeakSegLib.engine.evaluation import label_difference
     from WeakSegLib.engine.metrics import evaluate
     from WeakSegLib.io.volume import check_same_grid, read_label_volume
 
     pred, ref = read_label_volume(args.pred), read_label_volume(args.ref)
     check_same_grid(ref, pred, "reference", "prediction")
+    differs = label_difference(set(np.unique(pred.array).tolist()) - {0}, set(np.unique(ref.array).tolist()) - {0})
+    if differs:
+        print(f"weakseg: warning: {args.pred}: {differs} (give --label to score one value)", file=sys.stderr)
     scores = evaluate(pred.array, ref.array, pred.spacing, args.label)
     if args.json == "-":
         print(json.dumps(scores))
@@ -328,6 +335,8 @@ def _print_scores(result) -> None:
 
 
 def _evaluate_dataset(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from WeakSegLib.engine.evaluation import evaluate_cases
     from WeakSegLib.io.atomic import atomic_write_bytes, check_output_folder, check_writable, json_bytes
     from WeakSegLib.io.dataset import load_dataset
@@ -339,6 +348,8 @@ def _evaluate_dataset(args: argparse.Namespace) -> int:
             check_writable(path, what)
     if args.figures:
         check_output_folder(args.figures, "figure folder")
+    if not Path(args.pred_dir).is_dir():
+        raise WeakSegError(f"{args.pred_dir}: prediction folder not found")
     cases = load_dataset(args.dataset).split(args.split)
     unreferenced = [c.name for c in cases if "mask" not in c.files]
     scored = [c for c in cases if "mask" in c.files]
@@ -346,6 +357,11 @@ def _evaluate_dataset(args: argparse.Namespace) -> int:
         raise WeakSegError(f"{args.dataset}: no {args.split} case gives a 'mask' to score against")
     result = evaluate_cases(args.pred_dir, [(c.name, c.files["mask"]) for c in scored],
                             None if args.label is None else [args.label])
+    if not result.scores:
+        raise WeakSegError(f"{args.pred_dir}: nothing to score: none of the {len(scored)} {args.split} case(s) "
+                           f"with a mask has a prediction there ({len(result.missing)} missing"
+                           f"{f', {len(result.failed)} unreadable' if result.failed else ''}; a prediction is "
+                           f"<case>.nii.gz, .nrrd or .seg.nrrd)")
     if "-" not in (args.json, args.csv):  # the table, unless the JSON or CSV goes to the standard output
         _print_scores(result)
     for name in result.missing:
@@ -354,6 +370,8 @@ def _evaluate_dataset(args: argparse.Namespace) -> int:
         print(f"weakseg: warning: {name}: not scored: {why}", file=sys.stderr)
     for name in unreferenced:
         print(f"weakseg: warning: {name}: the dataset gives no mask to score against", file=sys.stderr)
+    for name, differs in result.label_mismatches().items():
+        print(f"weakseg: warning: {name}: {differs}", file=sys.stderr)
     report = {**result.to_dict(), "no_reference": unreferenced}
     if args.json == "-":
         print(json.dumps(report))
@@ -375,6 +393,7 @@ def _case_figures(args: argparse.Namespace, cases, result) -> None:
     from WeakSegLib.app.figures import case_figure
     from WeakSegLib.engine.evaluation import find_prediction
     from WeakSegLib.io.boxes import load_boxes
+    from WeakSegLib.io.names import case_file
     from WeakSegLib.io.volume import read_label_volume, read_volume
 
     folder = Path(args.figures)
@@ -389,7 +408,7 @@ def _case_figures(args: argparse.Namespace, cases, result) -> None:
         png = case_figure(read_volume(case.image), read_label_volume(case.files["mask"]).array,
                           read_label_volume(find_prediction(args.pred_dir, case.name)).array, boxes,
                           f"{case.name}: Dice {sum(dice[case.name]) / len(dice[case.name]):.3f}",
-                          folder / f"{case.name}.png")
+                          case_file(folder, case.name, ".png"))
         print(f"figure → {png}")
 
 

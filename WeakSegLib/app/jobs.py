@@ -29,6 +29,7 @@ In Python (e.g. a Slicer module): ``handle = start_job(job, workdir)``, then ``h
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import signal
@@ -37,7 +38,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from WeakSegLib import events
 from WeakSegLib.errors import WeakSegError
@@ -121,6 +122,24 @@ class GpuProbe:
             listing = self._process.communicate()[0] if code == 0 else ""
             self._count = sum(line.startswith("GPU ") for line in listing.splitlines())
         return self._count
+
+
+def child_of_launcher() -> bool:
+    """Whether this process was started by a distributed launcher (``torchrun`` or ``--gpus N``)."""
+    return "LOCAL_RANK" in os.environ
+
+
+def exit_process(code: int) -> NoReturn:
+    """End this process with ``code``. A process of a distributed launcher ends without Python's interpreter
+    finalisation: gloo's worker threads may still hold tensors the finaliser cannot free, which aborts the
+    process ("terminate called without an active exception") after its work is done. All its files are on
+    disk already (every write is fsynced before its rename); its output streams are flushed here."""
+    if child_of_launcher():
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def package_root() -> str:

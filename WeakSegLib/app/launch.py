@@ -15,19 +15,17 @@ from typing import Sequence
 import torch
 
 from WeakSegLib.app.jobs import EXIT_CANCELLED, EXIT_INTERNAL_ERROR, EXIT_OK
+from WeakSegLib.engine.distributed import check_batch_split
 from WeakSegLib.errors import InputError
 
 
-def child_of_launcher() -> bool:
-    """Whether this process was started by a distributed launcher (``torchrun`` or :func:`launch`)."""
-    return "LOCAL_RANK" in os.environ
-
-
-def check_processes(n: int, device: str) -> None:
-    """Raise :class:`InputError` unless this machine can run ``n`` training processes on ``device``:
-    one CUDA GPU each, or CPU processes with ``device`` ``cpu``."""
+def check_processes(n: int, device: str, batch_size: int) -> None:
+    """Raise :class:`InputError` unless this machine can run ``n`` training processes on ``device`` (one
+    CUDA GPU each, or CPU processes with ``device`` ``cpu``) and ``batch_size`` splits over them: checked
+    once, before any process starts."""
     if n < 1:
         raise InputError(f"--gpus must be ≥ 1, got {n}")
+    check_batch_split(batch_size, n)
     if device == "cpu":
         return
     if device not in ("auto", "cuda"):

@@ -18,8 +18,10 @@ from WeakSegLib.app.jobs import (
     EXIT_OK,
     JobFileError,
     check_job,
+    child_of_launcher,
+    exit_process,
 )
-from WeakSegLib.app.launch import check_processes, child_of_launcher, launch
+from WeakSegLib.app.launch import check_processes, launch
 from WeakSegLib.config import TightenerCase, TightenerConfig, TightenSettings, TrainCase, TrainConfig, from_dict
 from WeakSegLib.engine.distributed import env_rank
 from WeakSegLib.errors import CancelledError, WeakSegError
@@ -117,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     gpus = job.get("gpus") or 1
     if job["kind"] == "train" and gpus > 1 and not child_of_launcher():
         try:
-            check_processes(gpus, from_dict(TrainConfig, job.get("config"), "job config").device)
+            config = from_dict(TrainConfig, job.get("config"), "job config")
+            check_processes(gpus, config.device, config.batch_size)
         except WeakSegError as exc:
             emit(events.error(EXIT_BAD_INPUT, str(exc)))
             return EXIT_BAD_INPUT
@@ -139,4 +142,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

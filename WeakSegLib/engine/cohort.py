@@ -42,6 +42,7 @@ from WeakSegLib.io.sizes import load_sizes
 from WeakSegLib.io.volume import (
     IntensityMap,
     Volume,
+    check_not_constant,
     check_same_grid,
     intensity_map,
     read_header,
@@ -230,8 +231,7 @@ def read_cohort(cases: Sequence[TrainCase], config: TrainConfig, store_folder: P
     ct_samples: list[np.ndarray] = []
     for index, (tc, read) in enumerate(zip(cases, reads)):  # pass 2
         image = read_volume(tc.image)
-        if image.array.min() == image.array.max():
-            raise InputError(f"{tc.image}: every voxel has the value {float(image.array.min()):g}: nothing to learn from")
+        check_not_constant(image.array, tc.image, "learn from")
         if index == 0:
             plan.modality = _modality(config, image.array)
         case, sample = _read_case(tc, read, image, spec, config, plan)

@@ -44,6 +44,14 @@ def env_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def check_batch_split(batch_size: int, processes: int) -> None:
+    """Raise :class:`InputError` unless a global batch of ``batch_size`` samples splits evenly over
+    ``processes`` training processes (each takes the same share)."""
+    if batch_size % processes:
+        raise InputError(f"the batch size {batch_size} cannot be split evenly over {processes} processes; "
+                         f"use a multiple of {processes}")
+
+
 @dataclass(frozen=True)
 class Distributed:
     """This process's place in a distributed run (a single process: rank 0 of 1)."""
@@ -71,9 +79,7 @@ class Distributed:
 
     def check_batch(self, batch_size: int) -> None:
         """Raise :class:`InputError` unless the global ``batch_size`` splits evenly over the ranks."""
-        if batch_size % self.world_size:
-            raise InputError(f"the batch size {batch_size} cannot be split evenly over {self.world_size} processes; "
-                             f"use a multiple of {self.world_size}")
+        check_batch_split(batch_size, self.world_size)
 
     def shard(self, index: torch.Tensor) -> torch.Tensor:
         """This rank's consecutive share of a global batch's sample indices (all of them on one process)."""

@@ -20,6 +20,7 @@ import numpy as np
 
 from WeakSegLib.engine.metrics import dice, hd95, iou
 from WeakSegLib.errors import WeakSegError
+from WeakSegLib.io.names import case_file
 from WeakSegLib.io.segfile import SEGMENTATION_SUFFIX
 from WeakSegLib.io.volume import READ_SUFFIXES, Volume, check_same_grid, read_label_volume
 
@@ -62,6 +63,13 @@ def score_volumes(case: str, pred: Volume, ref: Volume, labels: Sequence[int] | 
     return rows
 
 
+def label_difference(predicted: set[int], reference: set[int]) -> str | None:
+    """What differs between the label values of a prediction and of its reference, or None."""
+    parts = [f"label(s) {sorted(a - b)} only in the {where}" for a, b, where in
+             ((predicted, reference, "prediction"), (reference, predicted, "reference")) if a - b]
+    return "; ".join(parts) or None
+
+
 def _mean_sd(values: list[float | None]) -> dict:
     got = [v for v in values if v is not None and math.isfinite(v)]
     if not got:
@@ -97,6 +105,15 @@ class Evaluation:
                 "summary": {str(k): v for k, v in self.summary().items()},
                 "missing": self.missing, "failed": self.failed}
 
+    def label_mismatches(self) -> dict[str, str]:
+        """``{case: what differs}`` for the cases whose prediction and reference hold different label
+        values (a class predicted that the reference lacks, or the reverse: :func:`label_difference`)."""
+        cases = dict.fromkeys(s.case for s in self.scores)
+        found = {case: label_difference({s.label for s in self.scores if s.case == case and s.volume_ml > 0},
+                                        {s.label for s in self.scores if s.case == case and s.reference_ml > 0})
+                 for case in cases}
+        return {case: why for case, why in found.items() if why}
+
     def to_csv(self) -> str:
         """One row per case and label; the cases without a score follow with their reason."""
         buffer = io.StringIO()
@@ -120,7 +137,7 @@ def find_prediction(pred_dir: str | os.PathLike, name: str) -> Path | None:
     """The prediction of case ``name`` in ``pred_dir`` (``<name>`` with an image or segmentation file
     ending), or None."""
     for suffix in (*READ_SUFFIXES, SEGMENTATION_SUFFIX):
-        path = Path(pred_dir) / f"{name}{suffix}"
+        path = case_file(pred_dir, name, suffix)
         if path.is_file():
             return path
     return None

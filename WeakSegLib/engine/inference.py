@@ -23,10 +23,19 @@ from WeakSegLib.engine.model import load_model
 from WeakSegLib.engine.preprocess import Plan, canonicalize, to_input_grid
 from WeakSegLib.errors import CancelledError, InputError, OutputError, WeakSegError
 from WeakSegLib.events import EventSink
-from WeakSegLib.io.atomic import Staged, check_output_folder
+from WeakSegLib.io.atomic import Staged, check_output_folder, remove_stale_temporaries
 from WeakSegLib.io.card import ModelCard
+from WeakSegLib.io.lock import FolderLock
+from WeakSegLib.io.names import case_file, check_case_name
 from WeakSegLib.io.segfile import SEGMENTATION_SUFFIX, stage_segmentation
-from WeakSegLib.io.volume import PREDICTION_SUFFIX, Volume, check_output_volume, read_volume, stage_volume
+from WeakSegLib.io.volume import (
+    PREDICTION_SUFFIX,
+    Volume,
+    check_not_constant,
+    check_output_volume,
+    read_volume,
+    stage_volume,
+)
 
 
 @torch.no_grad()
@@ -93,7 +102,7 @@ def window_probabilities(network: torch.nn.Module, volume: torch.Tensor, roi: Se
 
 def predict_volume(model: str | os.PathLike | tuple[torch.nn.Module, ModelCard], volume: Volume, *,
                    device: str = "auto", probabilities: bool = False, on_event: EventSink | None = None,
-                   should_stop: Callable[[], bool] | None = None) -> tuple[Volume, Volume | None]:
+                   should_stop: Callable[[], bool] | None = None, name: str = "image") -> tuple[Volume, Volume | None]:
     """Predict a label volume for ``volume``.
 
     The image is moved to the model's canonical space (RAS, the training spacing, its intensity
@@ -119,9 +128,7 @@ def predict_volume(model: str | os.PathLike | tuple[torch.nn.Module, ModelCard],
     inp = card.input
     if volume.array.ndim != 3:
         raise InputError(f"image must be 3D, got shape {volume.array.shape}")
-    if volume.array.min() == volume.array.max():
-        emit(events.warning(f"every voxel of the image has the value {float(volume.array.min()):g}: "
-                            "the prediction carries no information"))
+    check_not_constant(volume.array, name, "segment")
     progress = (lambda i, n: emit(events.predict(i, n)))
     if inp.preprocessing is not None:
         canonical = canonicalize(volume, Plan.from_dict(inp.preprocessing)).volume
@@ -160,9 +167,10 @@ def predict_file(model_dir: str | os.PathLike | tuple[torch.nn.Module, ModelCard
         raise OutputError(f"{out}: the prediction and the probability map need two different files")
     for path in outputs:
         check_output_volume(path)
+        remove_stale_temporaries(Path(path).parent, [Path(path).name])  # what a killed run left of this output
     model = model_dir if isinstance(model_dir, tuple) else load_model(model_dir)
     volume = read_volume(image)
-    labels, prob = predict_volume(model, volume, device=device, probabilities=prob_out is not None,
+    labels, prob = predict_volume(model, volume, device=device, probabilities=prob_out is not None, name=str(image),
                                   on_event=on_event, should_stop=should_stop)
     with Staged() as staged:
         if str(out).lower().endswith(SEGMENTATION_SUFFIX):  # a Slicer segmentation: segments named and coloured
@@ -185,8 +193,9 @@ class CaseResult:
 
 
 def prediction_path(out_dir: str | os.PathLike, name: str, suffix: str = PREDICTION_SUFFIX) -> Path:
-    """Where the prediction of case ``name`` goes in ``out_dir`` (``evaluate`` looks there too)."""
-    return Path(out_dir) / f"{name}{suffix}"
+    """Where the prediction of case ``name`` goes in ``out_dir``: a file directly inside it, the name
+    checked (:func:`WeakSegLib.io.names.case_file`)."""
+    return case_file(out_dir, name, suffix)
 
 
 def predict_cases(model_dir: str | os.PathLike, cases: Sequence[tuple[str, str]], out_dir: str | os.PathLike, *,
@@ -195,21 +204,28 @@ def predict_cases(model_dir: str | os.PathLike, cases: Sequence[tuple[str, str]]
     """Predict every ``(name, image)`` of ``cases`` into ``out_dir/<name><suffix>`` (default ``.nii.gz``;
     ``.seg.nrrd``: Slicer segmentation files) with one model.
 
-    The output folder and the model are checked before the first case; a case that fails (an
-    unreadable or corrupt image, an output that cannot be written) is reported — a ``case`` event with
-    its ``error`` — and skipped, and the others are still written. Cancelling stops at once.
+    The case names (each a safe file name, :mod:`WeakSegLib.io.names`), the output folder and the model
+    are checked before the first case; the folder is locked while this run writes it (a second run into
+    it is refused; the temporary files of a killed run are removed). A case that fails (an unreadable or
+    corrupt image, an output that cannot be written) is reported — a ``case`` event with its ``error`` —
+    and skipped, and the others are still written. Cancelling stops at once.
 
     Returns:
         One :class:`CaseResult` per case, in order.
     """
-    names = [name for name, _ in cases]
+    names = [check_case_name(name) for name, _ in cases]  # every name before any work
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise InputError(f"two cases are named {', '.join(twice)}: their predictions would overwrite each other")
     out = check_output_folder(out_dir, "prediction folder")
-    out.mkdir(parents=True, exist_ok=True)
     model = load_model(model_dir)
-    emit = on_event or events.ignore
+    with FolderLock(out, "prediction"):  # one run writes the folder; what a killed one left is removed
+        return _predict_each(model, cases, out, device, on_event or events.ignore, should_stop, suffix)
+
+
+def _predict_each(model: tuple[torch.nn.Module, ModelCard], cases: Sequence[tuple[str, str]], out: Path,
+                  device: str, emit: EventSink, should_stop: Callable[[], bool] | None,
+                  suffix: str) -> list[CaseResult]:
     results = []
     for done, (name, image) in enumerate(cases, 1):
         result = CaseResult(name, str(image))

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from WeakSegLib import __version__
-from WeakSegLib.errors import ModelError
+from WeakSegLib.engine.preprocess import Plan
+from WeakSegLib.errors import ModelError, WeakSegError
 from WeakSegLib.io.atomic import atomic_torch_save, atomic_write_json
 from WeakSegLib.io.card import CARD, WEIGHTS, ModelCard, read_card
 from WeakSegLib.nets.segmentation import build_network
@@ -39,7 +40,7 @@ def load_state(path: Path, what: str = "checkpoint") -> dict:
         raise ModelError(f"{path}: {what} is corrupt or not a WeakSeg file: it holds more than weights "
                          "(not loaded, as that could run code)") from exc
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{path}: {what} is corrupt or not a WeakSeg file ({first})") from exc
 
 
@@ -60,7 +61,8 @@ def build_from_card(card: ModelCard) -> torch.nn.Module:
     try:
         return build_network(net.name, net.spatial_dims, net.in_channels, net.out_channels, tuple(net.channels))
     except ValueError as exc:
-        raise ModelError(f"model card network section {net} is invalid ({exc})") from exc
+        raise ModelError(f"the card's network {net.name!r} ({net.spatial_dims}D, channels {list(net.channels)}) "
+                         f"cannot be built: {exc}") from exc
 
 
 def load_weights(folder: str | os.PathLike, network: torch.nn.Module, card: Any) -> torch.nn.Module:
@@ -89,4 +91,11 @@ def load_model(folder: str | os.PathLike) -> tuple[torch.nn.Module, ModelCard]:
             network the card describes.
     """
     card = read_card(folder)
-    return load_weights(folder, build_from_card(card), card), card
+    where = Path(folder) / CARD
+    try:
+        if card.input.preprocessing is not None:
+            Plan.from_dict(card.input.preprocessing, "input.preprocessing")
+        network = build_from_card(card)
+    except WeakSegError as exc:  # the card is at fault: say so, in one line
+        raise ModelError(f"{where}: {exc}") from exc
+    return load_weights(folder, network, card), card

@@ -31,9 +31,10 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from WeakSegLib.config import DEFAULT_PERCENTILES, DEFAULT_WINDOW
+from WeakSegLib.config import DEFAULT_PERCENTILES, DEFAULT_WINDOW, NORMALIZATIONS
 from WeakSegLib.errors import InputError
 from WeakSegLib.io.boxes import Box
+from WeakSegLib.io.fields import Fields
 from WeakSegLib.io.sizes import SizeLabel
 from WeakSegLib.io.volume import Normalization, Volume
 
@@ -77,9 +78,31 @@ class Plan:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Plan":
-        return cls(d.get("spacing"), d.get("modality", "mr"), dict(d.get("normalization") or {}),
-                   d.get("orientation", "RAS"))
+    def from_dict(cls, d: dict, where: str = "plan") -> "Plan":
+        """The plan a card records, every field checked: an :class:`InputError` (prefixed ``where``)
+        names the first bad one."""
+        f = Fields(d, where)
+        spacing = f.numbers("spacing", 3, None, positive=True)
+        modality = f.text("modality", "mr")
+        if modality not in ("ct", "mr"):
+            raise InputError(f"{where}: modality is {modality!r}, not ct or mr")
+        n = f.sub("normalization", {})
+        method = n.text("method", "percentile")
+        if method == "ct":
+            lo, hi = n.numbers("clip", 2)
+            n.number("mean")
+            if lo >= hi:
+                raise InputError(f"{where}: normalization clip {[lo, hi]} is not an interval")
+            n.number("std", positive=True)
+        elif method in NORMALIZATIONS:
+            n.numbers("percentiles", 2, DEFAULT_PERCENTILES)
+            n.numbers("window", 2, DEFAULT_WINDOW)
+        else:
+            raise InputError(f"{where}: normalization method {method!r} is unknown; one of ct, {', '.join(NORMALIZATIONS)}")
+        orientation = f.text("orientation", "RAS")
+        if orientation != "RAS":
+            raise InputError(f"{where}: orientation {orientation!r} is not RAS")
+        return cls(spacing, modality, dict(n.obj), orientation)
 
 
 def looks_like_ct(array: np.ndarray) -> bool:

@@ -9,7 +9,12 @@ one-line message says why ("disk full", "permission denied", …). Several files
 
 Temporary files are named ``.<name>.<random>.tmp<suffix>`` (``mkstemp``; the suffix keeps the file
 ending SimpleITK chooses its writer by). :func:`remove_stale_temporaries` deletes those a killed
-writer left behind; call it only while holding the folder's lock (:mod:`WeakSegLib.io.lock`).
+writer left behind; call it only while holding the folder's lock (:mod:`WeakSegLib.io.lock`), or for
+the names of the outputs this process is about to write.
+
+A file gets the permissions a plain ``open(path, "w")`` would give it: those of the file it replaces,
+else ``0o666`` less the user's umask (``mkstemp`` alone would leave every output readable by its
+owner only, and make a replaced 0644 file 0600).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -33,7 +39,7 @@ _REASONS = {errno.ENOSPC: "disk full (no space left on device)", errno.EDQUOT: "
             "a part of the path is a file, not a folder"}
 #: free bytes below which a failed write is blamed on a full disk
 _NEARLY_FULL = 1 << 20
-_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[A-Za-z.]+)?$")
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp(\.[A-Za-z.]+)?$")
 
 
 def reason(exc: BaseException) -> str:
@@ -50,6 +56,27 @@ def _disk_full(folder: Path) -> bool:
         return shutil.disk_usage(folder).free < _NEARLY_FULL
     except OSError:
         return False
+
+
+def umask() -> int:
+    """The process's umask (read from ``/proc`` on Linux, without changing it; elsewhere set and put back)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def mode_for(path: Path) -> int:
+    """The permission bits a file written at ``path`` gets (module docstring)."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return 0o666 & ~umask()
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -134,6 +161,7 @@ class Staged:
         folders = set()
         try:
             for tmp, path in self._pending:
+                os.chmod(tmp, mode_for(path))
                 os.replace(tmp, path)
                 folders.add(path.parent)
         except OSError as exc:
@@ -179,12 +207,14 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
-    """Delete the temporary files a killed writer left in ``folder``; returns their names."""
+def remove_stale_temporaries(folder: str | os.PathLike, names: list[str] | None = None) -> list[str]:
+    """Delete the temporary files a killed writer left in ``folder`` (only those of the destinations
+    ``names``, when given); returns their names."""
     removed = []
     for entry in Path(folder).iterdir() if Path(folder).is_dir() else ():
-        if entry.is_file() and _TEMPORARY.match(entry.name):
-            entry.unlink()
+        match = _TEMPORARY.match(entry.name)
+        if entry.is_file() and match and (names is None or match.group("name") in names):
+            entry.unlink(missing_ok=True)
             removed.append(entry.name)
     return removed
 

@@ -218,6 +218,9 @@ def read_card(folder: str | os.PathLike, kind: type = ModelCard) -> Any:
             or invalid field (named).
     """
     folder = Path(folder)
+    if folder.is_file():
+        raise ModelError(f"{folder}: is a file; give the model folder that holds it ({folder.parent})"
+                         if folder.name == CARD else f"{folder}: is a file, not a model folder")
     if not folder.is_dir():
         raise ModelError(f"{folder}: model folder not found")
     path = folder / CARD

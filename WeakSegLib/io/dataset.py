@@ -11,7 +11,9 @@ A dataset file is JSON; paths are relative to the file's folder (absolute paths 
 A training case gives ``image`` and any of ``boxes``, ``mask``, ``sizes``, ``partial``, ``reference``,
 ``eval_mask`` (the inputs of :class:`WeakSegLib.config.TrainCase`); a test case gives ``image`` and
 optionally ``mask`` (the reference ``evaluate`` scores against), or is just the image's path. An
-optional ``name`` names a case (default: its image file's name without the ending). ``label`` is read
+optional ``name`` names a case (default: its image file's name without the ending); a case's name
+becomes the name of its files in output folders, so it must be a safe file name
+(:mod:`WeakSegLib.io.names`), or the dataset file is refused. ``label`` is read
 as ``mask``, so a Medical Segmentation Decathlon ``dataset.json`` is a dataset file of fully labelled
 training cases.
 
@@ -30,6 +32,7 @@ from WeakSegLib.config import SPLITS, TrainCase
 from WeakSegLib.errors import InputError
 from WeakSegLib.io.atomic import atomic_write_json
 from WeakSegLib.io.fields import Fields, read_json
+from WeakSegLib.io.names import check_case_name
 from WeakSegLib.io.volume import READ_SUFFIXES, image_stem
 
 #: the inputs a training case may name besides its image
@@ -98,7 +101,7 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
                                  f"{', '.join(allowed)}")
             files = {k: str(base / f.text(k)) for k in allowed if entry.get(k) is not None}
             image = str(base / f.text("image"))
-            cases.append(DatasetCase(f.text("name", image_stem(image)), split, image, files))
+            cases.append(DatasetCase(check_case_name(f.text("name", image_stem(image)), where), split, image, files))
     if not cases:
         raise InputError(f"{path}: the dataset lists no case (give 'training' and/or 'test' lists)")
     names = [c.name for c in cases]

@@ -43,7 +43,8 @@ def check_case_name(name: object, where: str = "case") -> str:
     """``name`` when it is a safe case name; otherwise an :class:`InputError` saying why."""
     problem = name_problem(name)
     if problem is not None:
-        raise InputError(f"{where}: the case name {name!r} cannot be a file name ({problem}); give the case a "
+        shown = repr(name) if len(repr(name)) <= 48 else f"{name[:40]!r}…"
+        raise InputError(f"{where}: the case name {shown} cannot be a file name ({problem}); give the case a "
                          "'name' of letters, digits, spaces, '-', '_' or '.'")
     return name  # type: ignore[return-value]
 

@@ -140,6 +140,13 @@ def check_finite(array: np.ndarray, name: str = "image") -> None:
             )
 
 
+def check_not_constant(array: np.ndarray, name: str, purpose: str) -> None:
+    """Raise :class:`InputError` when every voxel of ``array`` has one value: no network can learn,
+    segment or tighten anything from it (``purpose``: "learn from", "segment", "tighten boxes on")."""
+    if array.size and array.min() == array.max():
+        raise InputError(f"{name}: every voxel has the value {float(array.min()):g}: nothing to {purpose}")
+
+
 def _itk_reason(exc: RuntimeError, printed: Sequence[str] = ()) -> str:
     """The informative line of an ITK read error: what the reader printed, else the exception's last line."""
     lines = [line.strip() for line in [*printed, *str(exc).strip().splitlines()] if line.strip()]

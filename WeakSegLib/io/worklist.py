@@ -1,7 +1,9 @@
 """A dataset being boxed case by case: the case list of the Slicer Train panel, on disk.
 
 A :class:`Worklist` is a dataset file (:mod:`WeakSegLib.io.dataset`) plus the rule of where each case's
-boxes live: the box file its entry names, else ``<case name>.boxes.json`` beside the dataset file.
+boxes live: the box file its entry names, else ``<case name>.boxes.json`` beside the dataset file
+(boxes are written only inside the dataset's folder: a box file named elsewhere is read, and saving
+writes ``<case name>.boxes.json`` instead).
 Saving a case's boxes writes that file (atomically) and, the first time, names it in the dataset file
 and makes the case a training case (also written atomically), so what the user drew is on disk
 whenever the panel saves — closing Slicer loses nothing, and ``weakseg train --dataset`` trains on the
@@ -18,9 +20,12 @@ from WeakSegLib.config import TrainCase
 from WeakSegLib.errors import InputError
 from WeakSegLib.io.boxes import BoxSet, load_boxes, save_boxes
 from WeakSegLib.io.dataset import Dataset, DatasetCase, init_dataset, load_dataset, save_dataset
+from WeakSegLib.io.names import case_file, check_case_name, inside
 
 #: the dataset file a folder opened as a worklist gets
 DATASET_FILE = "dataset.json"
+#: the ending of the box files the worklist writes, ``<case>.boxes.json``
+BOXES_SUFFIX = ".boxes.json"
 
 
 @dataclass
@@ -58,6 +63,8 @@ class Worklist:
         """Raise :class:`InputError` if the dataset file ``path`` (when it exists) already has a case of one
         of ``names``, or ``names`` repeat one."""
         path = Path(path)
+        for name in names:
+            check_case_name(name)
         taken = {c.name for c in load_dataset(path).cases} if path.is_file() else set()
         clash = sorted({n for n in names if n in taken or names.count(n) > 1})
         if clash:
@@ -89,9 +96,19 @@ class Worklist:
         raise InputError(f"{self.path} has no case named {name!r}")
 
     def boxes_path(self, index: int) -> Path:
-        """Where case ``index``'s boxes live (module docstring)."""
+        """Where case ``index``'s boxes are read from (module docstring)."""
         case = self.cases[index]
-        return Path(case.files["boxes"]) if "boxes" in case.files else self.path.parent / f"{case.name}.boxes.json"
+        return Path(case.files["boxes"]) if "boxes" in case.files else self._own_boxes_path(index)
+
+    def _own_boxes_path(self, index: int) -> Path:
+        return case_file(self.path.parent, self.cases[index].name, BOXES_SUFFIX)
+
+    def _writable_boxes_path(self, index: int) -> Path:
+        """Where case ``index``'s boxes are written: the box file the dataset names when it lies in the
+        dataset's folder (or below), else ``<case>.boxes.json`` beside the dataset file — a dataset file
+        never makes WeakSeg write or delete outside its folder."""
+        named = self.boxes_path(index)
+        return named if inside(named, self.path.parent) else self._own_boxes_path(index)
 
     def boxes(self, index: int) -> BoxSet | None:
         """Case ``index``'s boxes, or None before any were saved."""
@@ -111,7 +128,7 @@ class Worklist:
     def save_boxes(self, index: int, boxset: BoxSet) -> Path:
         """Write case ``index``'s boxes; the first time, the dataset file names the box file and the case
         becomes a training case."""
-        path = save_boxes(boxset, self.boxes_path(index))
+        path = save_boxes(boxset, self._writable_boxes_path(index))
         self._counts[index] = len(boxset.boxes)
         case = self.cases[index]
         if case.files.get("boxes") != str(path) or case.split != "training":
@@ -123,7 +140,7 @@ class Worklist:
     def clear_boxes(self, index: int) -> Path:
         """Case ``index`` has no box any more: its box file is removed, the dataset file no longer names it,
         and the case is a test case again unless other labels (sizes, partial labels) train it."""
-        path = self.boxes_path(index)
+        path = self._writable_boxes_path(index)
         path.unlink(missing_ok=True)
         self._counts[index] = 0
         case = self.cases[index]

@@ -34,7 +34,7 @@ from WeakSegLib.events import EventSink
 from WeakSegLib.io.atomic import Staged, check_writable, json_bytes
 from WeakSegLib.io.boxes import Box, BoxSet, box_file_bytes, check_boxes_fit, load_boxes, split_box, validate_boxes
 from WeakSegLib.io.card import TightenerCard
-from WeakSegLib.io.volume import Volume, read_volume
+from WeakSegLib.io.volume import Volume, check_not_constant, read_volume
 from WeakSegLib.tightener.model import classify, compatibility_warnings, load_tightener
 from WeakSegLib.tightener.patches import (
     Extent,
@@ -184,6 +184,7 @@ def tighten_file(model_dir: str | os.PathLike, image: str | os.PathLike, boxes: 
         check_writable(path, "output file")
     model = load_tightener(model_dir)
     volume = read_volume(image)
+    check_not_constant(volume.array, str(image), "tighten boxes on")
     boxset = load_boxes(boxes)
     result, report = tighten(model, volume, boxset, settings, device=device, on_event=on_event,
                              should_stop=should_stop)
