@@ -47,6 +47,7 @@ class WeakSegInferParameterNode:
     inputVolume: slicer.vtkMRMLScalarVolumeNode
     outputSegmentation: slicer.vtkMRMLSegmentationNode
     device: Annotated[str, Choice(list(DEVICES))] = DEFAULT_DEVICE
+    postprocess: bool = True
     dataset: str = ""
     cases: Annotated[str, Choice(list(SPLIT_CHOICES))] = next(iter(SPLIT_CHOICES))
     outputFolder: str = ""
@@ -133,7 +134,7 @@ class WeakSegInferWidget(ParameterNodePanel, ScriptedLoadableModuleWidget, VTKOb
             self.pathFields.remember()
             parameters = self.parameters
             job = self.logic.predict(parameters.modelFolder, parameters.inputVolume, parameters.outputSegmentation,
-                                     device=parameters.device)
+                                     device=parameters.device, postprocess=parameters.postprocess)
             self.ui.statusLabel.setText(_("Predicting…"))
             self.watcher.watch(job, onEnd=self.onPredicted)
             self.updateApply()
@@ -158,7 +159,8 @@ class WeakSegInferWidget(ParameterNodePanel, ScriptedLoadableModuleWidget, VTKOb
             self.pathFields.remember()
             parameters = self.parameters
             job = self.logic.predictDataset(parameters.modelFolder, parameters.dataset, parameters.outputFolder,
-                                            split=SPLIT_CHOICES[parameters.cases], device=parameters.device)
+                                            split=SPLIT_CHOICES[parameters.cases], device=parameters.device,
+                                            postprocess=parameters.postprocess)
             self.datasetResult, self.resultNames = None, []
             self.ui.datasetResultsTable.setRowCount(0)
             self.ui.statusLabel.setText(_("Predicting the cases…"))
@@ -226,20 +228,23 @@ class WeakSegInferLogic(ScriptedLoadableModuleLogic):
         except WeakSegError as exc:
             return str(exc), False
 
-    def predict(self, folder, volumeNode, segmentationNode=None, device: str = "auto", wait: bool = False):
+    def predict(self, folder, volumeNode, segmentationNode=None, device: str = DEFAULT_DEVICE, wait: bool = False,
+                postprocess: bool = True):
         """Segment ``volumeNode`` with the model in ``folder`` into ``segmentationNode`` (new when None).
 
-        Segments are named and coloured from the model card and reference the volume's geometry. Returns
-        a :class:`~WeakSegLib.mrml.tasks.NodeJob`, or with ``wait=True`` the segmentation node.
+        Segments are named and coloured from the model card and reference the volume's geometry; the
+        card's post-processing is applied unless ``postprocess`` is False. Returns a
+        :class:`~WeakSegLib.mrml.tasks.NodeJob`, or with ``wait=True`` the segmentation node.
         """
         if volumeNode is None:
             raise WeakSegError("select an input volume")
-        job = tasks.start_prediction(folder, volumeNode, segmentationNode, device=device, python=self.python)
+        job = tasks.start_prediction(folder, volumeNode, segmentationNode, device=device, python=self.python,
+                                     postprocess=postprocess)
         return job.wait() if wait else job
 
     # --- a dataset or a folder ------------------------------------------------------------------------
-    def predictDataset(self, folder, dataset, outFolder, split: str | None = "test", device: str = "auto",
-                       wait: bool = False):
+    def predictDataset(self, folder, dataset, outFolder, split: str | None = "test", device: str = DEFAULT_DEVICE,
+                       wait: bool = False, postprocess: bool = True):
         """Segment the cases of ``split`` (None: every case) of a dataset file, or of a folder of images,
         in the background: one ``<case>.seg.nrrd`` per case in ``outFolder`` (segments named and coloured
         from the card; a case that fails is skipped), scored against the cases' reference masks as
@@ -250,7 +255,8 @@ class WeakSegInferLogic(ScriptedLoadableModuleLogic):
         if not cases:
             raise WeakSegError(f"{worklist.path} has no {split} case")
         self.lastDataset = worklist
-        job = tasks.start_dataset_prediction(folder, cases, outFolder, device=device, python=self.python)
+        job = tasks.start_dataset_prediction(folder, cases, outFolder, device=device, python=self.python,
+                                             postprocess=postprocess)
         return job.wait() if wait else job
 
     def scores(self, result) -> list[dict]:

@@ -26,6 +26,8 @@ from WeakSegLib.recipes.registry import AUTO_RECIPE, DEFAULT_RECIPE, recipe_spec
 DEVICES = ("auto", "cpu", "cuda", "mps")
 #: the device every job takes unless told otherwise
 DEFAULT_DEVICE = DEVICES[0]
+#: connected-component post-processing of a label (:mod:`WeakSegLib.engine.postprocess`), mildest first
+POSTPROCESS_STEPS = ("none", "drop-small", "largest")
 #: intensity normalisations of one image (:func:`WeakSegLib.io.volume.normalize`)
 NORMALIZATIONS = ("percentile", "minmax", "ct-window", "none")
 #: normalisations of a training cohort (:mod:`WeakSegLib.engine.preprocess`): ``ct`` maps every case
@@ -239,6 +241,8 @@ class TrainConfig:
     labels: list[int] | None = option(None, "train only these label values (repeat; default: all)", flag="--label")
     eval_every: int = option(1, "epochs between Dice evaluations of --eval-mask")
     augment: bool = option(False, "random mirroring of each batch (boxes follow)")
+    postprocess: bool = option(True, "decide the connected-component post-processing of each label on the training "
+                                     "cases after training (kept in the model card, applied by predict)")
     proposal_every: int = option(10, "deepcut: epochs between CRF label revisions (k)")
     proposal_until: float = option(0.5, "deepcut: no revision after this fraction of the epochs (the network, "
                                         "re-initialised at each revision, then trains on the last labels to the end)")
@@ -377,7 +381,7 @@ class TrainConfig:
     def fingerprint(self) -> dict:
         """Settings that must match for a checkpoint to be resumed (all but epochs, device and
         what only changes reporting or speed)."""
-        return fingerprint(self, ("epochs", "device", "eval_every", "processes", "cache_gb", "workers"))
+        return fingerprint(self, ("epochs", "device", "eval_every", "processes", "cache_gb", "workers", "postprocess"))
 
 
 def check_patch_geometry(patch: int, stride: int) -> None:

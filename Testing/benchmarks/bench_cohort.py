@@ -12,13 +12,17 @@ Every run is the real command line (``python -m WeakSegLib``) in its own process
 * ``cross``: cross-subject accuracy. The thoracic spine of the slicerio chest CT (stored RAS, 10 mm
   slices, −3024 outside the field of view) and the lumbar vertebrae of the TPTBox spine CT (1.5 mm):
   train on one with tight axial slice boxes, ``predict --dataset`` the other, both directions; and
-  the three vertebral bodies of the spine CT as crops of their own slices, leave-one-out. The default
-  box recipe beside ``full`` (trained on the masks). With ``--reference-checkout DIR`` (a checkout of
-  the code before the cohort pipeline, e.g. ``git worktree add /tmp/before 3c1ed0a``), the same cases
-  run through that code too (its ``train --image … --axis auto`` and ``predict --image``).
+  the three vertebral bodies of the spine CT as crops of their own slices, leave-one-out
+  (``--pairs-only``: the two subjects only). The default box recipe (``auto``, or ``--recipe``) beside
+  ``full`` (trained on the masks); each prediction is scored as the network gives it and after the
+  post-processing the model decided on its training cases (Dice / HD95 mm → Dice / HD95 (step)). With
+  ``--reference-checkout DIR`` (a checkout of the code before the cohort pipeline, e.g. ``git worktree
+  add /tmp/before 3c1ed0a``), the same cases run through that code too (its ``train --image … --axis
+  auto`` and ``predict --image``).
 
     python Testing/benchmarks/bench_cohort.py --parts memory speed
     python Testing/benchmarks/bench_cohort.py --parts cross --reference-checkout /tmp/before --json cross.json
+    python Testing/benchmarks/bench_cohort.py --parts cross --pairs-only --json pairs.json
 """
 
 from __future__ import annotations
@@ -168,16 +172,23 @@ def vertebral_body_crops(folder: Path) -> dict[str, dict]:
 
 
 def run_pair(folder: Path, train_cases: list[dict], test_case: dict, recipe: str, code: Path, new: bool,
-             epochs: int) -> float:
-    """Train ``recipe`` on ``train_cases``, predict ``test_case`` with the code of ``code``; its Dice."""
+             epochs: int) -> dict:
+    """Train ``recipe`` on ``train_cases``, predict ``test_case`` with the code of ``code``; its Dice and
+    HD95 (mm), and with the new code also after the post-processing the model decided on its training
+    cases (``post_dice``, ``post_hd95``, ``steps``)."""
     model, preds = folder / "model", folder / "preds"
+    scores = {}
     if new:
         dataset = folder.parent / f"{folder.name}.json"  # beside the case files its paths name
         test = {k: test_case[k] for k in ("name", "image", "mask")}
         dataset.write_text(json.dumps({"training": train_cases, "test": [test]}))
         weakseg(["train", "--dataset", dataset, "--recipe", recipe, "--out", model, "--epochs", epochs, "--quiet",
                  "--no-resume", "--eval-every", epochs], code)  # scored once, by predict + evaluate
-        weakseg(["predict", "--model", model, "--dataset", dataset, "--out-dir", preds], code)
+        weakseg(["predict", "--model", model, "--dataset", dataset, "--out-dir", folder / "post"], code)
+        post = evaluate_cases(folder / "post", [(test_case["name"], str(folder.parent / test_case["mask"]))], [1])
+        steps = json.loads((model / "model.json").read_text()).get("postprocess", {}).get("steps", {})
+        scores = {"post_dice": post.scores[0].dice, "post_hd95": post.scores[0].hd95, "steps": steps.get("1")}
+        weakseg(["predict", "--model", model, "--dataset", dataset, "--out-dir", preds, "--no-postprocess"], code)
     else:
         base = folder.parent
         given = [a for c in train_cases for a in ("--image", base / c["image"],
@@ -189,22 +200,22 @@ def run_pair(folder: Path, train_cases: list[dict], test_case: dict, recipe: str
         weakseg(["predict", "--model", model, "--image", base / test_case["image"], "--out",
                  preds / f"{test_case['name']}.nii.gz", "--quiet"], code)
     result = evaluate_cases(preds, [(test_case["name"], str(folder.parent / test_case["mask"]))], [1])
-    return result.scores[0].dice
+    return {"dice": result.scores[0].dice, "hd95": result.scores[0].hd95, **scores}
 
 
 def cross(args, tmp: Path) -> dict:
-    from WeakSegLib.recipes.registry import DEFAULT_RECIPE
-
     codes = [("new", REPO, True)] + ([("before", Path(args.reference_checkout), False)] if args.reference_checkout
                                      else [])
-    recipes = (DEFAULT_RECIPE, "full")
+    recipes = (args.recipe, "full")
     data = tmp / "cross"
     data.mkdir()
     subject = subjects(data)
     bodies = vertebral_body_crops(data)
     tasks = [(f"{a} → {b}", [subject[a]], subject[b]) for a, b in (("spine-ct", "chest-ct-spine"),
                                                                     ("chest-ct-spine", "spine-ct"))]
-    tasks += [(f"vertebral bodies, leave {k} out", [c for n, c in bodies.items() if n != k], bodies[k]) for k in bodies]
+    if not args.pairs_only:
+        tasks += [(f"vertebral bodies, leave {k} out", [c for n, c in bodies.items() if n != k], bodies[k])
+                  for k in bodies]
     results: dict = {}
     for title, train_cases, test_case in tasks:
         for code_name, code, new in codes:
@@ -213,17 +224,31 @@ def cross(args, tmp: Path) -> dict:
                 run.mkdir()
                 score = run_pair(run, train_cases, test_case, recipe, code, new, args.epochs)
                 results.setdefault(title, {}).setdefault(code_name, {})[recipe] = score
-                print(f"  {title:36s} {code_name:6s} {recipe:26s} Dice {score:.3f}", flush=True)
+                print(f"  {title:36s} {code_name:6s} {recipe:26s} " + _shown(score), flush=True)
     header = " | ".join(f"{recipe} ({code})" for code, _, _ in codes for recipe in recipes)
     print(f"\n| train → predict | {header} |\n|---|" + "---|" * (len(codes) * len(recipes)))
     for title, by_code in results.items():
-        print(f"| {title} | " + " | ".join(f"{by_code[c][r]:.3f}" for c, _, _ in codes for r in recipes) + " |")
+        print(f"| {title} | " + " | ".join(_shown(by_code[c][r]) for c, _, _ in codes for r in recipes) + " |")
     loo = [t for t in results if t.startswith("vertebral")]
     for code, _, _ in codes:
         for recipe in recipes:
-            values = [results[t][code][recipe] for t in loo]
-            print(f"leave-one-out mean, {recipe} ({code}): {np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}")
+            if loo:
+                values = [results[t][code][recipe]["dice"] for t in loo]
+                print(f"leave-one-out mean Dice, {recipe} ({code}): {np.mean(values):.3f} "
+                      f"± {np.std(values, ddof=1):.3f}")
     return results
+
+
+def _hd(value) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
+def _shown(score: dict) -> str:
+    """Dice / HD95 (mm) as predicted, then after the model's post-processing (its step) when measured."""
+    text = f"{score['dice']:.3f} / {_hd(score['hd95'])}"
+    if "post_dice" in score:
+        text += f" → {score['post_dice']:.3f} / {_hd(score['post_hd95'])} ({score['steps']})"
+    return text
 
 
 def main() -> None:
@@ -235,6 +260,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the speed part")
     p.add_argument("--epochs", type=int, default=100, help="epochs of the cross-subject runs")
     p.add_argument("--reference-checkout", help="a checkout of the code before the cohort pipeline (cross part)")
+    p.add_argument("--recipe", default="auto", help="the box recipe of the cross part, beside full (default: auto)")
+    p.add_argument("--pairs-only", action="store_true", help="cross part: the two subjects only (no leave-one-out)")
     args = parse(p)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:

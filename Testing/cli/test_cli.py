@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 
+from WeakSegLib.engine.postprocess import apply
 from WeakSegLib.io.boxes import load_boxes
 from WeakSegLib.io.volume import read_label_volume, read_volume
 
@@ -139,16 +140,23 @@ def test_demo_writes_report_model_prediction_and_curves(tmp_path):
     out = tmp_path / "demo"
     weakseg("demo", "--out", out, "--epochs", 1, "--quiet")
     report = (out / "report.md").read_text()
-    for row in ("filled boxes (no training)", "tightness+size+emptiness", "box-mask", "full"):
+    picked = json.loads((out / "model-auto" / "model.json").read_text())["recipe"]
+    assert picked == "boxsup"  # auto's pick for tight slice boxes, named in the report
+    for row in ("filled boxes (no training)", f"auto ({picked})", "box-mask", "full"):
         assert f"| {row} |" in report
-    assert (out / "prediction.nii.gz").exists() and (out / "model-tightness+size+emptiness" / "model.json").exists()
-    for png in ("training_curves.png", "overlay.png", "cross-subject/overlay-full.png"):
+    assert (out / "prediction.nii.gz").exists()
+    for png in ("training_curves.png", "overlay.png", "cross-subject/overlay-full.png", "cross-subject/overlay-auto.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     other = report[report.index("## Another subject: trained on `spine-ct`, predicting `chest-ct-spine`"):]
-    for row in ("filled boxes (no training)", "tightness+size+emptiness", "full"):
-        assert f"| {row} |" in other
-    prediction = read_label_volume(out / "cross-subject" / "predictions-full" / "chest-ct-spine.nii.gz")
-    assert prediction.shape == read_volume(out / "cross-subject" / "chest-ct-spine" / "image.nii.gz").shape
+    for recipe, model in ((f"auto ({picked})", "model-auto"), ("full", "model-full")):
+        steps = json.loads((out / "cross-subject" / model / "model.json").read_text())["postprocess"]["steps"]
+        assert f"| {recipe} |" in other and f"| {recipe}, post-processed ({steps['1']}) |" in other
+    assert "| filled boxes (no training) |" in other
+    raw, post = (read_label_volume(out / "cross-subject" / f"predictions-full{s}" / "chest-ct-spine.nii.gz")
+                 for s in ("-raw", ""))
+    assert raw.shape == read_volume(out / "cross-subject" / "chest-ct-spine" / "image.nii.gz").shape
+    steps = json.loads((out / "cross-subject" / "model-full" / "model.json").read_text())["postprocess"]["steps"]
+    np.testing.assert_array_equal(post.array, apply(raw.array, {1: steps["1"]}))
 
 
 def test_tighten_train_then_tighten(spine_ct, tmp_path):

@@ -133,9 +133,10 @@ def load_ui(module: str) -> QWidget:
 
 
 def child_widget_variables(widget: QWidget) -> types.SimpleNamespace:
-    """What ``slicer.util.childWidgetVariables`` makes of a loaded .ui: every named child widget as an
-    attribute of that name (Slicer v5.12.0 Base/Python/slicer/util.py)."""
-    return types.SimpleNamespace(**{child.objectName(): child for child in widget.findChildren(QWidget)
+    """What ``slicer.util.childWidgetVariables`` makes of a loaded .ui: every named descendant (widgets and
+    layouts: ``findChildren`` walks ``children()``) as an attribute of that name (Slicer v5.12.0
+    Base/Python/slicer/util.py)."""
+    return types.SimpleNamespace(**{child.objectName(): child for child in widget.findChildren(QObject)
                                     if child.objectName()})
 
 

@@ -300,3 +300,13 @@ def test_the_self_tests_install_nothing_and_skip_without_the_packages(wired, mon
         with pytest.raises(unittest.SkipTest, match="monai==1.6.1"):
             test.runTest()
     assert installs == []
+
+
+def test_the_infer_panels_post_processing_switch_reaches_the_worker(wired, spine_nodes, tiny_model, tmp_path):
+    """Predictions from the panels apply the card's post-processing unless the panel's switch is off: the
+    worker job says which, for one volume and for a dataset."""
+    infer = WeakSegInferLogic()
+    for postprocess in (True, False):
+        job = infer.predict(tiny_model, spine_nodes[0], postprocess=postprocess)
+        assert json.loads(job.handle.job_path.read_text())["postprocess"] is postprocess
+        assert job.wait(timeout=120).GetSegmentation().GetNumberOfSegments() == 1

@@ -23,6 +23,7 @@ from WeakSegLib import __version__
 from WeakSegLib.app.jobs import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_OK
 from WeakSegLib.app.progress import ProgressPrinter
 from WeakSegLib.config import (
+    DEFAULT_DEVICE,
     DEVICES,
     DIST_BACKENDS,
     SPLITS,
@@ -268,7 +269,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise WeakSegError("give --out: the label volume to write")
         printer = ProgressPrinter(None, args.quiet)
         result = predict_file(args.model, args.image, args.out, prob_out=args.prob, device=args.device,
-                              on_event=printer)
+                              on_event=printer, postprocess=args.postprocess)
         print(f"prediction → {result['prediction']}" + (f", probability → {result['probability']}" if args.prob else ""))
         return EXIT_OK
     if not args.out_dir or args.out or args.prob:
@@ -280,7 +281,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             what = f"→ {event['prediction']}" if "prediction" in event else f"skipped: {event['error']}"
             print(f"[{event['done']}/{event['of']}] {event['name']} {what}", flush=True)
 
-    results = predict_cases(args.model, _prediction_cases(args), args.out_dir, device=args.device, on_event=report)
+    results = predict_cases(args.model, _prediction_cases(args), args.out_dir, device=args.device, on_event=report,
+                            postprocess=args.postprocess)
     failed = [r.name for r in results if r.error]
     if failed:
         print(f"weakseg: error: {len(failed)} of {len(results)} cases failed ({', '.join(failed)}); the others "
@@ -580,7 +582,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dataset", help="dataset file: predict the cases of --split (with --out-dir)")
     r.add_argument("--split", choices=SPLITS, default="test", help="cases of --dataset to predict (default: test)")
     r.add_argument("--out-dir", help="folder of the predictions of --images or --dataset (<case>.nii.gz)")
-    r.add_argument("--device", choices=DEVICES, default="auto")
+    r.add_argument("--device", choices=DEVICES, default=DEFAULT_DEVICE)
+    r.add_argument("--no-postprocess", dest="postprocess", action="store_false",
+                   help="skip the connected-component post-processing the model card holds (the network's labels)")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=cmd_predict)
 

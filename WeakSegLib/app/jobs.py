@@ -7,7 +7,7 @@ A job is a JSON file (:func:`write_job`)::
      "config": {"recipe": "tightness+size+emptiness", "epochs": 50, ...},       # TrainConfig fields
      "gpus": 1}                      # > 1: that many processes under PyTorch's launcher (WeakSegLib.app.launch)
     {"kind": "predict", "model": "MODEL_DIR", "image": "img.nrrd", "out": "pred.nrrd",
-     "prob_out": null, "device": "auto"}
+     "prob_out": null, "device": "auto", "postprocess": true}    # false: skip the card's post-processing
     {"kind": "tighten-train", "out": "TIGHTENER_DIR", "resume": true,
      "cases": [{"image": "img.nrrd", "mask": "labels.nrrd"}], "config": {...}}     # TightenerConfig fields
     {"kind": "tighten", "model": "TIGHTENER_DIR", "image": "img.nrrd", "boxes": "boxes3d.json",
@@ -57,11 +57,11 @@ JOB_FIELDS = {
               "gpus": (int, False)},
     "tighten-train": {"out": (str, True), "cases": (list, True), "config": (dict, False), "resume": (bool, False)},
     "predict": {"model": (str, True), "image": (str, True), "out": (str, True), "prob_out": (str, False),
-                "device": (str, False)},
+                "device": (str, False), "postprocess": (bool, False)},
     "tighten": {"model": (str, True), "image": (str, True), "boxes": (str, True), "out": (str, True),
                 "settings": (dict, False), "device": (str, False)},
     "predict-cases": {"model": (str, True), "cases": (list, True), "out_dir": (str, True), "suffix": (str, False),
-                      "device": (str, False)},
+                      "device": (str, False), "postprocess": (bool, False)},
 }
 JOB_KINDS = tuple(JOB_FIELDS)
 

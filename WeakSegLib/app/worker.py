@@ -60,7 +60,7 @@ def _predict_cases(job: dict, should_stop) -> dict:
             raise JobFileError(f"job case {i}: needs a 'name' and an 'image' (texts), got {case!r}")
     results = predict_cases(job["model"], [(c["name"], c["image"]) for c in cases], job["out_dir"],
                             device=job.get("device") or "auto", on_event=emit, should_stop=should_stop,
-                            suffix=job.get("suffix") or PREDICTION_SUFFIX)
+                            suffix=job.get("suffix") or PREDICTION_SUFFIX, postprocess=job.get("postprocess", True))
     payload: dict = {"out_dir": job["out_dir"], "predictions": {r.name: r.prediction for r in results},
                      "failed": {r.name: r.error for r in results if r.error}}
     references = [(c["name"], c["mask"]) for c in cases if c.get("mask")]
@@ -94,7 +94,8 @@ def run_job(job: dict, should_stop) -> dict:
     from WeakSegLib.engine.inference import predict_file
 
     result = predict_file(job["model"], job["image"], job["out"], prob_out=job.get("prob_out"),
-                          device=job.get("device", "auto"), on_event=emit, should_stop=should_stop)
+                          device=job.get("device", "auto"), on_event=emit, should_stop=should_stop,
+                          postprocess=job.get("postprocess", True))
     emit(events.done(**result))
     return result
 

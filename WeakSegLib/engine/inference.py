@@ -20,6 +20,7 @@ from WeakSegLib import events
 from WeakSegLib.engine.data import padded_size, stack_context
 from WeakSegLib.engine.devices import resolve_device
 from WeakSegLib.engine.model import load_model
+from WeakSegLib.engine.postprocess import apply as postprocessed
 from WeakSegLib.engine.preprocess import Plan, canonicalize, to_input_grid
 from WeakSegLib.errors import CancelledError, InputError, OutputError, WeakSegError
 from WeakSegLib.events import EventSink
@@ -116,10 +117,12 @@ def predict_volume(model: str | os.PathLike | tuple[torch.nn.Module, ModelCard],
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
         probabilities: also return the foreground probability 1 − p(background), float32.
         on_event: receives ``predict`` progress events and warnings (:mod:`WeakSegLib.events`).
+        name: the image's name in messages.
 
     Returns:
-        ``(labels, probability)``: label values of the card (uint8/uint16) on the input grid, and
-        the probability volume or None.
+        ``(labels, probability)``: label values of the card (uint8/uint16) on the input grid, after the
+        card's connected-component post-processing (:mod:`~WeakSegLib.engine.postprocess`; none for a card
+        without one, or loaded with ``postprocess=False``), and the network's probability volume or None.
     """
     network, card = load_model(model) if not isinstance(model, tuple) else model
     emit = on_event or events.ignore
@@ -142,13 +145,16 @@ def predict_volume(model: str | os.PathLike | tuple[torch.nn.Module, ModelCard],
     cls = probs.argmax(0).numpy()
     values = np.array([0] + [entry.value for entry in card.labels])
     labels = values[cls].astype(np.uint16 if values.max() > 255 else np.uint8)
+    if card.postprocess_steps():
+        labels = postprocessed(labels, card.postprocess_steps())
     prob = volume.with_array((1.0 - probs[0]).numpy().astype(np.float32)) if probabilities else None
     return volume.with_array(labels), prob
 
 
 def predict_file(model_dir: str | os.PathLike | tuple[torch.nn.Module, ModelCard], image: str | os.PathLike,
                  out: str | os.PathLike, *, prob_out: str | os.PathLike | None = None, device: str = "auto",
-                 on_event: EventSink | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
+                 on_event: EventSink | None = None, should_stop: Callable[[], bool] | None = None,
+                 postprocess: bool = True) -> dict:
     """Read ``image``, predict, write the label volume (and probability map). An ``out`` ending in
     ``.seg.nrrd`` is written as a 3D Slicer segmentation file (:mod:`WeakSegLib.io.segfile`).
 
@@ -158,6 +164,7 @@ def predict_file(model_dir: str | os.PathLike | tuple[torch.nn.Module, ModelCard
 
     Args:
         model_dir: model folder, or ``(network, card)`` already loaded.
+        postprocess: apply the card's post-processing (a folder's; a loaded card is taken as it is).
 
     Returns:
         ``{"prediction": path, "probability": path or None}``.
@@ -168,7 +175,7 @@ def predict_file(model_dir: str | os.PathLike | tuple[torch.nn.Module, ModelCard
     for path in outputs:
         check_output_volume(path)
         remove_stale_temporaries(Path(path).parent, [Path(path).name])  # what a killed run left of this output
-    model = model_dir if isinstance(model_dir, tuple) else load_model(model_dir)
+    model = model_dir if isinstance(model_dir, tuple) else load_model(model_dir, postprocess)
     volume = read_volume(image)
     labels, prob = predict_volume(model, volume, device=device, probabilities=prob_out is not None, name=str(image),
                                   on_event=on_event, should_stop=should_stop)
@@ -200,9 +207,11 @@ def prediction_path(out_dir: str | os.PathLike, name: str, suffix: str = PREDICT
 
 def predict_cases(model_dir: str | os.PathLike, cases: Sequence[tuple[str, str]], out_dir: str | os.PathLike, *,
                   device: str = "auto", on_event: EventSink | None = None,
-                  should_stop: Callable[[], bool] | None = None, suffix: str = PREDICTION_SUFFIX) -> list[CaseResult]:
+                  should_stop: Callable[[], bool] | None = None, suffix: str = PREDICTION_SUFFIX,
+                  postprocess: bool = True) -> list[CaseResult]:
     """Predict every ``(name, image)`` of ``cases`` into ``out_dir/<name><suffix>`` (default ``.nii.gz``;
-    ``.seg.nrrd``: Slicer segmentation files) with one model.
+    ``.seg.nrrd``: Slicer segmentation files) with one model (its card's post-processing applied unless
+    ``postprocess`` is False).
 
     The case names (each a safe file name, :mod:`WeakSegLib.io.names`), the output folder and the model
     are checked before the first case; the folder is locked while this run writes it (a second run into
@@ -218,7 +227,7 @@ def predict_cases(model_dir: str | os.PathLike, cases: Sequence[tuple[str, str]]
     if twice:
         raise InputError(f"two cases are named {', '.join(twice)}: their predictions would overwrite each other")
     out = check_output_folder(out_dir, "prediction folder")
-    model = load_model(model_dir)
+    model = load_model(model_dir, postprocess)
     with FolderLock(out, "prediction"):  # one run writes the folder; what a killed one left is removed
         return _predict_each(model, cases, out, device, on_event or events.ignore, should_stop, suffix)
 

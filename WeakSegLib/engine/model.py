@@ -83,8 +83,9 @@ def load_weights(folder: str | os.PathLike, network: torch.nn.Module, card: Any)
     return network.eval()
 
 
-def load_model(folder: str | os.PathLike) -> tuple[torch.nn.Module, ModelCard]:
-    """Network (eval mode, CPU) and card of a segmentation model folder.
+def load_model(folder: str | os.PathLike, postprocess: bool = True) -> tuple[torch.nn.Module, ModelCard]:
+    """Network (eval mode, CPU) and card of a segmentation model folder; with ``postprocess`` False the
+    card's post-processing is dropped (its predictions are the network's argmax).
 
     Raises:
         ModelError: missing folder, card or weights; corrupt files; weights that do not fit the
@@ -98,4 +99,6 @@ def load_model(folder: str | os.PathLike) -> tuple[torch.nn.Module, ModelCard]:
         network = build_from_card(card)
     except WeakSegError as exc:  # the card is at fault: say so, in one line
         raise ModelError(f"{where}: {exc}") from exc
+    if not postprocess:
+        card.postprocess = {}
     return load_weights(folder, network, card), card

@@ -34,18 +34,20 @@ from WeakSegLib.engine.cohort import Cohort, read_cohort, recipe_for
 from WeakSegLib.engine.data import SampleSet, flip_batch
 from WeakSegLib.engine.devices import autocast_dtype
 from WeakSegLib.engine.distributed import SINGLE, Distributed, join
-from WeakSegLib.engine.inference import predict_probabilities, window_probabilities
+from WeakSegLib.engine.inference import predict_probabilities, predict_volume, window_probabilities
 from WeakSegLib.engine.loop import LoopSettings, run_epochs, step_generator
-from WeakSegLib.engine.model import build_from_card, save_model
+from WeakSegLib.engine.model import build_from_card, load_model, save_model
 from WeakSegLib.engine.patches import crop_patches
+from WeakSegLib.engine.postprocess import MAX_CASES, Decision, decide
 from WeakSegLib.engine.recipe import Recipe, RecipeContext
 from WeakSegLib.engine.store import SliceStore, StoreBatches
 from WeakSegLib.events import EventSink
-from WeakSegLib.io.atomic import check_output_folder
+from WeakSegLib.io.atomic import atomic_write_json, check_output_folder
+from WeakSegLib.io.boxes import load_boxes, rasterize
 from WeakSegLib.io.card import CARD, InputSpec, LabelSpec, ModelCard, NetworkSpec, default_color
 from WeakSegLib.io.labels import IGNORE
 from WeakSegLib.io.lock import FolderLock
-from WeakSegLib.io.volume import Normalization
+from WeakSegLib.io.volume import Normalization, read_label_volume, read_volume
 from WeakSegLib.recipes.registry import recipe_spec
 
 CHECKPOINT = "checkpoint.pt"
@@ -162,10 +164,38 @@ def train(cases: Sequence[TrainCase], config: TrainConfig, out_dir: str | os.Pat
             finally:
                 if isinstance(cohort.samples, SliceStore):
                     cohort.samples.close()
+            if group.main and config.postprocess:
+                card.postprocess = decide_postprocessing(out, cases, card, device).to_dict()
+                atomic_write_json(out / CARD, card.to_dict())
     finally:
         group.leave()
     emit(events.done(model=str(out), card=str(out / CARD), metrics=card.metrics))
     return card
+
+
+def decide_postprocessing(folder: Path, cases: Sequence[TrainCase], card: ModelCard,
+                          device: torch.device) -> Decision:
+    """The connected-component post-processing of the model in ``folder`` (:mod:`~WeakSegLib.engine.postprocess`),
+    decided on up to :data:`~WeakSegLib.engine.postprocess.MAX_CASES` training cases: each predicted on its
+    own grid and compared, per label, with its mask (``mask`` or ``eval_mask``) or else its filled boxes.
+    Cases with neither (sizes, partial labels) are not used."""
+    model = load_model(folder)
+    values = [entry.value for entry in card.labels]
+    used = [tc for tc in cases if tc.mask or tc.eval_mask or tc.boxes][:MAX_CASES]
+    kinds = {"masks" if tc.mask or tc.eval_mask else "boxes" for tc in used}
+
+    def pairs():
+        for tc in used:
+            image = read_volume(tc.image)
+            labels, _ = predict_volume(model, image, device=str(device), name=tc.image)
+            if tc.mask or tc.eval_mask:
+                mask = read_label_volume(tc.mask or tc.eval_mask).array
+                yield labels.array, {v: mask == v for v in values}
+            else:
+                filled = rasterize(load_boxes(tc.boxes).boxes, image.shape, values)
+                yield labels.array, {v: filled[i].astype(bool) for i, v in enumerate(values)}
+
+    return decide(pairs(), values, " and ".join(sorted(kinds)))
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

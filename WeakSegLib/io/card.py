@@ -16,7 +16,9 @@ Two card formats share the layout:
      "recipe": "tightness+size+emptiness",
      "training": {... the TrainConfig, "cases": [...] ...},
      "history": [{"epoch": 1, "loss": ..., "dice": ...}, ...], "metrics": {"loss": ..., "dice": ...},
-     "versions": {"weakseg": "...", "torch": "...", "monai": "..."}}
+     "versions": {"weakseg": "...", "torch": "...", "monai": "..."},
+     "postprocess": {"steps": {"1": "largest"}, "scores": {"1": {"none": 0.81, ...}}, "reference": "masks",
+                     "cases": 3}}          # decided on the training cases; absent: none
 
 - ``weakseg-tightener`` (:class:`TightenerCard`), a box tightener's patch classifier (network, patch
   grid, threshold, the intensity profile of its training images; :mod:`WeakSegLib.tightener`).
@@ -32,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from WeakSegLib.config import DEFAULT_CHANNELS
+from WeakSegLib.config import DEFAULT_CHANNELS, POSTPROCESS_STEPS
 from WeakSegLib.errors import ModelError
 from WeakSegLib.io.fields import Fields, read_versioned
 from WeakSegLib.io.volume import MAX_LABEL, Normalization
@@ -109,8 +111,14 @@ class ModelCard:
     history: list[dict] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
+    postprocess: dict = field(default_factory=dict)
 
     FORMAT = MODEL_FORMAT
+
+    def postprocess_steps(self) -> dict[int, str]:
+        """``{label value: step}`` of the card's post-processing (:mod:`WeakSegLib.engine.postprocess`),
+        empty for a card written before it or a model trained without it."""
+        return {int(k): v for k, v in self.postprocess.get("steps", {}).items()}
 
     def label_table(self) -> dict[int, dict]:
         """``{value: {"name", "color"}}`` in class order (what segmentation nodes are made from)."""
@@ -140,8 +148,14 @@ class ModelCard:
         if network.out_channels != len(labels) + 1:
             raise ModelError(f"{where}: {len(labels)} labels but {network.out_channels} network outputs "
                              "(one per label and the background)")
+        post = card.sub("postprocess", {})
+        values = {entry.value for entry in labels}
+        for key, step in post.mapping("steps", {}).items():
+            if not key.isdigit() or int(key) not in values or step not in POSTPROCESS_STEPS:
+                raise ModelError(f"{where}: postprocess.steps maps {key!r} to {step!r}; give label values of the card "
+                                 f"and steps of {', '.join(POSTPROCESS_STEPS)}")
         return cls(network, spec, labels, card.text("recipe", "?"), card.mapping("training", {}),
-                   card.items("history", []), card.mapping("metrics", {}), card.mapping("versions", {}))
+                   card.items("history", []), card.mapping("metrics", {}), card.mapping("versions", {}), post.obj)
 
 
 @dataclass

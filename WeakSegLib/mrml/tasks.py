@@ -262,7 +262,7 @@ def start_dataset_training(cases: Sequence[TrainCase], out_folder: str | Path, c
 
 def start_dataset_prediction(model_folder: str | Path, cases: Sequence[tuple[str, str, str | None]],
                              out_dir: str | Path, device: str = "auto", python: str | Sequence[str] | None = None,
-                             suffix: str = SEGMENTATION_SUFFIX) -> NodeJob:
+                             suffix: str = SEGMENTATION_SUFFIX, postprocess: bool = True) -> NodeJob:
     """Predict every ``(name, image, reference mask or None)`` into ``out_dir/<name>.seg.nrrd`` (Slicer
     segmentation files, segments named and coloured from the card; a failing case is skipped). The
     result is the worker's ``done`` payload: ``predictions`` (name → file or None), ``failed``
@@ -272,7 +272,7 @@ def start_dataset_prediction(model_folder: str | Path, cases: Sequence[tuple[str
     out = chosen_folder(out_dir, "output folder")
     out.mkdir(parents=True, exist_ok=True)
     job = {"kind": "predict-cases", "model": str(model_folder), "out_dir": str(out), "suffix": suffix,
-           "device": device, "cases": [{"name": n, "image": str(i), **({"mask": str(m)} if m else {})}
+           "device": device, "postprocess": bool(postprocess), "cases": [{"name": n, "image": str(i), **({"mask": str(m)} if m else {})}
                                        for n, i, m in cases]}
     folder = Path(tempfile.mkdtemp(prefix="weakseg-"))
     handle = start_job(job, folder, python)
@@ -323,16 +323,18 @@ def start_tightening(tightener_folder: str | Path, volume_node: Any, boxset: Box
 
 
 def start_prediction(model_folder: str | Path, volume_node: Any, segmentation_node: Any = None,
-                     device: str = "auto", python: str | Sequence[str] | None = None) -> NodeJob:
+                     device: str = "auto", python: str | Sequence[str] | None = None,
+                     postprocess: bool = True) -> NodeJob:
     """Predict a label map for ``volume_node`` and put it into a segmentation node (new when None).
 
     Segments are named and coloured from the model card; the segmentation references the input
-    volume's geometry. The result is the segmentation node.
+    volume's geometry; the card's post-processing is applied unless ``postprocess`` is False. The result
+    is the segmentation node.
     """
     card = read_card(chosen_folder(model_folder, "model folder"))
     folder = Path(tempfile.mkdtemp(prefix="weakseg-"))
     job = {"kind": "predict", "model": str(model_folder), "image": _write_volume(volume_node, folder / "image.nrrd"),
-           "out": str(folder / "prediction.nrrd"), "device": device}
+           "out": str(folder / "prediction.nrrd"), "device": device, "postprocess": bool(postprocess)}
     handle = start_job(job, folder, python)
     scene = volume_node.GetScene()
 
@@ -350,8 +352,10 @@ def model_summary(folder: str | Path) -> str:
     labels = ", ".join(f"{e.value}: {e.name}" for e in card.labels)
     metrics = ", ".join(f"{k} {v:.3f}" for k, v in card.metrics.items() if isinstance(v, (int, float)))
     spacing = " × ".join(f"{s:.2f}" for s in card.input.spacing)
+    steps = ", ".join(f"{value}: {step}" for value, step in card.postprocess_steps().items() if step != "none")
     return "\n".join(line for line in (
         f"recipe: {card.recipe}    network: {card.network.name} ({card.input.mode})",
         f"labels: {labels}",
         f"trained on spacing {spacing} mm" if spacing else "",
-        f"metrics: {metrics}" if metrics else "") if line)
+        f"metrics: {metrics}" if metrics else "",
+        f"post-processing: {steps}" if steps else "") if line)
