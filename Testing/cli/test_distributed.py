@@ -18,10 +18,10 @@ from worker_events import wait_for
 from WeakSegLib.app.jobs import EXIT_CANCELLED, start_job
 from WeakSegLib.config import TrainCase, TrainConfig
 from WeakSegLib.engine.cohort import read_cohort
-from WeakSegLib.engine.distributed import Distributed, join
+from WeakSegLib.engine.distributed import SINGLE, Distributed, join
 from WeakSegLib.engine.loop import LoopSettings, epoch_order
 from WeakSegLib.engine.model import build_from_card, load_model
-from WeakSegLib.engine.training import start_recipe
+from WeakSegLib.engine.training import _dice, start_recipe
 from WeakSegLib.errors import InputError
 from WeakSegLib.io.boxes import BoxSet, boxes_from_mask, save_boxes
 from WeakSegLib.io.card import read_card
@@ -74,7 +74,7 @@ def test_one_step_on_two_ranks_equals_one_process_on_the_same_global_batch(case,
 
     config = TrainConfig(**{k: v for k, v in card.training.items() if k in TrainConfig.__dataclass_fields__})
     config = config.validate().resolved()
-    given = {"mask": case["mask"]} if recipe == "full" else {"boxes": case["boxes"]}
+    given = {"mask": case["mask"]} if recipe == "full" else {"boxes": case["boxes"], "eval_mask": case["mask"]}
     tc = TrainCase(case["image"], **given)
     samples = read_cohort([tc], config, tmp_path / "ref").samples
     torch.manual_seed(config.seed)
@@ -92,6 +92,14 @@ def test_one_step_on_two_ranks_equals_one_process_on_the_same_global_batch(case,
     optimizer.zero_grad()
     (sum(losses) / 2).backward()
     optimizer.step()
+    # what the run reported is what one process computes: the loss of the global batch (the mean of the
+    # two halves', not their sum) and the Dice of the model it wrote (rank 0's batch-norm statistics) on
+    # every case
+    epoch = next(e for e in events_of(out) if e["event"] == "epoch")
+    assert epoch["loss"] == pytest.approx(float(sum(losses) / 2), rel=1e-5)
+    if recipe != "full":  # the box recipe reports Dice against --eval-mask
+        dice = _dice(trained, samples, torch.device("cpu"), 16, len(card.labels), card.input.patch_size, SINGLE)
+        assert epoch["dice"] == pytest.approx(float(np.mean(dice)), abs=1e-6) and 0 < epoch["dice"] < 1
     # Adam's first step moves each weight by ≈ lr·sign(gradient); where the gradient is zero but for
     # rounding (a convolution's bias right before batch norm: ~1e-9) the sign is noise, so those weights
     # are left out; every other one must match

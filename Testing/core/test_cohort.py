@@ -1,6 +1,8 @@
 """The cohort pipeline: one canonical space (orientation, spacing, intensities), boxes carried exactly
 through resampling, training from disk equal to training in memory, and prediction onto any grid."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -12,12 +14,12 @@ from WeakSegLib.engine.data import SampleSet
 from WeakSegLib.engine.inference import predict_volume
 from WeakSegLib.engine.metrics import dice
 from WeakSegLib.engine.model import load_model
-from WeakSegLib.engine.preprocess import AXIAL, Plan, canonicalize, target_spacing
+from WeakSegLib.engine.preprocess import AXIAL, Plan, canonical_spacing, canonicalize, target_spacing
 from WeakSegLib.engine.store import SliceStore, StoreBatches
 from WeakSegLib.engine.training import train
 from WeakSegLib.errors import CancelledError
-from WeakSegLib.io.boxes import BoxSet, boxes_from_mask, save_boxes
-from WeakSegLib.io.volume import Volume, write_volume
+from WeakSegLib.io.boxes import Box, BoxSet, boxes_from_mask, save_boxes
+from WeakSegLib.io.volume import Volume, read_volume, write_volume
 
 SMALL = (8, 16, 32, 64, 128)
 
@@ -233,3 +235,91 @@ def test_mixed_precision_steps_train_and_differ_from_32_bit(boxed, tmp_path):
         loss, net = runs[precision]
         assert np.isfinite(loss).all() and loss == pytest.approx(full_loss, rel=0.05)
         assert any(not torch.equal(a, b) for a, b in zip(net.state_dict().values(), full_net.state_dict().values()))
+
+
+# ---- what the data path must keep exactly -----------------------------------------------------------
+
+def test_the_ct_mapping_is_fitted_on_the_voxels_inside_the_boxes_and_masks(tmp_path):
+    """Clip percentiles, mean and sd of the cohort's CT mapping come from the voxels inside the boxes (or
+    masks) of all its cases — never from the whole image (air, table and padding would set them)."""
+    z, y, x = np.mgrid[:10, :40, :40]
+    rng = np.random.default_rng(1)
+    cases, inside, everything = [], [], []
+    for i, (centre, value) in enumerate(((14, 400.0), (24, 900.0))):
+        bone = (z > 1) & (z < 8) & ((y - centre) ** 2 + (x - 20) ** 2 < 6 ** 2)
+        ct = np.where(bone, value, -1000.0) + rng.normal(0, 30, bone.shape)
+        vol = Volume(ct.astype(np.float32), (1.0, 1.0, 2.0))
+        boxes = boxes_from_mask(bone.astype(np.uint8), "slice", 0)
+        write_volume(vol, tmp_path / f"c{i}.nii.gz")
+        save_boxes(BoxSet(boxes, bone.shape, {1: "bone"}, vol.geometry()), tmp_path / f"c{i}.json")
+        cases.append(TrainCase(str(tmp_path / f"c{i}.nii.gz"), boxes=str(tmp_path / f"c{i}.json")))
+        moved = canonicalize(vol, Plan(None, "ct"), boxes=boxes, normalize_image=False)
+        in_box = np.zeros(moved.volume.shape, bool)
+        for box in moved.boxes:
+            in_box[box.slices()] = True
+        inside.append(moved.volume.array[in_box])
+        everything.append(moved.volume.array.ravel())
+    values = np.concatenate(inside).astype(np.float64)
+    lo, hi = np.percentile(values, (0.5, 99.5))
+    clipped = np.clip(values, lo, hi)
+    mapping = read_cohort(cases, TrainConfig(), tmp_path / "store").plan.normalization
+    assert mapping["method"] == "ct"
+    np.testing.assert_allclose([*mapping["clip"], mapping["mean"], mapping["std"]],
+                               [lo, hi, clipped.mean(), clipped.std()], rtol=1e-6)
+    whole = np.concatenate(everything).astype(np.float64)  # what a mapping over the whole images would see
+    w_lo, w_hi = np.percentile(whole, (0.5, 99.5))
+    assert abs(np.clip(whole, w_lo, w_hi).mean() - mapping["mean"]) > 100
+
+
+def _boxes_one_at_a_time(image, plan, boxes):
+    """The slow reference: each box moved into the canonical space on its own."""
+    return [moved for box in boxes for moved in canonicalize(image, plan, boxes=[box], normalize_image=False).boxes]
+
+
+@pytest.mark.parametrize("spacing", [None, [0.7, 0.8, 1.5]])
+def test_overlapping_and_nested_boxes_survive_the_canonical_space_as_each_alone(spacing):
+    """Adjacent vertebrae overlapping along z, a box inside another label's box, two labels' slice boxes
+    crossing on one slice: moved together, every box is what it is when moved alone (painting them into
+    one index map, where one overwrites another, would lose or shrink boxes)."""
+    image, _ = scene()
+    shape = image.shape
+    boxes = [Box((2, 5, 5), (10, 20, 20), 1), Box((8, 6, 6), (16, 22, 21), 1),       # overlap along z
+             Box((3, 10, 10), (6, 14, 14), 2), Box((1, 2, 2), (shape[0] - 1, 30, 30), 3),  # 2 inside 3
+             Box((7, 4, 4), (8, 25, 18), 1, "slice", 0), Box((7, 12, 9), (8, 28, 30), 2, "slice", 0)]
+    together = canonicalize(image, Plan(spacing, "mr"), boxes=boxes, normalize_image=False).boxes
+    alone = _boxes_one_at_a_time(image, Plan(spacing, "mr"), boxes)
+    assert sorted(together, key=str) == sorted(alone, key=str) and len(together) >= len(boxes)
+
+
+def test_the_resampled_grid_has_the_plan_spacing_and_canonical_spacing_follows_the_axes():
+    """The canonical volume's voxel size is the plan's, on an oblique and axis-permuted scan; and
+    ``canonical_spacing`` reads a scan's spacing in RAS order whatever its storage order."""
+    image, _ = scene()
+    moved = canonicalize(image, Plan([0.9, 1.1, 2.3], "mr"), normalize_image=False).volume
+    np.testing.assert_allclose(moved.spacing, (0.9, 1.1, 2.3), rtol=1e-6)
+    permuted = Volume(np.zeros((4, 5, 6), np.float32), (0.5, 2.0, 3.0), direction=(0, 0, 1, 1, 0, 0, 0, 1, 0))
+    # the direction's columns: index i runs along world y, j along z, k along x; so in world order
+    # (x, y, z) the voxel size is (k's, i's, j's) = (3.0, 0.5, 2.0)
+    np.testing.assert_allclose(canonical_spacing(permuted), (3.0, 0.5, 2.0))
+    np.testing.assert_allclose(canonicalize(permuted, Plan(None, "mr"), normalize_image=False).volume.spacing,
+                               (3.0, 0.5, 2.0), rtol=1e-6)
+
+
+def test_predict_applies_the_ct_mapping_the_card_holds_not_one_of_the_image(spine_ct, tmp_path):
+    """A CT model's card keeps the cohort's mapping (clip, mean, sd of Hounsfield units) and predict applies
+    exactly it: 500 HU added to a scan changes what the network sees, so the labels change — a per-image
+    normalisation would map both scans alike. Made slightly less extreme, the card's numbers reach the
+    network: a card whose mean is moved predicts otherwise."""
+    train([TrainCase(spine_ct["image"], mask=spine_ct["mask"])],
+          quick(recipe="full", epochs=4, epoch_batches=4, channels=(4, 8, 16)), tmp_path / "m")
+    plan = load_model(tmp_path / "m")[1].input.preprocessing
+    assert plan["modality"] == "ct" and plan["normalization"]["method"] == "ct"
+    image = read_volume(spine_ct["image"])
+    labels = predict_volume(tmp_path / "m", image, device="cpu")[0].array
+    shifted = predict_volume(tmp_path / "m", image.with_array(image.array + 500), device="cpu")[0].array
+    assert (labels > 0).mean() > 0.01 and dice(labels > 0, shifted > 0) < 0.8
+    card = json.loads((tmp_path / "m" / "model.json").read_text())
+    card["input"]["preprocessing"]["normalization"]["mean"] += 300
+    (tmp_path / "m" / "model.json").write_text(json.dumps(card))
+    moved = predict_volume(tmp_path / "m", image, device="cpu")[0].array
+    assert dice(labels > 0, moved > 0) < 0.9

@@ -81,3 +81,20 @@ def test_each_label_is_scored_on_its_own_and_an_empty_prediction_has_no_hd95(tmp
     assert [s.label for s in only.scores] == [2]
     unreadable = evaluate_cases(tmp_path, [("a", str(tmp_path / "missing.nii.gz"))])
     assert unreadable.scores == [] and "missing.nii.gz" in unreadable.failed["a"]
+
+
+def test_a_label_only_in_the_prediction_is_scored_as_a_false_class(tmp_path):
+    """A class the reference lacks but the prediction holds is a row of its own (Dice 0, no HD95, a volume
+    against a reference of 0 mL), in the summary too — not dropped."""
+    ref = cube(0, 5)
+    pred = cube(0, 5) + cube(6, 9, value=3)  # label 3: a false class
+    write_volume(Volume(pred, SPACING), tmp_path / "b.nii.gz")
+    write_volume(Volume(ref, SPACING), tmp_path / "b_ref.nii.gz")
+    result = evaluate_cases(tmp_path, [("b", str(tmp_path / "b_ref.nii.gz"))])
+    by_label = {s.label: s for s in result.scores}
+    assert set(by_label) == {1, 3} and set(result.summary()) == {1, 3}
+    false = by_label[3]
+    assert false.dice == 0.0 and false.hd95 is None and false.reference_ml == 0.0
+    assert false.volume_ml == pytest.approx((pred == 3).sum() * np.prod(SPACING) / 1000)
+    assert false.volume_difference_pct is None and by_label[1].dice == 1.0
+    assert result.label_mismatches() == {"b": "label(s) [3] only in the prediction"}

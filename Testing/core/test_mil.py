@@ -9,10 +9,11 @@ from WeakSegLib.config import TrainConfig
 from WeakSegLib.errors import InputError
 from WeakSegLib.losses.mil import MILUnary, PairwiseSmoothness, angles_of, estimated_centres, parallel_bags
 
-B, C, H, W = 2, 2, 14, 17
-#: border boxes, overlapping boxes of one class and of two classes, a one-pixel box, a one-row box
+B, C, H, W = 3, 2, 14, 17  # three images, two classes: image and class strides cannot be confused
+#: border boxes, overlapping boxes of one class and of two classes, a one-pixel box, a one-row box; the
+#: third image has a box of class 1 only (its class 0 has none)
 BOXES = torch.tensor([[0, 0, 0, 9, 0, 7], [0, 0, 5, 14, 4, 17], [0, 1, 3, 8, 2, 12], [1, 1, 0, 14, 12, 17],
-                      [1, 0, 6, 7, 3, 4], [1, 0, 10, 11, 1, 15]])
+                      [1, 0, 6, 7, 3, 4], [1, 0, 10, 11, 1, 15], [2, 1, 2, 11, 5, 13]])
 
 
 def inputs(seed: int):

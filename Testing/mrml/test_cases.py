@@ -165,7 +165,10 @@ def test_a_case_left_without_boxes_is_saved_so_and_stays_a_normal_case(wired, co
     logic = WeakSegTrainLogic()
     logic.openDataset(folder)
     logic.nextCase()  # bodies, boxed
-    for node in logic.session.box_nodes():
+    nodes = logic.session.box_nodes()
+    wired.scene.RemoveNode(nodes[0])  # one box deleted: the file says so at once
+    assert box_count(folder / "bodies.boxes.json") == len(nodes) - 1
+    for node in nodes[1:]:
         wired.scene.RemoveNode(node)  # the user deletes every box, one by one
     assert not (folder / "bodies.boxes.json").exists()
     case = {c.name: c for c in load_dataset(folder / "dataset.json").cases}["bodies"]

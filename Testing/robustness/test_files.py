@@ -143,3 +143,33 @@ def test_evaluate_says_which_labels_differ_between_prediction_and_reference(good
     assert "label(s) [2] only in the prediction" in capfd.readouterr().err
     assert main(["evaluate", "--pred", good["mask"], "--ref", good["mask"]]) == 0
     assert "only in" not in capfd.readouterr().err
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process start times from /proc")
+def test_a_lock_whose_pid_now_belongs_to_another_process_is_taken_over(tmp_path):
+    """A killed run's lock names its pid; when that pid has since been given to another live process (pid
+    reuse), the process's start time tells them apart: the lock is stale and the next run takes it over.
+    The same pid with the owner's own start time is a live owner: refused."""
+    import socket
+    import subprocess
+
+    from WeakSegLib.errors import OutputError
+    from WeakSegLib.io.lock import LOCK, FolderLock, _start_time
+
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        folder = tmp_path / "model"
+        folder.mkdir()
+        owner = {"host": socket.gethostname(), "pid": other.pid, "what": "training"}
+        for started, taken in ((str(int(_start_time(other.pid)) - 1000), True), (_start_time(other.pid), False)):
+            (folder / LOCK).write_text(json.dumps({**owner, "started": started}))
+            if taken:
+                with FolderLock(folder, "training"):
+                    assert json.loads((folder / LOCK).read_text())["pid"] == os.getpid()
+                assert not (folder / LOCK).exists()
+            else:
+                with pytest.raises(OutputError, match=f"in use by training \\(pid {other.pid}"):
+                    FolderLock(folder, "training").acquire()
+    finally:
+        other.kill()
+        other.wait()
