@@ -216,6 +216,8 @@ class TrainConfig:
     precision: str = option("auto", "arithmetic of training (auto: bf16 mixed precision on a CUDA GPU that "
                                     "supports it, else 32-bit; 16: float16 with a gradient scaler)",
                             choices=PRECISIONS)
+    boxed_fraction: float = option(0.75, "at least this fraction of every batch holds a box (boxed slices "
+                                         "drawn again for a batch that has fewer: lesions on a few slices)")
     epoch_batches: int = option(8, "batches per epoch (an epoch is a fixed number of steps, whatever the "
                                     "cohort's size; nnU-Net: 250)")
     spacing: tuple[float, float, float] | None = option(None, "voxel size (mm, x y z of the RAS grid) every "
@@ -312,6 +314,8 @@ class TrainConfig:
         _check_choice("precision", self.precision, PRECISIONS)
         if self.epoch_batches < 1:
             raise InputError(f"epoch_batches must be ≥ 1, got {self.epoch_batches}")
+        if not 0 <= self.boxed_fraction <= 1:
+            raise InputError(f"boxed_fraction is a fraction of the batch in [0, 1], got {self.boxed_fraction}")
         if self.spacing is not None and (len(self.spacing) != 3 or min(self.spacing) <= 0):
             raise InputError(f"spacing must be 3 positive sizes in mm, got {self.spacing}")
         if len(self.patch_size) != 3 or any(p < 16 or p % 16 for p in self.patch_size):

@@ -82,7 +82,8 @@ def test_one_step_on_two_ranks_equals_one_process_on_the_same_global_batch(case,
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr * config.lr_factor(0), betas=tuple(config.betas))
     recipe_ = start_recipe(config, samples, network, optimizer, torch.device("cpu"))
     weak = recipe_.weak(0)
-    order = epoch_order(LoopSettings(len(samples), 8, 1, config.seed, 1), 0)
+    order = epoch_order(LoopSettings(len(samples), 8, 1, config.seed, 1, boxed=samples.boxed(),
+                                     boxed_fraction=config.boxed_fraction), 0)
     network.train()
     losses = []
     for half in order.tensor_split(2):

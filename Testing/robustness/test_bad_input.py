@@ -218,6 +218,8 @@ CASES = [
     ("train-boxes-label-1e20", lambda g, t, o: train(g["image"], box_file(g, t, lambda d: d["boxes"][0].update(label=1e20)), o / "m"), "box #0.label is 1e+20, outside 1..65535"),
     ("train-box-outside", lambda g, t, o: train(g["image"], box_file(g, t, lambda d: d["boxes"][0].update(stop=[3, 99, 18])), o / "m"), "outside the volume"),
     ("train-boxes-not-json", lambda g, t, o: train(g["image"], text_file(t, "b.json", "{oops"), o / "m"), "b.json: WeakSeg box file is corrupt"),
+    ("train-gmil-on-a-3d-box", lambda g, t, o: train(g["image"], g["boxes3d"], o / "m", "--recipe", "gmil"), "recipe 'gmil' learns from boxes tight on every slice, and the slices of a 3D box are not"),
+    ("train-box-covers-everything", lambda g, t, o: train(g["image"], box_file(g, t, lambda d: d.update(boxes=[{"label": 1, "kind": "3d", "axis": None, "start": [0, 0, 0], "stop": d["geometry"]["shape"]}])), o / "m", "--recipe", "box-mask"), "the boxes cover every voxel of every training image"),
     ("train-boxes-other-grid", lambda g, t, o: train(g["image"], box_file(g, t, lambda d: d["geometry"].update(spacing=[1, 1, 1])), o / "m"), "mismatched image/box geometry"),
     ("tighten-boxes-float-index", lambda g, t, o: tighten(g["tightener"], g["image"], box_file(g, t, lambda d: d["boxes"][0]["stop"].__setitem__(2, 9.5)), o / "b.json"), "not a whole number"),
     ("tighten-boxes-missing", lambda g, t, o: tighten(g["tightener"], g["image"], str(t / "nope.json"), o / "b.json"), "nope.json: WeakSeg box file not found"),

@@ -139,14 +139,19 @@ def _label_names(tc: TrainCase, read: Sequence[str], config: TrainConfig, names:
 class _CaseReader:
     """Pass 2: the inputs of one case, read and checked against its image's grid."""
 
-    def __init__(self, tc: TrainCase, image: Volume, config: TrainConfig) -> None:
-        self.tc, self.image, self.config = tc, image, config
+    def __init__(self, tc: TrainCase, image: Volume, config: TrainConfig, spec: RecipeSpec) -> None:
+        self.tc, self.image, self.config, self.spec = tc, image, config, spec
 
     def boxes(self) -> list[Box]:
         tc, config = self.tc, self.config
         boxset: BoxSet = load_boxes(tc.boxes)
         check_boxes_fit(boxset, self.image.geometry(), str(tc.image))
-        return [b for b in boxset.boxes if config.labels is None or b.label in config.labels]
+        boxes = [b for b in boxset.boxes if config.labels is None or b.label in config.labels]
+        if self.spec.tight_boxes and config.spatial_dims == 2 and any(b.kind == "3d" for b in boxes):
+            raise InputError(f"{tc.boxes}: recipe {self.spec.name!r} learns from boxes tight on every slice, and "
+                             "the slices of a 3D box are not: draw slice boxes, tighten the 3D box (weakseg tighten), "
+                             "or train polar-mil")
+        return boxes
 
     def labels(self, path: str, what: str, same_grid: bool = True) -> Volume:
         vol = read_label_volume(path)
@@ -229,12 +234,14 @@ def read_cohort(cases: Sequence[TrainCase], config: TrainConfig, store_folder: P
                                                                     context=config.context)
     maps: list[IntensityMap] = []
     ct_samples: list[np.ndarray] = []
+    covered: list[bool] = []  # per case: no voxel outside its boxes (or no boxes read)
     for index, (tc, read) in enumerate(zip(cases, reads)):  # pass 2
         image = read_volume(tc.image)
         check_not_constant(image.array, tc.image, "learn from")
         if index == 0:
             plan.modality = _modality(config, image.array)
-        case, sample = _read_case(tc, read, image, spec, config, plan)
+        case, sample, boxes_everywhere = _read_case(tc, read, image, spec, config, plan)
+        covered.append(boxes_everywhere or "boxes" not in read)
         if plan.modality == "ct" and config.normalization in ("auto", "ct"):
             ct_samples.append(sample)
             maps.append(IntensityMap())  # the cohort's, below
@@ -246,6 +253,9 @@ def read_cohort(cases: Sequence[TrainCase], config: TrainConfig, store_folder: P
             sink.append(case)
         else:
             sink.add(case)
+    if spec.labels[0] == "boxes" and all(covered):
+        raise InputError(f"recipe {spec.name!r} learns the background from outside the boxes, but the boxes cover "
+                         "every voxel of every training image: draw each box around its object only")
     if ct_samples:
         plan.normalization = ct_statistics(ct_samples, tuple(config.percentiles))
         cohort_map = IntensityMap(*plan.normalization["clip"], plan.normalization["mean"], plan.normalization["std"])
@@ -268,10 +278,10 @@ def read_cohort(cases: Sequence[TrainCase], config: TrainConfig, store_folder: P
 
 
 def _read_case(tc: TrainCase, read: Sequence[str], image: Volume, spec: RecipeSpec, config: TrainConfig,
-               plan: Plan) -> tuple[Case, np.ndarray]:
-    """One case in the canonical space (raw intensities), and intensities sampled inside its boxes
-    or masks (the CT cohort's statistics)."""
-    reader = _CaseReader(tc, image, config)
+               plan: Plan) -> tuple[Case, np.ndarray, bool]:
+    """One case in the canonical space (raw intensities), intensities sampled inside its boxes or masks
+    (the CT cohort's statistics), and whether its boxes cover every voxel (it shows no background)."""
+    reader = _CaseReader(tc, image, config, spec)
     labels: dict[str, np.ndarray] = {}
     boxes, sizes, size_axis = None, None, 0
     reference = None
@@ -303,7 +313,8 @@ def _read_case(tc: TrainCase, read: Sequence[str], image: Volume, spec: RecipeSp
     inside = np.zeros(case.image.shape, bool)
     for box in moved.boxes or []:
         inside[box.slices()] = True
+    boxes_everywhere = bool(moved.boxes) and bool(inside.all())
     for kind in ("mask", "partial"):
         if kind in moved.labels:
             inside |= (moved.labels[kind] > 0) & (moved.labels[kind] != PARTIAL_BACKGROUND)
-    return case, foreground_sample(case.image, inside if inside.any() else np.ones_like(inside))
+    return case, foreground_sample(case.image, inside if inside.any() else np.ones_like(inside)), boxes_everywhere

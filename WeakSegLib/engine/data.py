@@ -128,6 +128,12 @@ class SampleSet:
         """``(N,)`` bool: samples with at least one labelled pixel (padding not counted)."""
         return ((self.labels != IGNORE) & self.valid).flatten(1).any(1)
 
+    def boxed(self) -> torch.Tensor:
+        """``(N,)`` bool on the CPU: samples that hold a box."""
+        out = torch.zeros(len(self), dtype=torch.bool)
+        out[self.boxes[:, 0].cpu()] = True
+        return out
+
 
 def flip_batch(batch: dict[str, torch.Tensor], axes: Sequence[int]) -> dict[str, torch.Tensor]:
     """Mirror a batch along spatial ``axes`` (0 = first spatial axis): every spatial entry and the box

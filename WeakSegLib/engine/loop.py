@@ -44,30 +44,59 @@ InfoFn = Callable[[int, bool], dict]
 @dataclass
 class LoopSettings:
     """``samples`` items, ``batch_size`` per step, ``epochs`` in all, ``seed`` of the sample order, and
-    ``batches`` per epoch (None: one pass over the samples)."""
+    ``batches`` per epoch (None: one pass over the samples); ``boxed`` ``(samples,)`` bool marks the
+    samples that hold a box, of which each batch of a fixed-length epoch gets at least ``boxed_fraction``
+    (:func:`epoch_order`)."""
 
     samples: int
     batch_size: int
     epochs: int
     seed: int = 0
     batches: int | None = None
+    boxed: torch.Tensor | None = None
+    boxed_fraction: float = 0.0
 
     @property
     def batches_per_epoch(self) -> int:
         return self.batches if self.batches is not None else math.ceil(self.samples / self.batch_size)
 
 
+def _passes(n: int, count: int, seed: int) -> torch.Tensor:
+    """``count`` items of ``range(n)``: whole permutations one after the other, each drawn from
+    ``(seed, pass)``."""
+    passes = [torch.randperm(n, generator=torch.Generator().manual_seed(seed))]
+    while sum(len(p) for p in passes) < count:
+        passes.append(torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + len(passes))))
+    return torch.cat(passes)[:count]
+
+
 def epoch_order(settings: LoopSettings, epoch: int) -> torch.Tensor:
     """The samples of 0-based ``epoch``: one pass over all of them (``batches`` None; the last batch may
     be short), or ``batches × batch_size`` of them taken from passes one after the other; each pass in an
-    order drawn from ``(seed, epoch, pass)``, the same for a resumed run."""
+    order drawn from ``(seed, epoch, pass)``, the same for a resumed run.
+
+    With ``boxed`` and ``boxed_fraction``, a batch of a fixed-length epoch that holds fewer than
+    ⌈fraction · batch size⌉ boxed samples has its first unboxed ones replaced by boxed samples drawn in
+    their own order (from ``(seed, epoch)`` too): a scan whose object lies on a few slices — a lesion —
+    still has every step see boxes, while a batch that already holds enough is left as drawn.
+    """
     n = settings.samples
     count = n if settings.batches is None else settings.batches * settings.batch_size
-    passes = [torch.randperm(n, generator=torch.Generator().manual_seed(settings.seed * 100003 + epoch))]
-    while sum(len(p) for p in passes) < count:
-        seed = (settings.seed * 100003 + epoch) * 7919 + len(passes)
-        passes.append(torch.randperm(n, generator=torch.Generator().manual_seed(seed)))
-    return torch.cat(passes)[:count]
+    order = _passes(n, count, settings.seed * 100003 + epoch)
+    boxed = settings.boxed
+    if settings.batches is None or boxed is None or settings.boxed_fraction <= 0 or boxed.all() or not boxed.any():
+        return order
+    need = math.ceil(settings.boxed_fraction * settings.batch_size)
+    batches = order.view(settings.batches, settings.batch_size).clone()
+    have = boxed[batches]  # (batches, batch_size)
+    missing = (need - have.sum(1)).clamp(min=0)  # boxed samples each batch lacks
+    pool = boxed.nonzero()[:, 0]
+    extra = pool[_passes(len(pool), int(missing.sum()), (settings.seed * 100003 + epoch) * 104729 + 1)]
+    # the first `missing` unboxed positions of each batch, row by row, take the extra samples in turn
+    rank = (~have).cumsum(1)
+    replace = ~have & (rank <= missing[:, None])
+    batches[replace] = extra
+    return batches.flatten()
 
 
 def step_generator(seed: int, epoch: int, batch: int, stream: int = 0) -> torch.Generator:

@@ -92,6 +92,14 @@ class SliceStore:
         """``(N,)`` bool: samples with at least one labelled pixel."""
         return torch.from_numpy(np.concatenate(self._labelled))
 
+    def boxed(self) -> torch.Tensor:
+        """``(N,)`` bool: samples that hold a box."""
+        out = np.zeros(len(self), bool)
+        starts = np.cumsum([0, *self.counts[:-1]])
+        for start, rows in zip(starts, self.rows):  # rows: (M, 2 + 2·nd) [sample, class, …]
+            out[start + rows[:, 0]] = True
+        return torch.from_numpy(out)
+
     def _read(self, case: int, name: str, start: int, stop: int) -> np.ndarray:
         array = np.load(self.folder / f"{case}-{name}.npy", mmap_mode="r")
         out = np.array(array[start:stop])

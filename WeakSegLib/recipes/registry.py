@@ -49,6 +49,8 @@ class RecipeSpec:
         extras: pip extras of the ``weakseg`` package it needs beyond the core (``crf``).
         panel: offered in the Slicer training panel (recipes trained from boxes or a mask).
         default_for: the inputs for which the command line picks it when no recipe is given.
+        tight_boxes: learns only from boxes tight on every slice it trains on, so the slices of a 3D box
+            (loose) are refused before training.
     """
 
     name: str
@@ -68,6 +70,7 @@ class RecipeSpec:
     extras: tuple[str, ...] = ()
     panel: bool = False
     default_for: str | None = None
+    tight_boxes: bool = False
 
     def inputs(self) -> tuple[str, ...]:
         """Every per-case input the recipe reads when given."""
@@ -129,7 +132,7 @@ register(RecipeSpec("full", "cross-entropy on the reference masks (upper bound)"
                     "WeakSegLib.recipes.label_map:CrossEntropy", labels=("mask",), panel=True, default_for="mask"))
 register(RecipeSpec("gmil", "generalised MIL: lines crossing tight boxes at several angles + pairwise smoothness",
                     "WeakSegLib.recipes.mil:GeneralizedMIL", **_MIL, dims=(2,),
-                    dims_reason="learns from lines in slices"))
+                    dims_reason="learns from lines in slices", tight_boxes=True))
 register(RecipeSpec("polar-mil", "polar MIL: rays from inside the object to the sides of loose boxes (3D boxes)",
                     "WeakSegLib.recipes.mil:PolarMIL", **_MIL, dims=(2,),
                     dims_reason="learns from rays in slices"))
