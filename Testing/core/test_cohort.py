@@ -140,7 +140,7 @@ def test_samples_on_disk_give_the_batches_of_the_samples_in_memory(boxed, tmp_pa
     assert isinstance(memory.samples, SampleSet) and isinstance(disk.samples, SliceStore)
     assert len(memory.samples) == len(disk.samples) == 24
     reader = StoreBatches(disk.samples, workers=1)
-    plan = [torch.tensor([3, 0, 17, 9]), torch.tensor([], dtype=torch.long), torch.tensor([23, 5])]
+    plan = [torch.tensor([3, 0, 17, 9, 17]), torch.tensor([], dtype=torch.long), torch.tensor([23, 5, 5])]  # repeats: a boxed_fraction batch
     for index, got in reader.epoch(plan):
         if not len(index):
             assert got is None

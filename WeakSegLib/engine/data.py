@@ -103,13 +103,12 @@ class SampleSet:
                             self.case_index, self.sizes, self.references)])
 
     def batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Rows ``index`` (long, on the samples' device) with their boxes renumbered 0..len(index)-1;
-        ``sizes`` when the set has size labels."""
-        remap = torch.full((len(self),), -1, dtype=torch.long, device=index.device)
-        remap[index] = torch.arange(len(index), device=index.device)
-        rows = remap[self.boxes[:, 0]]
-        boxes = self.boxes[rows >= 0].clone()
-        boxes[:, 0] = rows[rows >= 0]
+        """Rows ``index`` (long, on the samples' device; a sample may appear more than once) with their
+        boxes renumbered 0..len(index)-1, in the set's row order and then batch order (as
+        :meth:`SliceStore.batch` gives them); ``sizes`` when the set has size labels."""
+        pairs = (self.boxes[:, 0, None] == index[None, :]).nonzero()  # (K, 2) [box row, batch position]
+        boxes = self.boxes[pairs[:, 0]].clone()
+        boxes[:, 0] = pairs[:, 1]
         out = {"image": self.images[index], "labels": self.labels[index].long(),
                "box_mask": self.box_mask[index], "boxes": boxes, "valid": self.valid[index]}
         if self.sizes is not None:
