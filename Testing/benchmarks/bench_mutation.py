@@ -145,6 +145,10 @@ def _change(diff: str | None) -> str:
     return f"{old}  →  {new}"
 
 
+def _survivor(s: dict) -> str:
+    return f"{s['file']}:{s['line']} {s['operator']}: {s['change']}" + ("" if s["covered"] else "  (no test runs it)")
+
+
 def main() -> None:
     p = bench_parser(__doc__, threads=False)
     p.add_argument("--sample", type=int, default=40, help="mutants measured per module at most (default 40)")
@@ -173,6 +177,8 @@ def main() -> None:
             c = results[module]["counts"]
             print(f"  {module}: {c['killed']}/{c['killed'] + c['survived']} killed ({c['measured']} of {c['total']} "
                   f"mutants, {c['incompetent']} incompetent, {c['seconds']:.0f} s)", flush=True)
+            for s in results[module]["survivors"]:
+                print(f"    survived {_survivor(s)}", flush=True)
     print("\n| concern | module | mutants measured / all | killed | survived | kill rate |\n|---|---|---|---|---|---|")
     for concern, modules in MODULES.items():
         for module in [m for m in modules if m in results]:
@@ -183,8 +189,7 @@ def main() -> None:
     print("\nsurviving mutants:")
     for module, result in results.items():
         for s in result["survivors"]:
-            print(f"  {s['file']}:{s['line']} {s['operator']}: {s['change']}" + ("" if s["covered"] else
-                                                                                "  (no test runs it)"))
+            print(f"  {_survivor(s)}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 
