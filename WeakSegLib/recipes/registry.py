@@ -113,7 +113,7 @@ def register(spec: RecipeSpec) -> RecipeSpec:
 #: the box recipe for 3D boxes (loose per slice), 3D networks and cohorts too large for BoxSup
 DEFAULT_RECIPE = "tightness+size+emptiness"
 #: the box recipe for tight per-slice boxes on a 2D network: the most stable box recipe of the
-#: stability benchmark (README › Results › Recipe stability)
+#: stability benchmark (docs/results.md › Recipe stability)
 SLICE_BOX_RECIPE = "boxsup"
 #: what ``--recipe auto`` (the command line's and the panel's default) names: :func:`default_recipe`
 AUTO_RECIPE = "auto"
