@@ -1,0 +1,98 @@
+"""Whole-volume prediction against a slow, obviously correct reference, with a fixed hand-made network.
+
+A trained model hides the plumbing's mistakes (a wrong slice axis or context, a far-end pad filled with
+the wrong value, probabilities of the wrong class, label values mapped off by one): the network learns
+around them or the Dice barely moves. Here the network is a fixed random convolution, so every voxel's
+prediction is known: the reference cuts each slice on its own, stacks its neighbours by hand (border
+slices repeated), pads the far ends to a multiple of 16 with the volume's minimum, runs the network on
+that slice alone, and maps the argmax to the card's label values.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from WeakSegLib.engine.inference import predict_volume
+from WeakSegLib.io.card import InputSpec, LabelSpec, ModelCard, NetworkSpec
+from WeakSegLib.io.volume import Normalization, Volume
+
+SHAPE = (17, 13, 18)  # (z, y, x): one slice more than a prediction batch (16) along z, two along x
+
+
+def probe(dims: int, context: int, classes: int, seed: int = 0) -> torch.nn.Module:
+    """A fixed random 3×3(×3) convolution: its edge voxels see the padding, its classes the context."""
+    torch.manual_seed(seed)
+    conv = (torch.nn.Conv2d if dims == 2 else torch.nn.Conv3d)(context, classes, 3, padding=1)
+    torch.nn.init.normal_(conv.weight, std=2.0)
+    return conv.eval()
+
+
+def card_for(dims: int, axis: int, context: int, values: list[int], patch: list[int] | None = None) -> ModelCard:
+    mode = "3d" if dims == 3 else ("2.5d" if context > 1 else "2d")
+    return ModelCard(NetworkSpec("probe", dims, context, len(values) + 1),
+                     InputSpec(mode, axis, context, normalization=Normalization("none"), patch_size=patch),
+                     [LabelSpec(v, f"l{v}", [1.0, 0.0, 0.0]) for v in values], "full")
+
+
+def volume() -> Volume:
+    rng = np.random.default_rng(3)
+    array = rng.normal(size=SHAPE).astype(np.float32)
+    array[-1, -1, -1] = -9.0  # the minimum (the pad's fill) sits in the last batch of z and x slices
+    return Volume(array, (0.8, 0.9, 2.5))
+
+
+def reference_2d(network: torch.nn.Module, array: np.ndarray, axis: int, context: int) -> np.ndarray:
+    """Class probabilities ``(classes, *array.shape)``, one slice at a time."""
+    slices = np.moveaxis(array, axis, 0)
+    n, half, fill = slices.shape[0], context // 2, float(array.min())
+    out = []
+    for k in range(n):
+        stack = np.stack([slices[min(max(j, 0), n - 1)] for j in range(k - half, k + half + 1)])
+        a, b = stack.shape[1:]
+        padded = np.full((context, -(-a // 16) * 16, -(-b // 16) * 16), fill, np.float32)
+        padded[:, :a, :b] = stack
+        with torch.no_grad():
+            p = torch.softmax(network(torch.from_numpy(padded)[None]), 1)[0, :, :a, :b]
+        out.append(p.numpy())
+    return np.moveaxis(np.stack(out, 1), 1, axis + 1)
+
+
+@pytest.mark.parametrize("axis, context", [(0, 1), (0, 3), (1, 3), (2, 5)])
+def test_slice_prediction_equals_the_slice_by_slice_reference(axis, context):
+    values = [2, 7]
+    network, image = probe(2, context, 3), volume()
+    labels, prob = predict_volume((network, card_for(2, axis, context, values)), image, device="cpu",
+                                  probabilities=True)
+    want = reference_2d(network, image.array, axis, context)
+    assert labels.array.shape == SHAPE and labels.array.dtype == np.uint8
+    np.testing.assert_array_equal(labels.array, np.array([0, *values])[want.argmax(0)])
+    assert set(np.unique(labels.array)) == {0, *values}  # every class occurs: a swapped value would show
+    np.testing.assert_allclose(prob.array, 1.0 - want[0], atol=1e-5)
+    assert (labels.spacing, labels.origin, labels.direction) == (image.spacing, image.origin, image.direction)
+
+
+def test_label_values_above_255_are_written_as_uint16():
+    network, image = probe(2, 1, 2), volume()
+    labels, _ = predict_volume((network, card_for(2, 0, 1, [300])), image, device="cpu")
+    want = reference_2d(network, image.array, 0, 1).argmax(0)
+    assert labels.array.dtype == np.uint16
+    np.testing.assert_array_equal(labels.array, np.where(want == 1, 300, 0))
+
+
+def test_3d_prediction_of_one_window_is_the_network_on_the_whole_volume():
+    network, image = probe(3, 1, 3), volume()
+    labels, prob = predict_volume((network, card_for(3, 0, 1, [1, 2], patch=list(SHAPE))), image, device="cpu",
+                                  probabilities=True)
+    with torch.no_grad():
+        want = torch.softmax(network(torch.from_numpy(image.array)[None, None]), 1)[0].numpy()
+    np.testing.assert_array_equal(labels.array, want.argmax(0))
+    np.testing.assert_allclose(prob.array, 1.0 - want[0], atol=1e-5)
+
+
+def test_a_card_whose_context_differs_from_the_network_input_is_refused():
+    card = card_for(2, 0, 3, [1])
+    card.network.in_channels = 1
+    with pytest.raises(Exception, match="inconsistent"):
+        predict_volume((probe(2, 3, 2), card), volume(), device="cpu")
