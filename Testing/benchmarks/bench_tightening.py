@@ -1,4 +1,4 @@
-"""Box tightener on real objects it never saw in training (issue 3 figures).
+"""Box tightener on real objects it never saw in training (docs/results.md › Box tightener).
 
 For each object set (several objects of one kind in one image, docs/data.md) and each held-out object:
 train a tightener on the *other* objects' masks, tighten the held-out object's tight 3D box (cut

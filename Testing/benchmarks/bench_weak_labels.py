@@ -1,4 +1,4 @@
-"""Learning from sizes and from partial labels on real data (issue 5; docs/methods.md §3, §4).
+"""Learning from sizes and from partial labels on real data (docs/methods.md §3, §4).
 
 Sizes: on each case, m axial slices keep their mask and every other slice gets only its object size
 (``sizes_from_mask``). Trained: ``full`` on every slice (upper bound), the m labelled slices alone

@@ -5,7 +5,7 @@ The vertebral bodies of the TPTBox spine CT (docs/data.md) cropped to their exte
 axial boxes from their mask, 40 epochs of 4 batches on a small UNet; the Dice of the training crop
 against the mask no recipe sees must clear a floor below what every recipe reaches here (about 0.6 for
 DeepCut, whose network restarts after each revision, 0.8–0.9 for the others) and far below the filled
-boxes (0.86). The masked-CE recipe with its size barrier at weight 1 (before issue 21) shrinks to 0.22
+boxes (0.86). The masked-CE recipe with its size barrier at weight 1 (its earlier setting) shrinks to 0.22
 here. Not an accuracy race: the floor leaves a margin for seeds and arithmetic.
 
 The default box constraints (``tightness+size+emptiness``) start slowly: their only push against
