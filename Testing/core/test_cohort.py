@@ -14,11 +14,20 @@ from WeakSegLib.engine.data import SampleSet
 from WeakSegLib.engine.inference import predict_volume
 from WeakSegLib.engine.metrics import dice
 from WeakSegLib.engine.model import load_model
-from WeakSegLib.engine.preprocess import AXIAL, Plan, canonical_spacing, canonicalize, target_spacing
+from WeakSegLib.engine.preprocess import (
+    AXIAL,
+    Plan,
+    canonical_spacing,
+    canonicalize,
+    ct_statistics,
+    target_spacing,
+    to_input_grid,
+)
 from WeakSegLib.engine.store import SliceStore, StoreBatches
 from WeakSegLib.engine.training import train
 from WeakSegLib.errors import CancelledError
 from WeakSegLib.io.boxes import Box, BoxSet, boxes_from_mask, save_boxes
+from WeakSegLib.io.sizes import SizeLabel
 from WeakSegLib.io.volume import Volume, read_volume, write_volume
 
 SMALL = (8, 16, 32, 64, 128)
@@ -323,3 +332,46 @@ def test_predict_applies_the_ct_mapping_the_card_holds_not_one_of_the_image(spin
     (tmp_path / "m" / "model.json").write_text(json.dumps(card))
     moved = predict_volume(tmp_path / "m", image, device="cpu")[0].array
     assert dice(labels > 0, moved > 0) < 0.9
+
+
+def test_size_labels_move_to_the_nearest_old_slice_scaled_by_the_in_plane_spacing():
+    """Each canonical slice takes the size of the old slice whose centre is nearest (found here through the
+    two grids' world coordinates, one slice at a time) times old / new in-plane voxel size (mean of the two
+    in-plane axes): 3 mm slices resampled to 2 mm, 0.5 × 0.7 mm pixels to 1.0 × 1.4 mm."""
+    old = Volume(np.random.default_rng(0).normal(size=(6, 10, 12)).astype(np.float32), (0.5, 0.7, 3.0))
+    sizes = [SizeLabel(k, 1, 10.0 + 3 * k) for k in range(6)]
+    moved = canonicalize(old, Plan([1.0, 1.4, 2.0], "mr"), sizes=sizes, size_axis=0, normalize_image=False)
+    new = moved.volume
+    ratio = np.mean([0.5, 0.7]) / np.mean([1.0, 1.4])
+    want = []
+    for k in range(new.shape[0]):
+        world = new.to_sitk().TransformIndexToPhysicalPoint((0, 0, k))
+        nearest = int(np.floor(old.to_sitk().TransformPhysicalPointToContinuousIndex(world)[2] + 0.5))
+        if 0 <= nearest < 6:
+            want.append(SizeLabel(k, 1, (10.0 + 3 * nearest) * ratio))
+    assert len(want) >= 8 and {s.slice for s in want} != set(range(6))  # more slices than before, remapped
+    assert [(s.slice, s.label) for s in moved.sizes] == [(s.slice, s.label) for s in want]
+    np.testing.assert_allclose([s.size for s in moved.sizes], [s.size for s in want], rtol=1e-6)
+
+
+def test_a_ct_mapping_measured_on_one_intensity_keeps_the_differences():
+    """Voxels inside the boxes all of one value (a sd of 0): the mapping only shifts, by that value."""
+    stats = ct_statistics([np.full(50, 40.0)])
+    plan = Plan(None, "ct", stats)
+    np.testing.assert_allclose(plan.normalize(np.array([40.0, 41.0, 39.5], np.float32)), [0.0, 0.0, 0.0])
+    stats = {**stats, "clip": [0.0, 100.0]}  # the clip widened by hand: the scale shows
+    np.testing.assert_allclose(Plan(None, "ct", stats).normalize(np.array([40.0, 41.0, 39.5], np.float32)),
+                               [0.0, 1.0, -0.5])
+
+
+def test_a_target_voxel_outside_the_canonical_grid_is_background():
+    """Probabilities going back onto an input grid larger than the canonical one: inside, each class keeps
+    its value; beyond the canonical grid, the background class is 1 and every other class 0."""
+    canonical = Volume(np.zeros((4, 4, 4), np.float32))
+    probabilities = np.stack([np.full((4, 4, 4), p, np.float32) for p in (0.2, 0.5, 0.3)])
+    target = Volume(np.zeros((4, 4, 14), np.float32), origin=(-5.0, 0.0, 0.0))  # x from −5 to 8 mm
+    out = to_input_grid(probabilities, canonical, target)
+    inside, outside = out[:, :, :, 5:9], np.concatenate([out[:, :, :, :3], out[:, :, :, 11:]], axis=3)
+    for c, p in enumerate((0.2, 0.5, 0.3)):
+        np.testing.assert_allclose(inside[c], p, rtol=1e-6)
+        np.testing.assert_array_equal(outside[c], 1.0 if c == 0 else 0.0)
