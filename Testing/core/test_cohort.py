@@ -9,7 +9,7 @@ import torch
 from synthetic import oblique_volume, resampled, stored_flipped, two_ellipsoids
 
 from WeakSegLib.config import TrainCase, TrainConfig
-from WeakSegLib.engine.cohort import read_cohort
+from WeakSegLib.engine.cohort import _estimate_bytes, _slice_boxes, as_trained, inputs_to_read, read_cohort
 from WeakSegLib.engine.data import SampleSet
 from WeakSegLib.engine.inference import predict_volume
 from WeakSegLib.engine.metrics import dice
@@ -25,10 +25,11 @@ from WeakSegLib.engine.preprocess import (
 )
 from WeakSegLib.engine.store import SliceStore, StoreBatches
 from WeakSegLib.engine.training import train
-from WeakSegLib.errors import CancelledError
+from WeakSegLib.errors import CancelledError, InputError
 from WeakSegLib.io.boxes import Box, BoxSet, boxes_from_mask, save_boxes
 from WeakSegLib.io.sizes import SizeLabel
 from WeakSegLib.io.volume import Volume, read_volume, write_volume
+from WeakSegLib.recipes.registry import recipe_spec
 
 SMALL = (8, 16, 32, 64, 128)
 
@@ -375,3 +376,59 @@ def test_a_target_voxel_outside_the_canonical_grid_is_background():
     for c, p in enumerate((0.2, 0.5, 0.3)):
         np.testing.assert_allclose(inside[c], p, rtol=1e-6)
         np.testing.assert_array_equal(outside[c], 1.0 if c == 0 else 0.0)
+
+
+def _one_object_case(tmp_path, kind="slice"):
+    """A 12 × 32 × 32 scan (slices need no padding) with one cube, its boxes (slice or one 3D box) and mask."""
+    array = np.random.default_rng(1).normal(size=(12, 32, 32)).astype(np.float32)
+    mask = np.zeros((12, 32, 32), np.uint8)
+    mask[3:9, 8:20, 10:24] = 1
+    image = Volume(array + 3 * mask, (0.8, 0.8, 2.0))
+    write_volume(image, tmp_path / "img.nrrd")
+    write_volume(image.with_array(mask), tmp_path / "mask.nrrd")
+    save_boxes(BoxSet(boxes_from_mask(mask, kind, 0), mask.shape, {1: "cube"}, image.geometry()), tmp_path / "b.json")
+    return tmp_path / "img.nrrd", tmp_path / "b.json", tmp_path / "mask.nrrd"
+
+
+def test_a_box_recipe_reads_the_boxes_and_leaves_sizes_and_a_mask_given_beside_them():
+    tc = TrainCase("img.nrrd", boxes="b.json", mask="m.nrrd", sizes="s.json")
+    assert inputs_to_read(tc, recipe_spec("tightness+emptiness")) == (["boxes"], ["mask", "sizes"])
+
+
+def test_a_case_with_its_own_evaluation_mask_keeps_it_beside_an_unused_mask():
+    """The mask a box recipe does not train on becomes the evaluation mask, unless the case names one."""
+    spec = recipe_spec("tightness+emptiness")
+    assert as_trained(TrainCase("i", boxes="b", mask="m"), spec) == TrainCase("i", boxes="b", eval_mask="m")
+    own = TrainCase("i", boxes="b", mask="m", eval_mask="e")
+    assert as_trained(own, spec) == own
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_3d_boxes_are_cut_into_slice_boxes_for_a_2d_network_and_kept_for_a_3d_one(dims):
+    box = Box((3, 8, 10), (9, 20, 24), 1)
+    got = _slice_boxes([box], quick(spatial_dims=dims), "case")
+    want = [box] if dims == 3 else [Box((z, 8, 10), (z + 1, 20, 24), 1, "slice", 0) for z in range(3, 9)]
+    assert got == want
+
+
+def test_gmil_refuses_a_3d_box_and_takes_slice_boxes_on_a_2d_network(tmp_path):
+    image, slices, mask = _one_object_case(tmp_path)
+    config = quick(recipe="gmil").validate().resolved()
+    assert len(read_cohort([TrainCase(str(image), boxes=str(slices))], config, tmp_path / "s").samples) == 12
+    (tmp_path / "3d").mkdir()
+    _, box3d, _ = _one_object_case(tmp_path / "3d", "3d")
+    with pytest.raises(InputError, match="tight on every slice"):
+        read_cohort([TrainCase(str(image), boxes=str(box3d))], config, tmp_path / "t")
+
+
+@pytest.mark.parametrize("context", [1, 3])
+def test_the_memory_estimate_is_the_bytes_the_samples_take(tmp_path, context):
+    """One class, an evaluation mask, slices already a multiple of 16 at the plan's spacing: the estimate
+    that decides memory or disk is exactly the bytes of the sample tensors."""
+    image, boxes, mask = _one_object_case(tmp_path)
+    config = quick(context=context).validate().resolved()
+    samples = read_cohort([TrainCase(str(image), boxes=str(boxes), eval_mask=str(mask))], config, tmp_path / "s").samples
+    actual = sum(t.numel() * t.element_size() for t in (samples.images, samples.labels, samples.box_mask,
+                                                        samples.eval_labels, samples.valid))
+    header = read_volume(image)
+    assert _estimate_bytes([header], Plan(list(header.spacing), "mr"), context) == pytest.approx(actual)
