@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from WeakSegLib.engine.inference import predict_volume
+from WeakSegLib.engine.inference import predict_cases, predict_volume
+from WeakSegLib.engine.model import build_from_card, save_model
 from WeakSegLib.io.card import InputSpec, LabelSpec, ModelCard, NetworkSpec
-from WeakSegLib.io.volume import Normalization, Volume
+from WeakSegLib.io.volume import Normalization, Volume, write_volume
 
 SHAPE = (17, 13, 18)  # (z, y, x): one slice more than a prediction batch (16) along z, two along x
 
@@ -96,3 +97,33 @@ def test_a_card_whose_context_differs_from_the_network_input_is_refused():
     card.network.in_channels = 1
     with pytest.raises(Exception, match="inconsistent"):
         predict_volume((probe(2, 3, 2), card), volume(), device="cpu")
+
+
+@pytest.mark.parametrize("spacing, warned", [((0.8, 0.9, 2.5), False), ((0.8, 0.9, 5.0), True)])
+def test_a_card_without_a_plan_warns_when_the_spacing_differs_from_training(spacing, warned):
+    """A card written before the canonical space takes the image as it is: a scan of another voxel size
+    is predicted, with a warning that names both spacings."""
+    card = card_for(2, 0, 1, [1])
+    card.input.spacing = list(spacing)
+    seen = []
+    predict_volume((probe(2, 1, 2), card), volume(), device="cpu", on_event=seen.append)
+    warnings = [e["message"] for e in seen if e["event"] == "warning"]
+    assert (warnings != []) == warned
+    if warned:
+        assert "(0.8, 0.9, 2.5) mm differs from the training spacing (0.8, 0.9, 5.0) mm" in warnings[0]
+
+
+def test_a_dataset_prediction_reports_each_case_in_order_as_done_of_all(tmp_path):
+    """``case`` events count 1..n of n, the failed case too, with its error; the others are written."""
+    card = card_for(2, 0, 1, [1])
+    card.network = NetworkSpec("unet", 2, 1, 2, (4, 8, 16, 32, 64))
+    card.input.spacing = [0.8, 0.9, 2.5]
+    save_model(tmp_path / "m", build_from_card(card), card)
+    write_volume(volume(), tmp_path / "a.nrrd")
+    (tmp_path / "broken.nrrd").write_text("not an image")
+    seen = []
+    cases = [("a", str(tmp_path / "a.nrrd")), ("b", str(tmp_path / "broken.nrrd")), ("c", str(tmp_path / "a.nrrd"))]
+    results = predict_cases(tmp_path / "m", cases, tmp_path / "out", device="cpu", on_event=seen.append)
+    done = [(e["done"], e["of"], e["name"], "error" in e) for e in seen if e["event"] == "case"]
+    assert done == [(1, 3, "a", False), (2, 3, "b", True), (3, 3, "c", False)]
+    assert [r.error is None for r in results] == [True, False, True] and (tmp_path / "out" / "c.nii.gz").is_file()
