@@ -15,7 +15,9 @@ near an hour on 2 cores. Everything happens in a copy of the working tree (cosmi
 place).
 
 Prints a table per module (mutants measured of all it has, killed, survived, kill rate) and every
-surviving mutant: file, line, operator, the change.
+surviving mutant: file, line, operator, the change. A mutant inside a type annotation of a module that
+never evaluates them (``from __future__ import annotations``) cannot change behaviour: it is counted
+apart and left out of the kill rate.
 
     python Testing/benchmarks/bench_mutation.py [--sample 40] [--seed 0] [--modules WeakSegLib/io/atomic.py …]
                                                 [--json mutation.json]
@@ -23,6 +25,7 @@ surviving mutant: file, line, operator, the change.
 
 from __future__ import annotations
 
+import ast
 import json
 import random
 import shutil
@@ -118,23 +121,53 @@ def mutate(space: Path, module: str, mapping: Path, sample: int, seed: int, time
     began = time.perf_counter()
     run(["cosmic-ray", "exec", config, db], space, check=True, env=_env(space))
     seconds = time.perf_counter() - began
-    counts = {"total": len(jobs), "measured": 0, "killed": 0, "survived": 0, "incompetent": 0, "seconds": seconds}
+    counts = {"total": len(jobs), "measured": 0, "killed": 0, "survived": 0, "incompetent": 0, "annotation": 0,
+              "seconds": seconds}
     survivors = []
+    annotations = annotation_spans(pristine.read_text())
     with use_db(str(db), WorkDB.Mode.open) as work:
         for item, result in work.completed_work_items:
             if result.worker_outcome == WorkerOutcome.SKIPPED:
                 continue
             counts["measured"] += 1
+            spec = item.mutations[0]
+            if in_spans(annotations, tuple(spec.start_pos)):
+                counts["annotation"] += 1  # not a behaviour: never evaluated
+                continue
             outcome = result.test_outcome or TestOutcome.INCOMPETENT
             counts[outcome.value] += 1
             if outcome == TestOutcome.SURVIVED:
-                spec = item.mutations[0]
                 covered = "no test runs" not in (result.output or "")
-                survivors.append({"file": module, "line": spec.start_pos[0], "operator": spec.operator_name,
-                                  "change": _change(result.diff), "covered": covered})
+                survivors.append({"file": module, "line": spec.start_pos[0], "column": spec.start_pos[1],
+                                  "operator": spec.operator_name, "change": _change(result.diff), "covered": covered})
     scored = counts["killed"] + counts["survived"]
     counts["kill_rate"] = counts["killed"] / scored if scored else None
     return {"counts": counts, "survivors": sorted(survivors, key=lambda s: s["line"])}
+
+
+def annotation_spans(source: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """``((line, column), (end line, end column))`` of every type annotation of a module whose annotations
+    are never evaluated (``from __future__ import annotations``); none for any other module, where a
+    mutated annotation can fail on import."""
+    tree = ast.parse(source)
+    lazy = any(isinstance(node, ast.ImportFrom) and node.module == "__future__"
+               and any(a.name == "annotations" for a in node.names) for node in tree.body)
+    if not lazy:
+        return []
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.arg):
+            found.append(node.annotation)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            found.append(node.returns)
+        elif isinstance(node, ast.AnnAssign):
+            found.append(node.annotation)
+    return [((a.lineno, a.col_offset), (a.end_lineno, a.end_col_offset)) for a in found if a is not None]
+
+
+def in_spans(spans: list[tuple[tuple[int, int], tuple[int, int]]], position: tuple[int, int]) -> bool:
+    """Whether ``(line, column)`` lies inside one of ``spans``."""
+    return any(start <= position < end for start, end in spans)
 
 
 def _change(diff: str | None) -> str:
@@ -176,16 +209,18 @@ def main() -> None:
             results[module] = mutate(space, module, mapping, args.sample, args.seed, args.timeout, args.budget)
             c = results[module]["counts"]
             print(f"  {module}: {c['killed']}/{c['killed'] + c['survived']} killed ({c['measured']} of {c['total']} "
-                  f"mutants, {c['incompetent']} incompetent, {c['seconds']:.0f} s)", flush=True)
+                  f"mutants, {c['annotation']} in annotations, {c['incompetent']} incompetent, {c['seconds']:.0f} s)",
+                  flush=True)
             for s in results[module]["survivors"]:
                 print(f"    survived {_survivor(s)}", flush=True)
-    print("\n| concern | module | mutants measured / all | killed | survived | kill rate |\n|---|---|---|---|---|---|")
+    print("\n| concern | module | mutants measured / all | in annotations | killed | survived | kill rate |\n"
+          "|---|---|---|---|---|---|---|")
     for concern, modules in MODULES.items():
         for module in [m for m in modules if m in results]:
             c = results[module]["counts"]
             rate = "–" if c["kill_rate"] is None else f"{100 * c['kill_rate']:.0f} %"
-            print(f"| {concern} | {module} | {c['measured']} / {c['total']} | {c['killed']} | {c['survived']} "
-                  f"| {rate} |")
+            print(f"| {concern} | {module} | {c['measured']} / {c['total']} | {c['annotation']} | {c['killed']} "
+                  f"| {c['survived']} | {rate} |")
     print("\nsurviving mutants:")
     for module, result in results.items():
         for s in result["survivors"]:

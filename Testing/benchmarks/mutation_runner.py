@@ -5,8 +5,9 @@ in the current folder, mutated in place by cosmic-ray) differs from its pristine
 up the tests that ran those lines (``COVERAGE_MAP``: ``{"lines": {module: {line: [test node ids]}},
 "seconds": {test: seconds}}``, from one coverage run with a context per test) and runs them, the fastest
 first, as many as fit in ``BUDGET`` seconds of their measured time (at least one); exit code 0 means
-every one passed (the mutant survived). A mutant on lines no test runs survives at once (exit 0) and
-says so on stdout.
+every one passed (the mutant survived). A mutant on lines that run only on import (a decorator, a class
+body, a default value: coverage gives them no test) runs the tests of any line of the module instead,
+and says so on stdout.
 """
 
 import difflib
@@ -33,9 +34,12 @@ def main() -> int:
     seconds = data["seconds"]
     tests = sorted({test for line in lines for test in covering.get(str(line), [])},
                    key=lambda t: (seconds.get(t, float("inf")), t))
-    if not tests:
-        print(f"no test runs line(s) {sorted(lines)} of {module}")
-        return 0
+    if not tests:  # lines run on import (decorators, class bodies, defaults): the module's tests
+        print(f"no test runs line(s) {sorted(lines)} of {module} itself: the module's tests instead")
+        tests = sorted({test for tests_of_line in covering.values() for test in tests_of_line},
+                       key=lambda t: (seconds.get(t, float("inf")), t))
+        if not tests:
+            return 0
     chosen, spent = [], 0.0
     for test in tests:
         if chosen and spent + seconds.get(test, float("inf")) > float(budget):
