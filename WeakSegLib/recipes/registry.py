@@ -122,7 +122,8 @@ AUTO_RECIPE = "auto"
 BOXSUP_SLICES_PER_EPOCH = 4
 register(RecipeSpec("tightness+size+emptiness", "tightness prior + box-size bounds + background emptiness",
                     "WeakSegLib.recipes.box_constraints:TightnessSizeEmptiness", panel=True))
-register(RecipeSpec("tightness+emptiness", "tightness prior + background emptiness",
+register(RecipeSpec("tightness+emptiness",
+                    "tightness prior + background emptiness (no size bounds: may end diffuse, methods §1)",
                     "WeakSegLib.recipes.box_constraints:TightnessEmptiness", panel=True, tightness_weight=5e-3))
 register(RecipeSpec("tightness+size+masked-ce", "tightness prior + box-size bounds + masked CE outside the boxes",
                     "WeakSegLib.recipes.box_constraints:TightnessSizeMaskedCE", panel=True, bounds_weight=1e-2))
