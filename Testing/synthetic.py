@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from WeakSegLib.io.volume import Volume
+from WeakSegLib.io.card import InputSpec, LabelSpec, ModelCard, NetworkSpec
+from WeakSegLib.io.volume import Normalization, Volume
 
 
 def oblique_volume(array: np.ndarray) -> Volume:
@@ -46,3 +47,14 @@ def resampled(volume: Volume, spacing: tuple[float, float, float], labels: bool 
     out = sitk.Resample(image, size, sitk.Transform(), sitk.sitkNearestNeighbor if labels else sitk.sitkLinear,
                         image.GetOrigin(), spacing, image.GetDirection(), 0, image.GetPixelID())
     return Volume(sitk.GetArrayFromImage(out), spacing, volume.origin, volume.direction)
+
+
+def plain_card(dims: int, axis: int, context: int, values: list[int], patch: list[int] | None = None,
+               network: str = "probe", spacing: list[float] | None = None) -> ModelCard:
+    """A model card without a plan (the image taken as it is, intensities unchanged): ``network`` of
+    ``dims`` dimensions over ``context`` slices along ``axis``, one class per label of ``values``."""
+    mode = "3d" if dims == 3 else ("2.5d" if context > 1 else "2d")
+    return ModelCard(NetworkSpec(network, dims, context, len(values) + 1, (4, 8, 16, 32, 64)),
+                     InputSpec(mode, axis, context, list(spacing or []), Normalization("none"), patch_size=patch),
+                     [LabelSpec(v, f"l{v}", [1.0, 0.0, 0.0]) for v in values], "full")
+

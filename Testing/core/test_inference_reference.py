@@ -13,11 +13,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from synthetic import plain_card
 
 from WeakSegLib.engine.inference import predict_cases, predict_volume
 from WeakSegLib.engine.model import build_from_card, save_model
-from WeakSegLib.io.card import InputSpec, LabelSpec, ModelCard, NetworkSpec
-from WeakSegLib.io.volume import Normalization, Volume, write_volume
+from WeakSegLib.io.volume import Volume, write_volume
 
 SHAPE = (17, 13, 18)  # (z, y, x): one slice more than a prediction batch (16) along z, two along x
 
@@ -28,13 +28,6 @@ def probe(dims: int, context: int, classes: int, seed: int = 0) -> torch.nn.Modu
     conv = (torch.nn.Conv2d if dims == 2 else torch.nn.Conv3d)(context, classes, 3, padding=1)
     torch.nn.init.normal_(conv.weight, std=2.0)
     return conv.eval()
-
-
-def card_for(dims: int, axis: int, context: int, values: list[int], patch: list[int] | None = None) -> ModelCard:
-    mode = "3d" if dims == 3 else ("2.5d" if context > 1 else "2d")
-    return ModelCard(NetworkSpec("probe", dims, context, len(values) + 1),
-                     InputSpec(mode, axis, context, normalization=Normalization("none"), patch_size=patch),
-                     [LabelSpec(v, f"l{v}", [1.0, 0.0, 0.0]) for v in values], "full")
 
 
 def volume() -> Volume:
@@ -64,7 +57,7 @@ def reference_2d(network: torch.nn.Module, array: np.ndarray, axis: int, context
 def test_slice_prediction_equals_the_slice_by_slice_reference(axis, context):
     values = [2, 7]
     network, image = probe(2, context, 3), volume()
-    labels, prob = predict_volume((network, card_for(2, axis, context, values)), image, device="cpu",
+    labels, prob = predict_volume((network, plain_card(2, axis, context, values)), image, device="cpu",
                                   probabilities=True)
     want = reference_2d(network, image.array, axis, context)
     assert labels.array.shape == SHAPE and labels.array.dtype == np.uint8
@@ -76,7 +69,7 @@ def test_slice_prediction_equals_the_slice_by_slice_reference(axis, context):
 
 def test_label_values_above_255_are_written_as_uint16():
     network, image = probe(2, 1, 2), volume()
-    labels, _ = predict_volume((network, card_for(2, 0, 1, [300])), image, device="cpu")
+    labels, _ = predict_volume((network, plain_card(2, 0, 1, [300])), image, device="cpu")
     want = reference_2d(network, image.array, 0, 1).argmax(0)
     assert labels.array.dtype == np.uint16
     np.testing.assert_array_equal(labels.array, np.where(want == 1, 300, 0))
@@ -84,7 +77,7 @@ def test_label_values_above_255_are_written_as_uint16():
 
 def test_3d_prediction_of_one_window_is_the_network_on_the_whole_volume():
     network, image = probe(3, 1, 3), volume()
-    labels, prob = predict_volume((network, card_for(3, 0, 1, [1, 2], patch=list(SHAPE))), image, device="cpu",
+    labels, prob = predict_volume((network, plain_card(3, 0, 1, [1, 2], patch=list(SHAPE))), image, device="cpu",
                                   probabilities=True)
     with torch.no_grad():
         want = torch.softmax(network(torch.from_numpy(image.array)[None, None]), 1)[0].numpy()
@@ -93,7 +86,7 @@ def test_3d_prediction_of_one_window_is_the_network_on_the_whole_volume():
 
 
 def test_a_card_whose_context_differs_from_the_network_input_is_refused():
-    card = card_for(2, 0, 3, [1])
+    card = plain_card(2, 0, 3, [1])
     card.network.in_channels = 1
     with pytest.raises(Exception, match="inconsistent"):
         predict_volume((probe(2, 3, 2), card), volume(), device="cpu")
@@ -103,7 +96,7 @@ def test_a_card_whose_context_differs_from_the_network_input_is_refused():
 def test_a_card_without_a_plan_warns_when_the_spacing_differs_from_training(spacing, warned):
     """A card written before the canonical space takes the image as it is: a scan of another voxel size
     is predicted, with a warning that names both spacings."""
-    card = card_for(2, 0, 1, [1])
+    card = plain_card(2, 0, 1, [1])
     card.input.spacing = list(spacing)
     seen = []
     predict_volume((probe(2, 1, 2), card), volume(), device="cpu", on_event=seen.append)
@@ -115,9 +108,7 @@ def test_a_card_without_a_plan_warns_when_the_spacing_differs_from_training(spac
 
 def test_a_dataset_prediction_reports_each_case_in_order_as_done_of_all(tmp_path):
     """``case`` events count 1..n of n, the failed case too, with its error; the others are written."""
-    card = card_for(2, 0, 1, [1])
-    card.network = NetworkSpec("unet", 2, 1, 2, (4, 8, 16, 32, 64))
-    card.input.spacing = [0.8, 0.9, 2.5]
+    card = plain_card(2, 0, 1, [1], network="unet", spacing=[0.8, 0.9, 2.5])
     save_model(tmp_path / "m", build_from_card(card), card)
     write_volume(volume(), tmp_path / "a.nrrd")
     (tmp_path / "broken.nrrd").write_text("not an image")

@@ -10,15 +10,19 @@ from itertools import product
 
 import numpy as np
 import pytest
+import torch
+from synthetic import plain_card
 
 from WeakSegLib.app.cli import main
-from WeakSegLib.config import POSTPROCESS_STEPS
+from WeakSegLib.config import POSTPROCESS_STEPS, TrainCase
+from WeakSegLib.engine.model import build_from_card, save_model
 from WeakSegLib.engine.postprocess import SMALL_FRACTION, Decision, apply, apply_step, decide
+from WeakSegLib.engine.training import decide_postprocessing
 from WeakSegLib.errors import ModelError
 from WeakSegLib.io.boxes import boxes_from_mask, rasterize
 from WeakSegLib.io.card import ModelCard, read_card
 from WeakSegLib.io.sample_data import materialize_objects
-from WeakSegLib.io.volume import read_label_volume
+from WeakSegLib.io.volume import Volume, read_label_volume, write_volume
 
 
 def slow_components(mask: np.ndarray) -> list[set]:
@@ -162,3 +166,44 @@ def test_training_decides_on_its_cases_and_predict_applies_the_decision(good_mod
     np.testing.assert_array_equal(old, raw)
     np.testing.assert_array_equal(post, apply(raw, {1: "largest"}))
     assert (post != raw).any()  # the network's labels have several components
+
+
+def test_largest_keeps_the_first_of_two_equal_largest_components():
+    mask = np.zeros((4, 20, 20), bool)
+    mask[1:3, 2:6, 2:6] = mask[1:3, 12:16, 12:16] = True  # two equal cubes
+    mask[1, 18, 2] = True  # and a small one
+    kept = apply_step(mask, "largest")
+    assert kept.sum() == 32 and kept[1:3, 2:6, 2:6].all() and not kept[1:3, 12:16, 12:16].any()
+
+
+def test_drop_small_keeps_a_component_of_a_fifth_of_the_largest_and_drops_one_of_a_twentieth():
+    """The documented rule (docs/methods.md §9): components under a tenth of the largest go."""
+    mask = np.zeros((4, 30, 30), bool)
+    mask[0:4, 0:10, 0:10] = True     # 400 voxels
+    mask[0:4, 20:30, 20:22] = True   # 80: a fifth
+    mask[0:4, 0:5, 25] = True        # 20: a twentieth
+    kept = apply_step(mask, "drop-small")
+    assert kept.sum() == 480 and not kept[0:4, 0:5, 25].any()
+
+
+def test_a_decision_counts_its_cases_and_a_card_without_one_reads_as_none():
+    truth = np.zeros((4, 12, 12), bool)
+    truth[1:3, 3:9, 3:9] = True
+    decision = decide([(truth.astype(np.uint8), {1: truth})] * 3, [1], "masks")
+    assert decision.cases == 3
+    assert Decision.from_dict(decision.to_dict()) == decision
+    assert Decision.from_dict({}) == Decision()  # a card written before post-processing
+
+
+def test_the_decision_uses_the_first_eight_training_cases(tmp_path):
+    """Up to MAX_CASES (8) cases are predicted for the decision: the first ones with a reference."""
+    card = plain_card(2, 0, 1, [1], network="unet", spacing=[1.0, 1.0, 1.0])
+    save_model(tmp_path / "m", build_from_card(card), card)
+    image = Volume(np.random.default_rng(0).normal(size=(3, 16, 16)).astype(np.float32))
+    mask = np.zeros((3, 16, 16), np.uint8)
+    mask[1, 4:9, 4:9] = 1
+    write_volume(image, tmp_path / "i.nrrd")
+    write_volume(image.with_array(mask), tmp_path / "m.nrrd")
+    labelled = TrainCase(str(tmp_path / "i.nrrd"), mask=str(tmp_path / "m.nrrd"))
+    cases = [TrainCase(str(tmp_path / "i.nrrd"))] + [labelled] * 9  # the first has no reference
+    assert decide_postprocessing(tmp_path / "m", cases, card, torch.device("cpu")).cases == 8
