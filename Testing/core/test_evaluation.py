@@ -6,7 +6,7 @@ import io
 import numpy as np
 import pytest
 
-from WeakSegLib.engine.evaluation import evaluate_cases
+from WeakSegLib.engine.evaluation import Evaluation, Score, evaluate_cases, score_volumes
 from WeakSegLib.io.volume import Volume, write_volume
 
 SPACING = (2.0, 1.0, 0.5)  # x, y, z mm: one voxel is 1 mm³
@@ -98,3 +98,24 @@ def test_a_label_only_in_the_prediction_is_scored_as_a_false_class(tmp_path):
     assert false.volume_ml == pytest.approx((pred == 3).sum() * np.prod(SPACING) / 1000)
     assert false.volume_difference_pct is None and by_label[1].dice == 1.0
     assert result.label_mismatches() == {"b": "label(s) [3] only in the prediction"}
+
+
+def test_a_volume_without_background_scores_only_its_labels():
+    full = Volume(np.ones((3, 4, 4), np.uint8))
+    assert [s.label for s in score_volumes("c", full, full)] == [1]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_the_summary_sd_is_the_sample_sd_and_zero_for_one_case(n):
+    scores = [Score(f"c{i}", 1, 0.5 + 0.1 * i, 0.4, None, 1.0, 1.0, 0.0, 0.0) for i in range(n)]
+    dice_summary = Evaluation(scores).summary()[1]["dice"]
+    values = [0.5 + 0.1 * i for i in range(n)]
+    want = 0.0 if n == 1 else (sum((v - sum(values) / n) ** 2 for v in values) / (n - 1)) ** 0.5
+    assert dice_summary["sd"] == pytest.approx(want) and dice_summary["n"] == n
+
+
+def test_label_mismatches_are_found_per_case():
+    """Case a holds label 1 in both volumes; case b's reference holds label 2 that its prediction lacks."""
+    scores = [Score("a", 1, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0), Score("b", 1, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0),
+              Score("b", 2, 0.0, 0.0, None, 0.0, 2.0, -2.0, -100.0)]
+    assert Evaluation(scores).label_mismatches() == {"b": "label(s) [2] only in the reference"}

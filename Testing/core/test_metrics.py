@@ -73,3 +73,8 @@ def test_slice_box_iou_counts_missing_and_extra_slices():
     # slices 0 (missing) and 9 (extra) score 0, slices 1-3 score 0.5 → 1.5 / 5
     assert slice_box_iou(half, ref, 0) == pytest.approx(1.5 / 5)
     assert slice_box_iou(ref, ref, 0) == 1.0
+
+
+def test_box_iou_of_two_empty_boxes_is_zero():
+    empty = Box((1, 1, 1), (1, 3, 3), 1)
+    assert box_iou(empty, empty) == 0.0
