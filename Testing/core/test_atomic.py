@@ -2,10 +2,12 @@
 files staged together change together or not at all; a killed writer's leftovers are cleaned up."""
 
 import os
+from pathlib import PosixPath
 
 import pytest
 
 from WeakSegLib.errors import OutputError
+from WeakSegLib.io import atomic
 from WeakSegLib.io.atomic import Staged, atomic_write_bytes, atomic_write_json, remove_stale_temporaries
 
 
@@ -75,3 +77,21 @@ def test_leftovers_of_a_killed_writer_are_removed_and_nothing_else(tmp_path):
     assert sorted(remove_stale_temporaries(tmp_path)) == [".checkpoint.pt.a1b2c3d4.tmp",
                                                            ".pred.nii.gz.x_y_z_12.tmp.nii.gz"]
     assert sorted(os.listdir(tmp_path)) == sorted(keep)
+
+
+def test_an_output_folder_created_meanwhile_by_another_process_is_accepted(tmp_path, monkeypatch):
+    """Two ranks of one training check the model folder; the other rank creates it between this one's
+    two looks (seen as a flaky "the model folder is a folder; give a file name")."""
+    class CreatedMeanwhile(PosixPath):
+        looked = 0
+
+        def is_dir(self):
+            CreatedMeanwhile.looked += 1
+            if CreatedMeanwhile.looked == 1:
+                os.mkdir(self)  # the other rank, right after this rank's first look
+                return False
+            return super().is_dir()
+
+    monkeypatch.setattr(atomic, "Path", CreatedMeanwhile)
+    assert atomic.check_output_folder(tmp_path / "m", "model folder") == tmp_path / "m"
+    assert CreatedMeanwhile.looked >= 1 and (tmp_path / "m").is_dir()

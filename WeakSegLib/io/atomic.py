@@ -225,6 +225,11 @@ def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{path}: the {what} is a folder; give a file name")
+    return _creatable(path, what)
+
+
+def _creatable(path: Path, what: str) -> Path:
+    """``path``, after checking that its nearest existing parent is a writable folder."""
     parent = path.parent
     while not parent.exists():
         parent = parent.parent
@@ -245,4 +250,4 @@ def check_output_folder(path: str | os.PathLike, what: str = "output folder") ->
         if not os.access(path, os.W_OK | os.X_OK):
             raise OutputError(f"{path}: the {what} is not writable")
         return path
-    return check_writable(path, what)
+    return _creatable(path, what)  # (another process — a second rank — may create it meanwhile)
