@@ -162,6 +162,10 @@ def test_failed_save_keeps_the_previous_file(tmp_path):
     ('{"format": "weakseg-boxes", "version": 1, "geometry": {"shape": [2, 4, 4]}, "boxes": ["x"]}',
      "box #0 is a text, not an object"),
     ('{"format": "weakseg-boxes", "version": 1, "geometry": {"shape": [2, 4, 4]}, "boxes": []}', "box list is empty"),
+    ('{"format": "weakseg-boxes", "version": 1, "geometry": {"shape": [2, 4, 4]}, "labels": {"0": "a"}}',
+     "labels maps '0'"),
+    ('{"format": "weakseg-boxes", "version": 1, "geometry": {"shape": [2, 4, 4]}, '
+     '"boxes": [{"start": [0, 0, 0], "stop": [1, 3, 3], "kind": "3d", "axis": 3}]}', r"box #0.axis is 3, outside 0..2"),
 ])
 def test_bad_box_files_are_rejected(tmp_path, content, message):
     path = tmp_path / "b.json"
@@ -205,3 +209,16 @@ def test_in_plane_bounds_of_slice_boxes(axis, expect):
     assert Box(tuple(start), tuple(stop), 1, "slice", axis).in_plane() == expect
     with pytest.raises(InputError, match="3D box"):
         Box((0, 0, 0), (2, 2, 2)).in_plane()
+    with pytest.raises(InputError, match="3D box"):
+        Box((0, 0, 0), (2, 2, 2), 1, "3d", 0).in_plane()  # an axis does not make a 3D box a slice box
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_a_slice_box_on_any_axis_is_valid_and_3d_boxes_have_none(axis):
+    start, stop = [0, 1, 1], [3, 4, 4]
+    stop[axis] = start[axis] + 1
+    validate_boxes([Box(tuple(start), tuple(stop), 1, "slice", axis)], (3, 4, 4))
+    mask = np.zeros((3, 4, 4), np.uint8)
+    mask[1:3, 1:3, 1:3] = 1
+    assert [b.axis for b in boxes_from_mask(mask, "3d", axis)] == [None]
+    assert {b.axis for b in boxes_from_mask(mask, "slice", axis)} == {axis}
