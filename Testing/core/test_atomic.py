@@ -1,8 +1,10 @@
 """Atomic writes: a write that fails half-way leaves the previous file as it was and no temporary file;
 files staged together change together or not at all; a killed writer's leftovers are cleaned up."""
 
+import json
 import os
 from pathlib import PosixPath
+from types import SimpleNamespace
 
 import pytest
 
@@ -95,3 +97,41 @@ def test_an_output_folder_created_meanwhile_by_another_process_is_accepted(tmp_p
     monkeypatch.setattr(atomic, "Path", CreatedMeanwhile)
     assert atomic.check_output_folder(tmp_path / "m", "model folder") == tmp_path / "m"
     assert CreatedMeanwhile.looked >= 1 and (tmp_path / "m").is_dir()
+
+
+def test_a_failure_is_blamed_on_a_full_disk_below_one_mebibyte_free(tmp_path, monkeypatch):
+    for free, full in ((1_500_000, False), (900_000, True)):
+        monkeypatch.setattr(atomic.shutil, "disk_usage", lambda folder, free=free: SimpleNamespace(free=free))
+        assert atomic._disk_full(tmp_path) is full
+
+
+def test_the_reason_of_a_long_message_is_its_last_line():
+    assert atomic.reason(ValueError("while reading\nthe header is cut short")) == "the header is cut short"
+
+
+def test_the_umask_and_a_folder_sync_work_where_proc_and_folder_handles_do_not(tmp_path, monkeypatch):
+    """Off Linux there is no /proc (the umask is set and put back) and some systems cannot open a folder
+    to sync it: neither is an error."""
+    old = os.umask(0o027)
+    try:
+        class NoProc(PosixPath):
+            def read_text(self, *args, **kwargs):
+                raise OSError("no /proc here")
+
+        monkeypatch.setattr(atomic, "Path", NoProc)
+        assert atomic.umask() == 0o027 and os.umask(0o027) == 0o027
+    finally:
+        os.umask(old)
+
+    def refuse(*args, **kwargs):
+        raise OSError("cannot open a folder")
+
+    monkeypatch.setattr(atomic.os, "open", refuse)
+    atomic._fsync_folder(tmp_path)  # no error
+
+
+def test_files_go_into_folders_created_on_the_way_and_json_keeps_its_key_order(tmp_path):
+    with Staged() as out:
+        out.write_bytes(tmp_path / "a" / "b" / "c.txt", b"x")
+    assert (tmp_path / "a" / "b" / "c.txt").read_bytes() == b"x"
+    assert list(json.loads(atomic.json_bytes({"zeta": 1, "alpha": 2}))) == ["zeta", "alpha"]
