@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 from pathlib import Path
 
@@ -14,8 +15,10 @@ import pytest
 import SimpleITK as sitk
 
 from WeakSegLib.app.cli import main
+from WeakSegLib.errors import OutputError
 from WeakSegLib.io.boxes import load_boxes
 from WeakSegLib.io.dataset import DatasetCase, load_dataset
+from WeakSegLib.io.lock import LOCK, FolderLock
 from WeakSegLib.io.names import MAX_NAME, check_case_name, name_problem, safe_case_name
 from WeakSegLib.io.worklist import Worklist
 
@@ -173,3 +176,22 @@ def test_a_lock_whose_pid_now_belongs_to_another_process_is_taken_over(tmp_path)
     finally:
         other.kill()
         other.wait()
+
+
+def test_an_empty_lock_is_left_alone_for_a_minute_then_taken_over(tmp_path):
+    """An empty lock file is one its owner is writing right now (or was killed while writing): refused
+    while it is younger than 60 s, taken over after."""
+    lock = tmp_path / LOCK
+    lock.write_text("")
+    with pytest.raises(OutputError, match="in use by another WeakSeg run"):
+        FolderLock(tmp_path, "training").acquire()
+    os.utime(lock, (lock.stat().st_atime, lock.stat().st_mtime - 120))
+    with FolderLock(tmp_path, "training"):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+
+
+def test_a_lock_held_by_process_1_is_not_taken_over(tmp_path):
+    """Process 1 (init, or a container's first process) always runs: its lock is live."""
+    (tmp_path / LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": 1, "started": None, "what": "x"}))
+    with pytest.raises(OutputError, match="pid 1"):
+        FolderLock(tmp_path, "training").acquire()
