@@ -10,9 +10,9 @@ tests and times each test), the fastest first and as many as fit in ``--budget``
 measured time (at least one), and is killed when one of them fails or runs past ``--timeout``. The
 budget keeps a line that every training test runs from costing an hour a mutant; it can only leave a
 mutant alive that a slower test would have killed (the kill rate is a lower bound). A module with more than
-``--sample`` mutants is measured on a fixed random sample of them (``--seed``), so the whole run stays
-near an hour on 2 cores. Everything happens in a copy of the working tree (cosmic-ray mutates files in
-place).
+``--sample`` mutants is measured on a fixed random sample of them (``--seed``), so the whole run takes
+hours, not days (30 per module: about 2 h for the first nine modules on one core). Everything happens
+in a copy of the working tree (cosmic-ray mutates files in place).
 
 Prints a table per module (mutants measured of all it has, killed, survived, kill rate) and every
 surviving mutant: file, line, operator, the change. A mutant inside a type annotation of a module that
