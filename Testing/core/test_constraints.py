@@ -47,7 +47,7 @@ def test_log_barrier_gradients_finite_for_every_z():
     assert (z.grad > 0).all()  # the barrier always pushes z down
 
 
-@pytest.mark.parametrize("spatial,width", [((23, 31), 5), ((16, 16), 3), ((9, 11, 13), 4)])
+@pytest.mark.parametrize("spatial,width", [((23, 31), 5), ((16, 16), 3), ((9, 11, 13), 4), ((4, 6), 5), ((3, 6, 5), 5)])
 def test_tightness_matches_reference_loop(spatial, width):
     gen = torch.Generator().manual_seed(len(spatial) * 100 + width)
     B, C = 3, 2
