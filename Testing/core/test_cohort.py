@@ -412,7 +412,7 @@ def test_3d_boxes_are_cut_into_slice_boxes_for_a_2d_network_and_kept_for_a_3d_on
 
 
 def test_gmil_refuses_a_3d_box_and_takes_slice_boxes_on_a_2d_network(tmp_path):
-    image, slices, mask = _one_object_case(tmp_path)
+    image, slices, _ = _one_object_case(tmp_path)
     config = quick(recipe="gmil").validate().resolved()
     assert len(read_cohort([TrainCase(str(image), boxes=str(slices))], config, tmp_path / "s").samples) == 12
     (tmp_path / "3d").mkdir()
