@@ -6,6 +6,7 @@ import SimpleITK as sitk
 from synthetic import oblique_volume
 
 from WeakSegLib.errors import InputError
+from WeakSegLib.io.sample_data import crop_axial
 from WeakSegLib.io.volume import (
     Volume,
     axial_axis,
@@ -113,3 +114,20 @@ def test_axial_axis_follows_direction(spine_ct):
     assert axial_axis(read_volume(spine_ct["image"]).direction) == 1  # TPTBox CT: ITK index j runs along S–I
     assert axial_axis(read_direction(spine_ct["image"])) == 1  # the same from the header alone
     assert axial_axis(Volume(np.zeros((2, 3, 4))).direction) == 0
+
+
+@pytest.mark.parametrize("direction", [(1, 0, 0, 0, 1, 0, 0, 0, 1), (0, 0, 1, 1, 0, 0, 0, 1, 0)])
+def test_an_axial_crop_keeps_each_voxel_where_it_was(direction):
+    """The sample cases' axial crop: every kept voxel has its value and its world position of before."""
+    array = np.arange(6 * 7 * 8, dtype=np.float32).reshape(6, 7, 8)
+    volume = Volume(array, (0.5, 0.7, 2.0), (10.0, -4.0, 3.0), direction)
+    axis = axial_axis(volume.direction)
+    cropped = crop_axial(volume, 2, 5)
+    assert cropped.shape[axis] == 3
+    before, after = volume.to_sitk(), cropped.to_sitk()
+    for index in np.ndindex(*cropped.shape):
+        old = list(index)
+        old[axis] += 2
+        assert cropped.array[index] == volume.array[tuple(old)]
+        np.testing.assert_allclose(after.TransformIndexToPhysicalPoint([int(i) for i in index[::-1]]),
+                                   before.TransformIndexToPhysicalPoint([int(i) for i in old[::-1]]))

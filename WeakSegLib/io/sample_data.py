@@ -91,14 +91,11 @@ def materialize(name: str, folder: str | os.PathLike) -> dict:
 
 
 def crop_axial(volume: Volume, first: int, stop: int) -> Volume:
-    """The axial slices ``[first, stop)`` of ``volume``, on the same physical grid (origin moved)."""
-    axis = axial_axis(volume.direction)
+    """The axial slices ``[first, stop)`` of ``volume``, on the same physical grid (SimpleITK's slicing
+    moves the origin)."""
     take = [slice(None)] * 3
-    take[axis] = slice(first, stop)
-    index = [0, 0, 0]
-    index[2 - axis] = first  # ITK index order (x, y, z) = array axes reversed
-    origin = volume.to_sitk().TransformIndexToPhysicalPoint(index)
-    return Volume(np.ascontiguousarray(volume.array[tuple(take)]), volume.spacing, tuple(origin), volume.direction)
+    take[2 - axial_axis(volume.direction)] = slice(first, stop)  # ITK index order (x, y, z): array axes reversed
+    return Volume.from_sitk(volume.to_sitk()[tuple(take)])
 
 
 @dataclass(frozen=True)
