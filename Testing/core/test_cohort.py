@@ -393,6 +393,9 @@ def _one_object_case(tmp_path, kind="slice"):
 def test_a_box_recipe_reads_the_boxes_and_leaves_sizes_and_a_mask_given_beside_them():
     tc = TrainCase("img.nrrd", boxes="b.json", mask="m.nrrd", sizes="s.json")
     assert inputs_to_read(tc, recipe_spec("tightness+emptiness")) == (["boxes"], ["mask", "sizes"])
+    # boxsup names masks among its inputs, but reads a case's mask only when the case gives no boxes
+    assert inputs_to_read(tc, recipe_spec("boxsup")) == (["boxes"], ["mask", "sizes"])
+    assert inputs_to_read(TrainCase("img.nrrd", mask="m.nrrd"), recipe_spec("boxsup")) == (["mask"], [])
 
 
 def test_a_case_with_its_own_evaluation_mask_keeps_it_beside_an_unused_mask():
