@@ -15,7 +15,7 @@ import pytest
 import torch
 from synthetic import plain_card
 
-from WeakSegLib.engine.inference import predict_cases, predict_volume
+from WeakSegLib.engine.inference import input_probabilities, predict_cases, predict_volume
 from WeakSegLib.engine.model import build_from_card, save_model
 from WeakSegLib.io.volume import Volume, write_volume
 
@@ -118,3 +118,14 @@ def test_a_dataset_prediction_reports_each_case_in_order_as_done_of_all(tmp_path
     done = [(e["done"], e["of"], e["name"], "error" in e) for e in seen if e["event"] == "case"]
     assert done == [(1, 3, "a", False), (2, 3, "b", True), (3, 3, "c", False)]
     assert [r.error is None for r in results] == [True, False, True] and (tmp_path / "out" / "c.nii.gz").is_file()
+
+
+@pytest.mark.parametrize("axis, flipped", [(0, 2), (1, 2), (2, 1)])
+def test_mirrored_prediction_is_the_reference_of_the_mirror_image_mirrored_back(axis, flipped):
+    """Test-time mirroring (ranking) flips an axis in the slices' plane: x, or y for slices along x."""
+    network, image = probe(2, 3, 3), volume()
+    got = input_probabilities(network, plain_card(2, axis, 3, [1, 2]), image, torch.device("cpu"), mirror=True)
+    want = np.flip(reference_2d(network, np.flip(image.array, flipped).copy(), axis, 3), flipped + 1)
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-5)
+    plain = input_probabilities(network, plain_card(2, axis, 3, [1, 2]), image, torch.device("cpu"))
+    assert not np.allclose(plain.numpy(), want, atol=1e-3)  # the probe is not symmetric: mirroring shows

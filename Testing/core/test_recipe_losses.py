@@ -49,7 +49,7 @@ def build(recipe: str, batch: dict, **settings):
 def ref_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean of −log softmax at the label over the labelled pixels, one pixel at a time."""
     log_p = torch.log_softmax(logits, 1)
-    terms = [-log_p[b, int(labels[b, i, j]), i, j] for b in range(B) for i in range(H) for j in range(W)
+    terms = [-log_p[b, int(labels[b, i, j]), i, j] for b in range(len(labels)) for i in range(H) for j in range(W)
              if int(labels[b, i, j]) != IGNORE]
     return torch.stack(terms).mean()
 
@@ -175,3 +175,64 @@ def test_accl_total_is_cross_entropy_plus_the_generator_term(mode):
     want = ref_ce(logits, batch["labels"]) + 0.3 * ((scores - 1) ** 2).mean()
     assert total.item() == pytest.approx(want.item(), rel=1e-6)
     assert set(parts) == {"ce", "adversarial"}
+
+
+# ---- mixed supervision: mask cases beside box cases ------------------------------------------------
+
+def mixed_batch(gen: torch.Generator) -> tuple[dict, dict]:
+    """A batch of 5 whose samples 1 and 3 come from mask cases (``full``: labels everywhere, no box), and
+    the batch of its box cases' samples 0, 2, 4 written out by hand (boxes renumbered 0, 1, 2)."""
+    boxes = torch.tensor([[0, 0, 2, 9, 3, 15], [2, 1, 8, 14, 1, 6], [4, 0, 0, 16, 5, 11], [4, 0, 4, 7, 4, 7]])
+    valid = torch.ones(5, H, W, dtype=torch.bool)
+    valid[:, :, 17:] = False
+    labels = torch.randint(0, C + 1, (5, H, W), generator=gen)
+    labels[[0, 2, 4]] = torch.where(torch.rand(3, H, W, generator=gen) < 0.3, IGNORE, labels[[0, 2, 4]])
+    batch = {"image": torch.randn(5, 1, H, W, generator=gen), "labels": labels, "boxes": boxes,
+             "box_mask": ref_box_mask((5, C, H, W), boxes).to(torch.uint8), "valid": valid,
+             "full": torch.tensor([False, True, False, True, False])}
+    box_rows = torch.tensor([[0, 0, 2, 9, 3, 15], [1, 1, 8, 14, 1, 6], [2, 0, 0, 16, 5, 11], [2, 0, 4, 7, 4, 7]])
+    boxed = {"labels": labels[[0, 2, 4]], "boxes": box_rows, "box_mask": ref_box_mask((3, C, H, W), box_rows),
+             "valid": valid[[0, 2, 4]]}
+    return batch, boxed
+
+
+@pytest.mark.parametrize("recipe", sorted(BOX_RECIPES))
+def test_a_mixed_batch_is_the_box_terms_on_the_box_samples_plus_cross_entropy_on_the_mask_samples(recipe):
+    gen = torch.Generator().manual_seed(6)
+    batch, boxed = mixed_batch(gen)
+    logits = torch.randn(5, C + 1, H, W, generator=gen, dtype=torch.float64)
+    total, parts = build(recipe, batch).loss(logits, batch, T, weak=False)
+    box_part = BOX_RECIPES[recipe](torch.softmax(logits[[0, 2, 4]], 1)[:, 1:], boxed)
+    mask_part = ref_ce(logits[[1, 3]], batch["labels"][[1, 3]])
+    assert float(parts["mask-ce"]) == pytest.approx(float(mask_part), rel=1e-9)
+    assert float(total) == pytest.approx(float(box_part + mask_part), rel=1e-9)
+
+
+@pytest.mark.parametrize("recipe", sorted(BOX_RECIPES))
+def test_a_batch_of_mask_samples_only_trains_cross_entropy_and_records_every_term(recipe):
+    gen = torch.Generator().manual_seed(7)
+    batch, _ = mixed_batch(gen)
+    batch = {**batch, "boxes": batch["boxes"][:0], "box_mask": torch.zeros_like(batch["box_mask"]),
+             "full": torch.ones(5, dtype=torch.bool)}
+    logits = torch.randn(5, C + 1, H, W, generator=gen, dtype=torch.float64, requires_grad=True)
+    total, parts = build(recipe, batch).loss(logits, batch, T, weak=True)
+    assert float(total.detach()) == pytest.approx(float(ref_ce(logits, batch["labels"])), rel=1e-9)
+    names = {term.name for term in build(recipe, batch).term_list}
+    assert names | {"mask-ce"} == set(parts) and all(float(parts[n]) == 0.0 for n in names)
+    total.backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("recipe", ["box-mask", "boxsup", "deepcut"])
+def test_label_map_recipes_train_mask_samples_in_their_own_cross_entropy(recipe):
+    gen = torch.Generator().manual_seed(8)
+    batch, _ = mixed_batch(gen)
+    logits = torch.randn(5, C + 1, H, W, generator=gen, dtype=torch.float64)
+    recipe_ = build(recipe, batch)
+    try:
+        total, parts = recipe_.loss(logits, batch, T, weak=False)
+    finally:
+        if recipe_.hooks() is not None:
+            recipe_.hooks().close()
+    assert float(total) == pytest.approx(float(ref_ce(logits, batch["labels"])), rel=1e-9)
+    assert "mask-ce" not in parts

@@ -156,7 +156,9 @@ def test_a_two_label_run_predicts_each_label_where_it_is(tmp_path):
 def test_missing_labels_for_the_recipe_are_explained(boxed_case, tmp_path):
     with pytest.raises(InputError, match="trains on masks: give --mask"):
         train([TrainCase(boxed_case["image"], boxes=boxed_case["boxes"])], quick(recipe="full"), tmp_path / "m")
-    with pytest.raises(InputError, match="trains on boxes: give --boxes"):
+    with pytest.raises(InputError, match="trains on boxes or masks: give --boxes or --mask"):
+        train([TrainCase(boxed_case["image"], partial=boxed_case["mask"])], quick(), tmp_path / "m")
+    with pytest.raises(InputError, match="no case gives boxes: .* or train recipe 'full'"):  # masks alone: not mixed
         train([TrainCase(boxed_case["image"], mask=boxed_case["mask"])], quick(), tmp_path / "m")
     with pytest.raises(InputError, match="no training case"):
         train([], quick(), tmp_path / "m")

@@ -445,6 +445,51 @@ def cmd_dataset_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_rank(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from WeakSegLib.engine.ranking import rank_dataset
+    from WeakSegLib.io.dataset import load_dataset
+
+    dataset = load_dataset(args.dataset)
+    out = Path(args.out) if args.out else dataset.path.parent / "ranking.csv"
+
+    def report(event: dict) -> None:
+        if event["event"] == "case" and not args.quiet:
+            what = "predicted" if "prediction" in event else f"skipped: {event['error']}"
+            print(f"[{event['done']}/{event['of']}] {event['name']} {what}", flush=True)
+
+    ranked, failed = rank_dataset(args.model, dataset, out, args.pred_dir, split=args.split, device=args.device,
+                                  on_event=report)
+    for r in ranked[:args.show]:
+        print(f"{r.score:.3f}  {r.name}  ({sum(r.volume_mm3) / 1000:.1f} ml)")
+    print(f"{len(ranked)} cases ranked, most uncertain first → {out}")
+    if failed:
+        print(f"weakseg: error: {len(failed)} cases failed ({', '.join(n for n, _ in failed)})", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_OK
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    from WeakSegLib.io import review
+    from WeakSegLib.io.dataset import load_dataset
+
+    dataset = load_dataset(args.dataset)
+    if args.review_command == "accept":
+        path = review.accept(dataset, args.case, args.mask, args.by)
+        print(f"{args.case}: accepted → {path} (trains on this mask)")
+    elif args.review_command == "reject":
+        review.reject(dataset, args.case)
+        print(f"{args.case}: rejected (back to boxing)")
+    else:
+        waiting = sorted(dataset.cases, key=lambda c: (c.status != "predicted", -(c.review.score or 0.0)
+                                                       if c.review is not None else 0.0))
+        for case in waiting:
+            score = case.review.score if case.review is not None else None
+            print(f"{case.name}\t{case.status}\t{_number(score, 3)}")
+    return EXIT_OK
+
+
 def cmd_tighten_train(args: argparse.Namespace) -> int:
     from WeakSegLib.io.volume import read_direction
     from WeakSegLib.tightener.training import train_tightener
@@ -526,8 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image", action="append", help="training image (repeat for several)")
     t.add_argument("--boxes", action="append", help="box JSON file, one per --image ('-' for none)")
     t.add_argument("--mask", action="append",
-                   help="label mask, one per --image ('-' for none): recipe 'full'; with 'boxsup', images given "
-                        "a mask and no boxes train on the mask (semi-supervised)")
+                   help="label mask, one per --image ('-' for none): recipe 'full'; with a box recipe, images given "
+                        "a mask and no boxes train on the mask (mixed supervision), and a mask beside boxes is the "
+                        "reference of the Dice per epoch")
     t.add_argument("--eval-mask", action="append", help="reference mask to report Dice per epoch (not trained on)")
     t.add_argument("--sizes", action="append",
                    help="size: size label file, one per --image ('-' for none); with --mask, the mask labels "
@@ -587,6 +633,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the connected-component post-processing the model card holds (the network's labels)")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=cmd_predict)
+
+    rk = sub.add_parser("rank", help="predict the cases without a mask or a review and rank them for review, "
+                                     "most uncertain first")
+    rk.add_argument("--model", required=True)
+    rk.add_argument("--dataset", required=True, help="dataset file; each ranked case's prediction and score go into it")
+    rk.add_argument("--split", choices=SPLITS, help="rank only the cases of this split (default: every case)")
+    rk.add_argument("--out", help="ranking table (CSV) to write (default: ranking.csv beside the dataset file)")
+    rk.add_argument("--pred-dir", help="folder of the predictions (default: predictions/ beside the dataset file)")
+    rk.add_argument("--device", choices=DEVICES, default=DEFAULT_DEVICE)
+    rk.add_argument("--show", type=int, default=10, help="print the first N of the ranking")
+    rk.add_argument("--quiet", action="store_true")
+    rk.set_defaults(func=cmd_rank)
+
+    rv = sub.add_parser("review", help="accept or reject a ranked prediction, or list the cases' review states")
+    rv_sub = rv.add_subparsers(dest="review_command", required=True)
+    ra = rv_sub.add_parser("accept", help="the case's prediction (or --mask, edited from it) becomes its training mask")
+    ra.add_argument("case")
+    ra.add_argument("--dataset", required=True)
+    ra.add_argument("--mask", help="the edited segmentation to accept instead of the prediction (label volume)")
+    ra.add_argument("--by", help="who accepts (default: the login name)")
+    rj = rv_sub.add_parser("reject", help="drop the case's prediction (or accepted mask): it goes back to boxing")
+    rj.add_argument("case")
+    rj.add_argument("--dataset", required=True)
+    rl = rv_sub.add_parser("list", help="every case's status and review score, those waiting for review first")
+    rl.add_argument("--dataset", required=True)
+    rv.set_defaults(func=cmd_review)
 
     e = sub.add_parser("evaluate", help="Dice, IoU, HD95 and volumes of predictions against reference masks")
     e.add_argument("--pred", help="one prediction (with --ref)")

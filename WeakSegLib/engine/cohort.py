@@ -86,7 +86,7 @@ def inputs_to_read(tc: TrainCase, spec: RecipeSpec) -> tuple[list[str], list[str
             mask the recipe needs.
     """
     given = [kind for kind in INPUT_NAMES if getattr(tc, kind) is not None]
-    first = next((kind for kind in spec.labels if kind in given), None)
+    first = next((kind for kind in spec.label_inputs() if kind in given), None)
     if first is None:
         raise InputError(spec.missing_labels_message(tc.image))
     if spec.reference == "paired" and "reference" not in given:
@@ -218,6 +218,9 @@ def read_cohort(cases: Sequence[TrainCase], config: TrainConfig, store_folder: P
         warnings += [f"recipe {spec.name!r} does not use the {INPUT_NAMES[kind]} given for {tc.image} "
                      f"(--{kind}): ignored" for kind in unused]
         _label_names(tc, read, config, names)
+    if spec.mixes_masks and not any("boxes" in read for read in reads):
+        raise InputError(f"recipe {spec.name!r} learns from boxes, but no case gives boxes: give --boxes for at least "
+                         "one image, or train recipe 'full' on the masks")
     for kind in spec.needs:
         if all(getattr(tc, kind) is None for tc in cases):
             raise InputError(f"recipe {spec.name!r} needs {INPUT_NAMES[kind]}: give --{kind} for at least one image"
@@ -273,6 +276,9 @@ def read_cohort(cases: Sequence[TrainCase], config: TrainConfig, store_folder: P
         samples = sink
     summary = {"cases": len(cases), "samples": len(samples), "in_memory": bool(in_memory), "spacing": plan.spacing,
                "modality": plan.modality}
+    if spec.mixes_masks:  # how many cases train on each kind of label (mixed supervision)
+        boxed = sum("boxes" in read for read in reads)
+        summary["supervision"] = {"boxes": boxed, "mask": len(reads) - boxed}
     return Cohort(samples, plan, values, {v: names.get(v, f"label {v}") for v in values},
                   [str(tc.image) for tc in cases], warnings, summary)
 
@@ -309,7 +315,8 @@ def _read_case(tc: TrainCase, read: Sequence[str], image: Volume, spec: RecipeSp
                 boxes=None if moved.boxes is None else _slice_boxes(moved.boxes, config, str(tc.image)),
                 mask=moved.labels.get("mask"), partial=moved.labels.get("partial"),
                 eval_mask=moved.labels.get("eval_mask"),
-                reference=moved.labels.get("reference", reference))
+                reference=moved.labels.get("reference", reference),
+                full=spec.mixes_masks and "boxes" not in read)
     inside = np.zeros(case.image.shape, bool)
     for box in moved.boxes or []:
         inside[box.slices()] = True

@@ -10,6 +10,11 @@ scribbles; a size-labelled case (:mod:`WeakSegLib.io.sizes`) labels the slices i
 outside of its boxes and (as background) the slices measured empty for every class, and carries
 per (slice, class) sizes for the size loss.
 
+Mixed supervision: in a box recipe's cohort, a case that gives a mask and no boxes (an accepted
+review, :mod:`WeakSegLib.io.review`) is a *mask case* (:attr:`Case.full`): its samples are labelled by
+the mask and flagged ``full``, so the recipe's box terms skip them and cross-entropy on the mask
+trains them (:meth:`WeakSegLib.engine.recipe.Recipe.loss`).
+
 Spatial sizes are padded at the far end (bottom/right/back) to a common multiple of
 :data:`WeakSegLib.nets.segmentation.SIZE_MULTIPLE`, so box indices need no shift; the padding is outside
 every box and holds the volume's minimum intensity.
@@ -49,6 +54,7 @@ class Case:
         partial: ``(z, y, x)`` partial label volume (:mod:`WeakSegLib.io.partial`).
         reference: ``(z, y, x)`` reference masks for ACCL (any grid with the same in-plane size or
             smaller; the image's own grid for paired references).
+        full: a mask case of a box recipe's cohort (module docstring): trained on ``mask`` by cross-entropy.
     """
 
     image: np.ndarray
@@ -59,6 +65,7 @@ class Case:
     sizes: list[SizeLabel] | None = None
     partial: np.ndarray | None = None
     reference: np.ndarray | None = None
+    full: bool = False
 
 
 @dataclass
@@ -76,6 +83,7 @@ class SampleSet:
         case_index: ``(N,)`` long, the case each sample comes from.
         sizes: ``(N, C)`` float32 size labels in pixels (< 0: none), or None without size labels.
         references: ``(R, *S)`` uint8 reference masks (class indices) for ACCL, or None.
+        full: ``(N,)`` bool, the samples of mask cases (module docstring), or None when no case is one.
     """
 
     images: torch.Tensor
@@ -87,6 +95,7 @@ class SampleSet:
     case_index: torch.Tensor
     sizes: torch.Tensor | None = None
     references: torch.Tensor | None = None
+    full: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -100,12 +109,13 @@ class SampleSet:
         """All tensors on ``device`` (done once, so a training step moves nothing)."""
         return SampleSet(*[None if v is None else v.to(device) for v in
                            (self.images, self.labels, self.box_mask, self.boxes, self.eval_labels, self.valid,
-                            self.case_index, self.sizes, self.references)])
+                            self.case_index, self.sizes, self.references, self.full)])
 
     def batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
         """Rows ``index`` (long, on the samples' device; a sample may appear more than once) with their
         boxes renumbered 0..len(index)-1, in the set's row order and then batch order (as
-        :meth:`SliceStore.batch` gives them); ``sizes`` when the set has size labels."""
+        :meth:`SliceStore.batch` gives them); ``sizes`` when the set has size labels, ``full`` when it has
+        mask cases."""
         pairs = (self.boxes[:, 0, None] == index[None, :]).nonzero()  # (K, 2) [box row, batch position]
         boxes = self.boxes[pairs[:, 0]].clone()
         boxes[:, 0] = pairs[:, 1]
@@ -113,6 +123,8 @@ class SampleSet:
                "box_mask": self.box_mask[index], "boxes": boxes, "valid": self.valid[index]}
         if self.sizes is not None:
             out["sizes"] = self.sizes[index]
+        if self.full is not None:
+            out["full"] = self.full[index]
         return out
 
     @classmethod
@@ -121,17 +133,27 @@ class SampleSet:
         masks when the batch has them): a recipe exercised on a hand-made batch."""
         n = batch["image"].shape[0]
         return cls(batch["image"], batch["labels"].to(torch.uint8), batch["box_mask"], batch["boxes"], None,
-                   batch["valid"], torch.zeros(n, dtype=torch.long), batch.get("sizes"), batch.get("reference"))
+                   batch["valid"], torch.zeros(n, dtype=torch.long), batch.get("sizes"), batch.get("reference"),
+                   batch.get("full"))
 
     def labelled(self) -> torch.Tensor:
         """``(N,)`` bool: samples with at least one labelled pixel (padding not counted)."""
         return ((self.labels != IGNORE) & self.valid).flatten(1).any(1)
 
     def boxed(self) -> torch.Tensor:
-        """``(N,)`` bool on the CPU: samples that hold a box."""
+        """``(N,)`` bool on the CPU: samples that hold a box, or an object of a mask case's mask (the samples
+        a batch's boxed share is drawn from, :func:`WeakSegLib.engine.loop.epoch_order`)."""
         out = torch.zeros(len(self), dtype=torch.bool)
         out[self.boxes[:, 0].cpu()] = True
+        if self.full is not None:
+            out |= (self.full & objects(self.labels)).cpu()
         return out
+
+
+def objects(labels: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """``(N,)`` bool: the samples of class-index ``labels`` ``(N, *S)`` that label an object pixel."""
+    found = (labels > 0) & (labels != IGNORE)
+    return found.reshape(len(found), -1).any(1)
 
 
 def flip_batch(batch: dict[str, torch.Tensor], axes: Sequence[int]) -> dict[str, torch.Tensor]:
@@ -223,6 +245,7 @@ class CaseSamples:
         eval_labels: ``(n, *S)`` uint8 reference class indices, or None.
         sizes: ``(n, C)`` float32 size labels (< 0: none), or None.
         fill: the intensity padding takes (the case's minimum).
+        full: the samples of a mask case (:attr:`Case.full`).
     """
 
     planes: np.ndarray
@@ -231,6 +254,7 @@ class CaseSamples:
     eval_labels: np.ndarray | None
     sizes: np.ndarray | None
     fill: float
+    full: bool = False
 
     def images(self, context: int, spatial_dims: int) -> np.ndarray:
         """``(n, k, *S)``: each slice with its context slices as channels (2D), or ``(1, 1, *S)`` (3D)."""
@@ -280,9 +304,9 @@ def case_samples(case: Case, label_values: Sequence[int], *, spatial_dims: int =
     rows = np.asarray(box_rows, dtype=np.int64).reshape(-1, 2 + 2 * spatial_dims)
     if spatial_dims == 2:
         return CaseSamples(np.moveaxis(case.image, axis, 0), np.moveaxis(labels, axis, 0), rows,
-                           None if ev is None else np.moveaxis(ev, axis, 0), sizes, float(case.image.min()))
+                           None if ev is None else np.moveaxis(ev, axis, 0), sizes, float(case.image.min()), case.full)
     return CaseSamples(case.image[None], labels[None], rows, None if ev is None else ev[None], None,
-                       float(case.image.min()))
+                       float(case.image.min()), case.full)
 
 
 def build_samples(cases: Sequence[Case], label_values: Sequence[int], *, spatial_dims: int = 2,
@@ -307,7 +331,7 @@ def build_samples(cases: Sequence[Case], label_values: Sequence[int], *, spatial
         raise InputError(f"pad_to {target} is smaller than the largest sample {tuple(spatial)}")
     has_eval = any(v.eval_labels is not None for v in views)  # a case without one: IGNORE throughout
     with_sizes = any(v.sizes is not None for v in views)  # then every sample gets a sizes row
-    per = {key: [] for key in ("images", "labels", "box_mask", "eval", "valid", "boxes", "case", "sizes")}
+    per = {key: [] for key in ("images", "labels", "box_mask", "eval", "valid", "boxes", "case", "sizes", "full")}
     offset = 0
     for i, view in enumerate(views):
         n = len(view.planes)
@@ -325,6 +349,7 @@ def build_samples(cases: Sequence[Case], label_values: Sequence[int], *, spatial
         rows[:, 0] += offset
         per["boxes"].append(rows)
         per["case"].append(np.full(n, i, dtype=np.int64))
+        per["full"].append(np.full(n, view.full))
         if with_sizes:
             per["sizes"].append(view.sizes if view.sizes is not None else np.full((n, C), -1.0, np.float32))
         offset += n
@@ -342,4 +367,5 @@ def build_samples(cases: Sequence[Case], label_values: Sequence[int], *, spatial
         case_index=torch.from_numpy(np.concatenate(per["case"])),
         sizes=torch.from_numpy(np.concatenate(per["sizes"])) if with_sizes else None,
         references=torch.from_numpy(np.concatenate(references)) if references else None,
+        full=torch.from_numpy(np.concatenate(per["full"])) if any(v.full for v in views) else None,
     )

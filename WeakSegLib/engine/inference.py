@@ -127,28 +127,60 @@ def predict_volume(model: str | os.PathLike | tuple[torch.nn.Module, ModelCard],
     network, card = load_model(model) if not isinstance(model, tuple) else model
     emit = on_event or events.ignore
     dev = resolve_device(device)
-    network = network.to(dev)
+    progress = (lambda i, n: emit(events.predict(i, n)))
+    probs = input_probabilities(network.to(dev), card, volume, dev, progress=progress, should_stop=should_stop,
+                                on_event=emit, name=name)
+    labels = label_volume(card, probs)
+    prob = volume.with_array((1.0 - probs[0]).numpy().astype(np.float32)) if probabilities else None
+    return volume.with_array(labels), prob
+
+
+def input_probabilities(network: torch.nn.Module, card: ModelCard, volume: Volume, device: torch.device, *,
+                        progress: Callable[[int, int], None] = lambda i, n: None,
+                        should_stop: Callable[[], bool] | None = None, on_event: EventSink | None = None,
+                        name: str = "image", mirror: bool = False) -> torch.Tensor:
+    """The softmax ``(classes, z, y, x)`` of ``network`` (on ``device``) over ``volume`` on the input's
+    grid (:func:`predict_volume` says how). ``mirror``: the image is mirrored along the canonical
+    axis in the network's plane (:func:`mirror_axis`) before the network sees it and the probabilities
+    mirrored back (nnU-Net's test-time mirroring)."""
     inp = card.input
     if volume.array.ndim != 3:
         raise InputError(f"image must be 3D, got shape {volume.array.shape}")
     check_not_constant(volume.array, name, "segment")
-    progress = (lambda i, n: emit(events.predict(i, n)))
+
+    def network_probabilities(array: np.ndarray) -> torch.Tensor:
+        if not mirror:
+            return _class_probabilities(network, card, array, device, progress, should_stop)
+        axis = mirror_axis(card)
+        flipped = np.ascontiguousarray(np.flip(array, axis))
+        return _class_probabilities(network, card, flipped, device, progress, should_stop).flip(axis + 1)
+
     if inp.preprocessing is not None:
         canonical = canonicalize(volume, Plan.from_dict(inp.preprocessing)).volume
-        probs_c = _class_probabilities(network, card, canonical.array, dev, progress, should_stop)
-        probs = torch.from_numpy(to_input_grid(probs_c.numpy(), canonical, volume))
-    else:
-        if inp.spacing and not np.allclose(inp.spacing, volume.spacing, rtol=0.25):
-            emit(events.warning(f"image spacing {tuple(round(s, 3) for s in volume.spacing)} mm differs from the "
-                                f"training spacing {tuple(round(s, 3) for s in inp.spacing)} mm"))
-        probs = _class_probabilities(network, card, inp.normalization.apply(volume.array), dev, progress, should_stop)
+        probs_c = network_probabilities(canonical.array)
+        return torch.from_numpy(to_input_grid(probs_c.numpy(), canonical, volume))
+    if inp.spacing and not np.allclose(inp.spacing, volume.spacing, rtol=0.25):
+        (on_event or events.ignore)(events.warning(
+            f"image spacing {tuple(round(s, 3) for s in volume.spacing)} mm differs from the "
+            f"training spacing {tuple(round(s, 3) for s in inp.spacing)} mm"))
+    return network_probabilities(inp.normalization.apply(volume.array))
+
+
+def mirror_axis(card: ModelCard) -> int:
+    """The canonical ``(z, y, x)`` axis test-time mirroring flips: ``x`` (left–right), or ``y`` for a 2D
+    model that slices along ``x``."""
+    return 1 if card.network.spatial_dims == 2 and card.input.axis == 2 else 2
+
+
+def label_volume(card: ModelCard, probs: torch.Tensor) -> np.ndarray:
+    """The label values of ``card`` (uint8/uint16) of the argmax of ``probs`` ``(classes, z, y, x)``, after
+    the card's connected-component post-processing (:mod:`~WeakSegLib.engine.postprocess`)."""
     cls = probs.argmax(0).numpy()
     values = np.array([0] + [entry.value for entry in card.labels])
     labels = values[cls].astype(np.uint16 if values.max() > 255 else np.uint8)
     if card.postprocess_steps():
         labels = postprocessed(labels, card.postprocess_steps())
-    prob = volume.with_array((1.0 - probs[0]).numpy().astype(np.float32)) if probabilities else None
-    return volume.with_array(labels), prob
+    return labels
 
 
 def predict_file(model_dir: str | os.PathLike | tuple[torch.nn.Module, ModelCard], image: str | os.PathLike,

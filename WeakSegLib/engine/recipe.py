@@ -9,7 +9,8 @@ A recipe is a :class:`Recipe` subclass named by a line of the registry
    of an epoch before the epoch's steps (the batches are read ahead);
 2. ``before_step(epoch, weak)`` and ``prepare(batch, index)`` — work at the step's start, extra batch
    fields (default: none);
-3. ``loss(logits, batch, t, weak)`` — the weighted sum of the recipe's :class:`Term` s;
+3. ``loss(logits, batch, t, weak)`` — the weighted sum of the recipe's :class:`Term` s (in mixed
+   supervision, over the box cases' samples, plus cross-entropy on the mask cases' samples: :meth:`Recipe.loss`);
 4. ``after_step(batch, logits)`` — e.g. a discriminator's own step;
 
 plus ``hooks()`` (label revisions between epochs or an extra model, saved in every checkpoint),
@@ -27,7 +28,10 @@ from torch import nn
 
 from WeakSegLib.config import TrainConfig
 from WeakSegLib.engine.distributed import SINGLE, Distributed
+from WeakSegLib.losses.labels import PartialCrossEntropy
 
+#: the record key of the cross-entropy on the mask cases' samples in mixed supervision (:meth:`Recipe.loss`)
+MASK_TERM = "mask-ce"
 #: the inputs a :class:`Term` may take besides batch fields: the network's ``logits`` ``(B, 1 + C, *S)``,
 #: ``softmax`` over all classes, ``probs`` = the foreground channels of the softmax ``(B, C, *S)``, and
 #: the barrier parameter ``t``.
@@ -106,9 +110,34 @@ class RecipeContext:
     group: Distributed = SINGLE
 
 
+def sub_batch(batch: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
+    """The samples ``keep`` ``(B,)`` bool of ``batch``: every per-sample field cut, the box rows of the
+    kept samples renumbered in order."""
+    size = len(keep)
+    new_index = keep.long().cumsum(0) - 1
+    out: dict[str, Any] = {}
+    for key, value in batch.items():
+        if key == "boxes":
+            rows = value[keep[value[:, 0]]].clone()
+            rows[:, 0] = new_index[rows[:, 0]]
+            out[key] = rows
+        elif isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == size:
+            out[key] = value[keep]
+        else:
+            out[key] = value
+    return out
+
+
 class Recipe:
     """Base of every recipe (module docstring). Subclasses define :meth:`terms` and override what
-    they change."""
+    they change.
+
+    ``label_map``: the recipe trains by cross-entropy on the batch's label map, which already holds the
+    mask cases' masks (mixed supervision needs nothing more); otherwise :meth:`loss` splits the batch.
+    """
+
+    label_map = False
+    mask_loss = PartialCrossEntropy()
 
     def __init__(self, ctx: RecipeContext) -> None:
         self.ctx = ctx
@@ -138,7 +167,26 @@ class Recipe:
 
     def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], t: float,
              weak: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Total loss and each term's detached value (plus the terms' logs)."""
+        """Total loss and each term's detached value (plus the terms' logs).
+
+        Mixed supervision (a batch with ``full``, a recipe without :attr:`label_map`): the recipe's terms
+        see only the box cases' samples (:func:`sub_batch`) and the mask cases' samples add
+        cross-entropy on their masks (:data:`MASK_TERM`, weight 1); a part with no sample in the batch
+        counts 0, so every step records the same keys."""
+        full = batch.get("full")
+        if full is None or self.label_map:
+            return self.terms_loss(logits, batch, t, weak)
+        zero = logits.sum() * 0.0
+        if bool((~full).any()):
+            total, parts = self.terms_loss(logits[~full], sub_batch(batch, ~full), t, weak)
+        else:
+            total, parts = zero, {term.name: zero.detach() for term in self.term_list if weak or not term.weak}
+        ce = self.mask_loss(logits[full], batch["labels"][full]) if bool(full.any()) else zero
+        return total + ce, {**parts, MASK_TERM: ce.detach()}
+
+    def terms_loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], t: float,
+                   weak: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The weighted sum of the active terms over ``batch``, and each term's detached value (plus logs)."""
         computed: dict[str, Any] = {"logits": logits, "t": t}
         parts, logs = {}, {}
         for term in self.term_list:

@@ -22,7 +22,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from WeakSegLib.engine.data import Case, CaseSamples, case_samples, padded_size, rows_to_mask, stack_context
+from WeakSegLib.engine.data import Case, CaseSamples, case_samples, objects, padded_size, rows_to_mask, stack_context
 from WeakSegLib.io.labels import IGNORE
 from WeakSegLib.io.volume import IntensityMap
 
@@ -46,6 +46,8 @@ class SliceStore:
         self.has_sizes: list[bool] = []
         self.maps: list[IntensityMap] = []  # each case's intensity mapping, applied when read
         self._labelled: list[np.ndarray] = []
+        self.full: list[bool] = []  # each case: a mask case (mixed supervision)
+        self._objects: list[np.ndarray] = []  # each case's samples that label an object
 
     # ---- writing ------------------------------------------------------------------------------
     def add(self, case: Case) -> None:
@@ -65,6 +67,8 @@ class SliceStore:
         self.has_eval.append(view.eval_labels is not None)
         self.has_sizes.append(view.sizes is not None)
         self._labelled.append((view.labels != IGNORE).reshape(len(view.labels), -1).any(1))
+        self.full.append(view.full)
+        self._objects.append(objects(view.labels))
         (self.folder / "store.json").write_text(json.dumps({"cases": len(self.counts), "samples": sum(self.counts)}))
 
     def set_intensity_maps(self, maps: Sequence[IntensityMap]) -> None:
@@ -93,11 +97,13 @@ class SliceStore:
         return torch.from_numpy(np.concatenate(self._labelled))
 
     def boxed(self) -> torch.Tensor:
-        """``(N,)`` bool: samples that hold a box."""
+        """``(N,)`` bool: samples that hold a box or an object of a mask case (as :meth:`SampleSet.boxed`)."""
         out = np.zeros(len(self), bool)
         starts = np.cumsum([0, *self.counts[:-1]])
-        for start, rows in zip(starts, self.rows):  # rows: (M, 2 + 2·nd) [sample, class, …]
+        for start, rows, full, found in zip(starts, self.rows, self.full, self._objects):  # rows: [sample, class, …]
             out[start + rows[:, 0]] = True
+            if full:
+                out[start:start + len(found)] |= found
         return torch.from_numpy(out)
 
     def _read(self, case: int, name: str, start: int, stop: int) -> np.ndarray:
@@ -117,7 +123,8 @@ class SliceStore:
         n = self.counts[case]
         return CaseSamples(self._planes(case, 0, n), self._read(case, "labels", 0, n), self.rows[case],
                            self._read(case, "eval_labels", 0, n) if self.has_eval[case] else None,
-                           self._read(case, "sizes", 0, n) if self.has_sizes[case] else None, self._fill(case))
+                           self._read(case, "sizes", 0, n) if self.has_sizes[case] else None, self._fill(case),
+                           self.full[case])
 
     def _locate(self, index: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         starts = np.cumsum([0] + self.counts)
@@ -127,8 +134,8 @@ class SliceStore:
 
     def batch(self, index: torch.Tensor | Sequence[int]) -> dict[str, torch.Tensor]:
         """The samples ``index`` (global, in this order) as a batch: ``image`` ``(B, k, *S)``, ``labels``
-        (long), ``box_mask`` ``(B, C, *S)``, ``boxes`` (rows renumbered 0..B-1), ``valid``, and ``sizes``
-        when a case has size labels; ``S`` is the largest slice of the batch, padded to a multiple of 16."""
+        (long), ``box_mask`` ``(B, C, *S)``, ``boxes`` (rows renumbered 0..B-1), ``valid``, ``sizes``
+        when a case has size labels, and ``full`` when a case is a mask case; ``S`` is the largest slice of the batch, padded to a multiple of 16."""
         cases, locals_ = self._locate(index)
         half = self.context // 2
         planes, labels, rows, order = [], [], [], []
@@ -167,6 +174,8 @@ class SliceStore:
                 if self.has_sizes[case]:
                     sizes[b] = self._read(case, "sizes", k, k + 1)[0]
             out["sizes"] = torch.from_numpy(sizes)
+        if any(self.full):
+            out["full"] = torch.tensor([self.full[case] for case in cases.tolist()])
         return out
 
     def eval_cases(self, keep: Callable[[int], bool] = lambda case: True

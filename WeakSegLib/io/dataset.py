@@ -17,6 +17,12 @@ becomes the name of its files in output folders, so it must be a safe file name
 as ``mask``, so a Medical Segmentation Decathlon ``dataset.json`` is a dataset file of fully labelled
 training cases.
 
+A case may carry a ``review`` object, the state of the review loop (:mod:`WeakSegLib.io.review`):
+``{"state": "predicted", "prediction": "predictions/case08.nii.gz", "score": 0.31}`` after
+``weakseg rank``, ``"accepted"`` once the (edited) prediction became the case's ``mask`` (it then trains
+on that mask, not on its boxes), ``"rejected"`` while it waits for boxes. A case's :attr:`DatasetCase.status`
+follows from it and from the inputs the case gives (:data:`STATUSES`).
+
 :func:`init_dataset` writes one from a folder of files named after their image (:data:`COMPANIONS`);
 :func:`check_dataset` reads every file of every case and reports all problems of each.
 """
@@ -42,20 +48,50 @@ COMPANIONS = {"boxes": ("{stem}.boxes.json", "{stem}_boxes.json"),
               "sizes": ("{stem}.sizes.json", "{stem}_sizes.json"),
               "mask": ("{stem}_mask{ext}", "{stem}_label{ext}", "{stem}_labels{ext}", "{stem}_seg{ext}"),
               "partial": ("{stem}_partial{ext}", "{stem}_scribbles{ext}")}
+#: the review states an entry records (module docstring)
+REVIEW_STATES = ("predicted", "accepted", "rejected")
+#: a case's status: ``new`` (nothing drawn), ``boxed``, a review state, or ``labelled`` (a mask given by hand)
+STATUSES = ("new", "boxed", *REVIEW_STATES, "labelled")
 _NOT_IMAGES = re.compile(r"_(mask|label|labels|seg|partial|scribbles|reference)$")
 
 
 @dataclass
+class Review:
+    """Where a case stands in the review loop (module docstring).
+
+    Attributes:
+        state: one of :data:`REVIEW_STATES`.
+        prediction: the ranked prediction's path (absolute), or None.
+        score: its review score (:mod:`WeakSegLib.engine.ranking`; higher: look first), or None.
+    """
+
+    state: str
+    prediction: str | None = None
+    score: float | None = None
+
+
+@dataclass
 class DatasetCase:
-    """One case: its name, split and file paths (absolute)."""
+    """One case: its name, split, file paths (absolute) and review state."""
 
     name: str
     split: str
     image: str
     files: dict[str, str] = field(default_factory=dict)
+    review: Review | None = None
+
+    @property
+    def status(self) -> str:
+        """One of :data:`STATUSES`: the review state, else ``boxed`` / ``labelled`` / ``new`` by its inputs."""
+        if self.review is not None:
+            return self.review.state
+        return "boxed" if "boxes" in self.files else "labelled" if "mask" in self.files else "new"
 
     def train_case(self) -> TrainCase:
-        """The case as :class:`~WeakSegLib.config.TrainCase` (every input it names)."""
+        """The case as :class:`~WeakSegLib.config.TrainCase` (every input it names); an accepted case
+        trains on its accepted mask alone (its boxes are left out)."""
+        if self.status == "accepted":
+            return TrainCase(self.image, **{k: v for k, v in self.files.items() if k != "boxes"})
         return TrainCase(self.image, **self.files)
 
 
@@ -95,13 +131,17 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
                 entry = {("mask" if k == "label" else k): v for k, v in entry.items()}
             f = Fields(entry, where)
             allowed = TRAINING_INPUTS if split == "training" else ("mask",)
-            unknown = sorted(set(entry) - set(allowed) - {"image", "name", "fold"})
+            unknown = sorted(set(entry) - set(allowed) - {"image", "name", "fold", "review"})
             if unknown:
                 raise InputError(f"{where} has unknown input(s) {', '.join(unknown)}; a {split} case gives image, "
                                  f"{', '.join(allowed)}")
             files = {k: str(base / f.text(k)) for k in allowed if entry.get(k) is not None}
             image = str(base / f.text("image"))
-            cases.append(DatasetCase(check_case_name(f.text("name", image_stem(image)), where), split, image, files))
+            review = _review(f, base, where) if entry.get("review") is not None else None
+            if review is not None and review.state == "accepted" and "mask" not in files:
+                raise InputError(f"{where}: an accepted case gives its accepted 'mask'")
+            cases.append(DatasetCase(check_case_name(f.text("name", image_stem(image)), where), split, image, files,
+                                     review))
     if not cases:
         raise InputError(f"{path}: the dataset lists no case (give 'training' and/or 'test' lists)")
     names = [c.name for c in cases]
@@ -109,6 +149,25 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
     if twice:
         raise InputError(f"{path}: two cases are named {', '.join(twice)}; give them 'name's")
     return Dataset(path, cases, fields.text("name", ""))
+
+
+def _review(entry: Fields, base: Path, where: str) -> Review:
+    """A case entry's ``review`` object (module docstring)."""
+    f = entry.sub("review")
+    state = f.text("state")
+    if state not in REVIEW_STATES:
+        raise InputError(f"{where}: review state {state!r} is not one of {', '.join(REVIEW_STATES)}")
+    prediction = f.text("prediction", None)
+    return Review(state, None if prediction is None else str(base / prediction), f.number("score", None))
+
+
+def _review_entry(review: Review, rel) -> dict:
+    out: dict = {"state": review.state}
+    if review.prediction is not None:
+        out["prediction"] = rel(review.prediction)
+    if review.score is not None:
+        out["score"] = review.score
+    return out
 
 
 def save_dataset(dataset: Dataset, path: str | os.PathLike) -> Path:
@@ -120,7 +179,8 @@ def save_dataset(dataset: Dataset, path: str | os.PathLike) -> Path:
 
     out: dict = {"name": dataset.name} if dataset.name else {}
     for split in SPLITS:
-        entries = [{"name": c.name, "image": rel(c.image), **{k: rel(v) for k, v in c.files.items()}}
+        entries = [{"name": c.name, "image": rel(c.image), **{k: rel(v) for k, v in c.files.items()},
+                    **({"review": _review_entry(c.review, rel)} if c.review is not None else {})}
                    for c in dataset.split(split)]
         if entries:
             out[split] = entries
@@ -166,7 +226,8 @@ def init_dataset(folder: str | os.PathLike, masks_for_training: bool = False) ->
 
 def check_dataset(dataset: Dataset) -> list[tuple[str, list[str]]]:
     """Every case's problems (an empty list: the case is fine): each file readable, the image a 3D
-    volume, the boxes, sizes and label volumes on the image's grid, the boxes inside it."""
+    volume, the boxes, sizes, label volumes and ranked prediction on the image's grid, the boxes inside
+    it (the review states themselves are checked when the file is read)."""
     from WeakSegLib.io.boxes import check_boxes_fit, load_boxes
     from WeakSegLib.io.sizes import load_sizes
     from WeakSegLib.io.volume import check_same_grid, read_label_volume, read_volume
@@ -199,5 +260,10 @@ def check_dataset(dataset: Dataset) -> list[tuple[str, list[str]]]:
                 labels = attempt(lambda: read_label_volume(path))
                 if labels is not None and image is not None and kind != "reference":
                     attempt(lambda: check_same_grid(image, labels, case.image, f"{kind} {path}"))
+        prediction = case.review.prediction if case.review is not None else None
+        if prediction is not None:
+            labels = attempt(lambda: read_label_volume(prediction))
+            if labels is not None and image is not None:
+                attempt(lambda: check_same_grid(image, labels, case.image, f"prediction {prediction}"))
         results.append((case.name, problems))
     return results

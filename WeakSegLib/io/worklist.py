@@ -8,6 +8,8 @@ Saving a case's boxes writes that file (atomically) and, the first time, names i
 and makes the case a training case (also written atomically), so what the user drew is on disk
 whenever the panel saves — closing Slicer loses nothing, and ``weakseg train --dataset`` trains on the
 same cases as the panel. A case whose last box is deleted loses its box file and is not trained on.
+The review loop's decisions (:mod:`WeakSegLib.io.review`) go through it too: boxing a case that waits
+for a review or was rejected ends its review, and an accepted case trains on its accepted mask.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from WeakSegLib.errors import InputError
 from WeakSegLib.io.boxes import BoxSet, load_boxes, save_boxes
 from WeakSegLib.io.dataset import Dataset, DatasetCase, init_dataset, load_dataset, save_dataset
 from WeakSegLib.io.names import case_file, check_case_name, inside
+from WeakSegLib.io.review import accept, reject
 
 #: the dataset file a folder opened as a worklist gets
 DATASET_FILE = "dataset.json"
@@ -35,8 +38,10 @@ class CaseRow:
     name: str
     image: str
     boxes: int  # boxes in its box file (0: none yet)
-    reference: bool  # it has a reference mask (Dice per epoch, evaluation)
+    reference: bool  # it has a mask (reference for Dice per epoch and evaluation, or accepted)
     split: str
+    status: str  # :data:`WeakSegLib.io.dataset.STATUSES`
+    score: float | None  # review score of its ranked prediction (higher: review first), or None
 
 
 class Worklist:
@@ -122,18 +127,21 @@ class Worklist:
             if i not in self._counts:
                 boxes = self.boxes(i)
                 self._counts[i] = 0 if boxes is None else len(boxes.boxes)
-            rows.append(CaseRow(case.name, case.image, self._counts[i], "mask" in case.files, case.split))
+            rows.append(CaseRow(case.name, case.image, self._counts[i], "mask" in case.files, case.split, case.status,
+                                None if case.review is None else case.review.score))
         return rows
 
     def save_boxes(self, index: int, boxset: BoxSet) -> Path:
         """Write case ``index``'s boxes; the first time, the dataset file names the box file and the case
-        becomes a training case."""
+        becomes a training case (a pending or rejected review ends: the case is boxed)."""
         path = save_boxes(boxset, self._writable_boxes_path(index))
         self._counts[index] = len(boxset.boxes)
         case = self.cases[index]
-        if case.files.get("boxes") != str(path) or case.split != "training":
+        pending = case.review is not None and case.review.state != "accepted"
+        if case.files.get("boxes") != str(path) or case.split != "training" or pending:
             case.files["boxes"] = str(path)
             case.split = "training"
+            case.review = None if pending else case.review
             save_dataset(self.dataset, self.path)
         return path
 
@@ -151,11 +159,29 @@ class Worklist:
             save_dataset(self.dataset, self.path)
         return path
 
+    def accept(self, index: int, mask: str | os.PathLike | None = None, by: str | None = None) -> Path:
+        """Accept case ``index``'s prediction, or the edited ``mask``, as its mask
+        (:func:`WeakSegLib.io.review.accept`)."""
+        return accept(self.dataset, self.cases[index].name, mask, by)
+
+    def reject(self, index: int) -> None:
+        """Send case ``index`` back to boxing (:func:`WeakSegLib.io.review.reject`)."""
+        reject(self.dataset, self.cases[index].name)
+
+    def review_order(self) -> list[int]:
+        """The cases waiting for a review (``predicted``), highest score first."""
+        waiting = [i for i, c in enumerate(self.cases) if c.status == "predicted"]
+        return sorted(waiting, key=lambda i: -(self.cases[i].review.score or 0.0))
+
     def training_cases(self) -> tuple[list[TrainCase], list[str]]:
-        """The cases with at least one box as training cases (their masks as the reference of the Dice
-        per epoch), and the names of the cases left out for having none."""
+        """The accepted cases (trained on their accepted masks) and the cases with at least one box (their
+        masks as the reference of the Dice per epoch) as training cases, and the names of the cases left
+        out for having neither."""
         cases, skipped = [], []
         for i, case in enumerate(self.cases):
+            if case.status == "accepted":
+                cases.append(case.train_case())
+                continue
             boxes = self.boxes(i)
             if boxes is None or not boxes.boxes:
                 skipped.append(case.name)

@@ -13,7 +13,9 @@ from WeakSegLib.losses.labels import PartialCrossEntropy
 
 
 class CrossEntropy(Recipe):
-    """Cross-entropy over the labelled pixels of the batch's label map."""
+    """Cross-entropy over the labelled pixels of the batch's label map (mask cases' masks included)."""
+
+    label_map = True
 
     def terms(self) -> list[Term]:
         return [Term("ce", PartialCrossEntropy(), ("logits", "labels"))]

@@ -34,7 +34,8 @@ class RecipeSpec:
         summary: one line for lists and help.
         impl: ``"module:Class"`` of its :class:`~WeakSegLib.engine.recipe.Recipe` subclass.
         labels: the per-case inputs that give a case its training labels, in order of preference:
-            every case needs one of them, and the first one it gives is read.
+            every case needs one of them (or a mask, for a box recipe: :attr:`mixes_masks`), and the
+            first one it gives is read.
         extra: further per-case inputs read when a case gives them.
         needs: inputs at least one case must give.
         reference: how it uses ``reference`` masks: None (not at all), ``"any"`` (masks of the
@@ -72,16 +73,27 @@ class RecipeSpec:
     default_for: str | None = None
     tight_boxes: bool = False
 
+    @property
+    def mixes_masks(self) -> bool:
+        """A box recipe: a case that gives a mask and no boxes trains on its mask by cross-entropy, in the
+        same batches as the box cases (mixed supervision, :meth:`WeakSegLib.engine.recipe.Recipe.loss`)."""
+        return self.labels[0] == "boxes"
+
+    def label_inputs(self) -> tuple[str, ...]:
+        """:attr:`labels`, with ``mask`` last for a recipe that :attr:`mixes_masks`."""
+        return self.labels + (("mask",) if self.mixes_masks and "mask" not in self.labels else ())
+
     def inputs(self) -> tuple[str, ...]:
         """Every per-case input the recipe reads when given."""
-        used = self.labels + self.extra + (("reference",) if self.reference else ())
+        used = self.label_inputs() + self.extra + (("reference",) if self.reference else ())
         return tuple(dict.fromkeys(used))
 
     def missing_labels_message(self, image: str) -> str:
-        """The error for a case that gives none of :attr:`labels`."""
-        sep = " and/or " if set(self.labels[1:]) <= set(self.extra) else " or "
-        what = " or ".join(INPUT_NAMES[i] for i in self.labels)
-        return f"recipe {self.name!r} trains on {what}: give {sep.join('--' + i for i in self.labels)} for {image}"
+        """The error for a case that gives none of :meth:`label_inputs`."""
+        labels = self.label_inputs()
+        sep = " and/or " if set(labels[1:]) <= set(self.extra) else " or "
+        what = " or ".join(INPUT_NAMES[i] for i in labels)
+        return f"recipe {self.name!r} trains on {what}: give {sep.join('--' + i for i in labels)} for {image}"
 
     def load(self) -> type:
         """The implementing class (imports it: torch and the recipe's own dependencies)."""
