@@ -87,15 +87,24 @@ class WeakSegTrainParameterNode:
     tightenerFolder: str = ""
 
 
+#: what the Cases table says of each case status (:data:`WeakSegLib.io.dataset.STATUSES`)
+STATUS_TEXTS = {"new": _("no box: not trained on"), "labelled": _("no box: not trained on"), "boxed": _("boxed"),
+                "predicted": _("waiting for review"), "accepted": _("accepted: trains on its mask"),
+                "rejected": _("rejected: box it")}
+
+
 @dataclass
 class CaseTable:
-    """What the Cases section shows: one row of texts per case (name, boxes, reference, status), a
-    summary line, and whether Previous / Next can move."""
+    """What the Cases section shows: one row of texts per case (name, boxes, reference, status, review
+    score), a summary line, and which of Previous / Next / Review next / Accept / Reject can act."""
 
-    rows: list[tuple[str, str, str, str]]
+    rows: list[tuple[str, str, str, str, str]]
     summary: str
     canPrevious: bool
     canNext: bool
+    canReview: bool = False
+    canAccept: bool = False
+    canReject: bool = False
 
 
 class WeakSegTrainWidget(ParameterNodePanel, ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -144,6 +153,11 @@ class WeakSegTrainWidget(ParameterNodePanel, ScriptedLoadableModuleWidget, VTKOb
         ui.nextCaseButton.clicked.connect(lambda: self.onLoadCase(self.logic.nextCase))
         ui.previousCaseButton.clicked.connect(lambda: self.onLoadCase(self.logic.previousCase))
         ui.casesTable.cellDoubleClicked.connect(lambda row, column: self.onLoadCase(lambda: self.logic.loadCase(row)))
+        ui.rankCasesButton.clicked.connect(self.onRankCases)
+        ui.reviewNextButton.clicked.connect(self.onReviewNext)
+        ui.acceptCaseButton.clicked.connect(lambda: self.onReviewDecision(self.logic.acceptCase))
+        ui.rejectCaseButton.clicked.connect(lambda: self.onReviewDecision(self.logic.rejectCase))
+        ui.retrainButton.clicked.connect(self.onApply)
         self.logic.caseListeners.append(lambda *args: self.updateCasesTable())
         ui.inputVolumeSelector.currentNodeChanged.connect(self.updateBoxTable)
         ui.addSliceBoxButton.clicked.connect(self.onAddSliceBox)
@@ -213,7 +227,8 @@ class WeakSegTrainWidget(ParameterNodePanel, ScriptedLoadableModuleWidget, VTKOb
 
     def onLoadCase(self, load) -> None:
         with slicer.util.tryWithErrorDisplay(_("Could not load the case."), waitCursor=True):
-            volume = load()
+            load()
+            volume = self.logic.session.volume if self.logic.session is not None else None
             if volume is not None:
                 self.ui.inputVolumeSelector.setCurrentNode(volume)
                 if self.logic.session.reference is not None:
@@ -231,6 +246,29 @@ class WeakSegTrainWidget(ParameterNodePanel, ScriptedLoadableModuleWidget, VTKOb
         self.ui.casesSummaryLabel.setText(table.summary)
         self.ui.nextCaseButton.setEnabled(table.canNext)
         self.ui.previousCaseButton.setEnabled(table.canPrevious)
+        self.ui.rankCasesButton.setEnabled(self.logic.session is not None)
+        self.ui.reviewNextButton.setEnabled(table.canReview)
+        self.ui.acceptCaseButton.setEnabled(table.canAccept)
+        self.ui.rejectCaseButton.setEnabled(table.canReject)
+        self.ui.retrainButton.setEnabled(self.logic.session is not None and not self.watcher.running)
+
+    # --- review ----------------------------------------------------------------------------------------
+    def onRankCases(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not start ranking the cases."), waitCursor=True):
+            ensureDependencies()
+            self.pathFields.remember()
+            self._watch(self.logic.rankCases(self.parameters.modelFolder, self.parameters.device), None)
+
+    def onReviewNext(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not load the case to review."), waitCursor=True):
+            self.onLoadCase(self.logic.reviewNext)
+            self.ui.logTextEdit.appendPlainText(
+                _("Check the prediction (edit it in the Segment Editor if needed), then Accept or Reject."))
+
+    def onReviewDecision(self, decide) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not record the review."), waitCursor=True):
+            decide()
+        self.updateCasesTable()
 
     # --- boxes ---------------------------------------------------------------------------------------
     def _volume(self):
@@ -383,7 +421,7 @@ class WeakSegTrainLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self.python = workerPython()
         self.session: CaseSession | None = None  # the open case list, if any
-        self.caseListeners: list = []  # told (case index, box file) after each save of a case's boxes
+        self.caseListeners: list = []  # told of every change of the case list (after a box save: case index, box file)
 
     # --- boxes ---------------------------------------------------------------------------------------
     def boxNodes(self, volumeNode) -> list:
@@ -565,13 +603,24 @@ class WeakSegTrainLogic(ScriptedLoadableModuleLogic):
         current = self.currentCase()
         texts = []
         for index, row in enumerate(rows):
-            status = _("loaded") if index == current else (_("boxed") if row.boxes else _("no box: not trained on"))
-            texts.append((row.name, str(row.boxes), _("yes") if row.reference else _("no"), status))
-        boxed = sum(1 for row in rows if row.boxes)
-        summary = (_("{boxed} of {total} cases boxed; training uses the boxed ones.").format(
-            boxed=boxed, total=len(rows)) if rows else _("No case list: the panel trains on the input volume below."))
-        return CaseTable(texts, summary, canPrevious=bool(rows) and bool(current),
-                         canNext=bool(rows) and (current is None or current + 1 < len(rows)))
+            status = _("loaded") if index == current else STATUS_TEXTS[row.status]
+            texts.append((row.name, str(row.boxes), _("yes") if row.reference else _("no"), status,
+                          "" if row.score is None else f"{row.score:.2f}"))
+        if not rows:
+            return CaseTable(texts, _("No case list: the panel trains on the input volume below."), False, False)
+        count = {status: sum(1 for row in rows if row.status == status) for status in STATUS_TEXTS}
+        summary = _("{boxed} of {total} cases boxed").format(boxed=sum(1 for row in rows if row.boxes), total=len(rows))
+        if count["accepted"] or count["predicted"]:
+            summary += _(", {accepted} accepted, {waiting} waiting for review; training uses the boxed and accepted "
+                         "ones.").format(accepted=count["accepted"], waiting=count["predicted"])
+        else:
+            summary += _("; training uses the boxed ones.")
+        loaded = rows[current] if current is not None else None
+        reviewing = self.session.prediction is not None
+        others = [i for i, row in enumerate(rows) if row.status == "predicted" and not (reviewing and i == current)]
+        return CaseTable(texts, summary, canPrevious=bool(current), canNext=current is None or current + 1 < len(rows),
+                         canReview=bool(others), canAccept=reviewing,
+                         canReject=reviewing or (loaded is not None and loaded.status == "accepted"))
 
     def currentCase(self) -> int | None:
         """The index of the loaded case, or None."""
@@ -598,13 +647,70 @@ class WeakSegTrainLogic(ScriptedLoadableModuleLogic):
         current = self.currentCase()
         return self.loadCase(current - 1) if current else None
 
+    # --- review (rank, accept or reject, retrain) -------------------------------------------------------
+    def rankCases(self, modelFolder, device: str = DEFAULT_DEVICE, wait: bool = False):
+        """Rank the case list's cases that have neither a mask nor a decision with the model in
+        ``modelFolder`` (``weakseg rank``, in a worker): each gets a prediction and a review score, shown in
+        the case table once the job ends. The result is the worker's ``done`` payload."""
+        session = self._session()
+        session.save()
+        job = tasks.start_ranking(modelFolder, session.worklist.path, device, python=self.python)
+        job.then(self._reloadAfter)
+        return job.wait() if wait else job
+
+    def _reloadAfter(self, result):
+        self.reloadCases()
+        return result
+
+    def reloadCases(self) -> None:
+        """Read the case list's dataset file again (a rank job wrote it) and tell the listeners."""
+        session = self._session()
+        session.worklist = Worklist.open(session.worklist.path)
+        self._casesChanged()
+
+    def reviewNext(self):
+        """Load the case waiting for review with the highest score, its prediction shown as a segmentation
+        (edit it in the Segment Editor, then :meth:`acceptCase` or :meth:`rejectCase`); returns the
+        segmentation node, or None when no case waits."""
+        order = self._session().worklist.review_order()
+        if not order:
+            return None
+        self.loadCase(order[0])
+        return self.session.show_prediction()
+
+    def acceptCase(self, segmentationNode=None, by: str | None = None) -> Path:
+        """Save the loaded case's prediction, as the user edited it (or ``segmentationNode``), as its mask:
+        it trains on that mask from now on (:func:`WeakSegLib.io.review.accept`). Returns the mask file."""
+        session = self._session()
+        if session.current is None:
+            raise WeakSegError("load the case to accept first")
+        path = session.worklist.accept(session.current, session.reviewed_labels(segmentationNode), by)
+        self._casesChanged()
+        return path
+
+    def rejectCase(self) -> None:
+        """Drop the loaded case's prediction (or accepted mask): the case goes back to boxing."""
+        session = self._session()
+        if session.current is None:
+            raise WeakSegError("load the case to reject first")
+        session.worklist.reject(session.current)
+        if session.prediction is not None:
+            session.scene.RemoveNode(session.prediction)
+            session.prediction = None
+        self._casesChanged()
+
+    def _casesChanged(self) -> None:
+        for listener in self.caseListeners:
+            listener()
+
     def saveCaseBoxes(self):
         """Write the loaded case's boxes to its box file now (they are also saved as the user works)."""
         return self._session().save()
 
     def trainDataset(self, folder, config=None, wait: bool = False, resume: bool = True, gpus: int = 1):
         """Train one model on every case of the list that has a box (their reference masks give the Dice
-        per epoch); the job's ``skipped`` lists the cases left out for having none."""
+        per epoch) or an accepted mask (mixed supervision: the review loop's Retrain); the job's
+        ``skipped`` lists the cases left out for having neither."""
         session = self._session()
         session.save()
         cases, skipped = session.worklist.training_cases()

@@ -82,7 +82,8 @@ def test_accepting_a_prediction_makes_it_the_training_mask_with_who_and_when(fol
     c = review.find_case(again, "c")
     assert (c.status, c.split, c.files["mask"]) == ("accepted", "training", str(path))
     sidecar = json.loads((folder / "c.accepted.json").read_text())
-    assert sidecar["by"] == "dr. a" and sidecar["edited"] is False and sidecar["earlier_mask"] is None
+    assert sidecar["by"] == "dr. a" and sidecar["edited"] is False and sidecar["changed_voxels"] == 0
+    assert sidecar["earlier_mask"] is None
     assert sidecar["at"].endswith("+00:00") and sidecar["prediction"] == str(folder / "predictions" / "c.nii.gz")
     case = c.train_case()
     assert case.mask == str(path) and case.boxes is None
@@ -94,7 +95,8 @@ def test_an_edited_mask_is_accepted_instead_and_a_boxed_accepted_case_trains_on_
     write_volume(edited, folder / "edited.nii.gz")
     worklist = Worklist.open(folder / "dataset.json")
     worklist.accept(worklist.index("a"), folder / "edited.nii.gz", by="me")
-    assert json.loads((folder / "a.accepted.json").read_text())["edited"] is True
+    sidecar = json.loads((folder / "a.accepted.json").read_text())
+    assert sidecar["edited"] is True and sidecar["changed_voxels"] is None  # a had no prediction
     assert np.array_equal(read_label_volume(folder / "a.accepted.nii.gz").array, edited.array)
     cases, skipped = Worklist.open(folder / "dataset.json").training_cases()
     a = next(c for c in cases if c.image.endswith("a.nrrd"))

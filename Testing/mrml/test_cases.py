@@ -188,3 +188,58 @@ def test_a_case_left_without_boxes_is_saved_so_and_stays_a_normal_case(wired, co
     logic.addBox(volume, kind="3d")  # boxing it again makes it a training case again
     assert box_count(folder / "bodies.boxes.json") == 1
     assert {c.name: c for c in load_dataset(folder / "dataset.json").cases}["bodies"].split == "training"
+
+
+def test_rank_review_an_edited_prediction_reject_another_and_retrain_on_boxes_and_accepted_masks(wired, cohort,
+                                                                                                   tmp_path):
+    """The review loop through the Train module's Logic: a model trained on the boxed cases ranks the
+    unlabelled ones (a real worker), the most uncertain is loaded with its prediction as a segmentation,
+    the user's edit of it is accepted as the case's mask, another is rejected, and retraining takes the
+    boxed cases and the accepted mask together."""
+    folder = tmp_path / "cases"
+    shutil.copytree(cohort, folder)
+    (folder / "brain_mask.nii.gz").unlink()  # unlabelled: brain, and a second spine scan
+    shutil.copy(folder / "spine.nii.gz", folder / "other.nii.gz")
+    logic = WeakSegTrainLogic()
+    logic.openDataset(folder)
+    config = {"epochs": 1, "epoch_batches": 2, "device": "cpu", "channels": SMALL}
+    assert logic.trainDataset(tmp_path / "model", config=config).wait(timeout=600) == tmp_path / "model"
+    told = []
+    logic.caseListeners.append(lambda *args: told.append(args))
+    result = logic.rankCases(tmp_path / "model", device="cpu", wait=True)
+    assert sorted(name for name, _ in result["ranked"]) == ["brain", "other"] and told  # the table was told
+    scores = {r.name: r.score for r in logic.cases() if r.status == "predicted"}
+    assert set(scores) == {"brain", "other"} and (folder / "ranking.csv").is_file()
+    table = logic.caseTable()
+    assert table.canReview and not table.canAccept
+    assert {row[0]: row[4] for row in table.rows}["brain"] == f"{scores['brain']:.2f}"
+
+    segmentation = logic.reviewNext()
+    first = max(scores, key=scores.get)
+    assert logic.session.volume.GetName() == first and logic.caseTable().canAccept
+    predicted = read_label_volume(folder / "predictions" / f"{first}.nii.gz").array
+    labels, _ = mrml.labelmap_from_segmentation(segmentation, logic.session.volume)
+    np.testing.assert_array_equal(labels > 0, predicted > 0)
+    edited = predicted.copy()
+    edited[: edited.shape[0] // 2] = 0  # the user erases the top half …
+    edited[-3:, :4, :4] = 1  # … and paints a corner
+    segment = segmentation.GetSegmentation().GetNthSegment(0)
+    mrml.segmentation_from_labelmap(edited, logic.session.volume, {1: {"name": segment.GetName()}},
+                                    segmentation_node=segmentation)
+    path = logic.acceptCase(by="tester")
+    np.testing.assert_array_equal(read_label_volume(path).array, edited)
+    sidecar = json.loads((folder / f"{first}.accepted.json").read_text())
+    assert sidecar["by"] == "tester" and sidecar["changed_voxels"] == int((edited != predicted).sum()) > 0
+    assert {r.name: r.status for r in logic.cases()}[first] == "accepted"
+
+    logic.reviewNext()
+    second = ({"brain", "other"} - {first}).pop()
+    assert logic.session.volume.GetName() == second
+    logic.rejectCase()
+    assert logic.session.prediction is None and wired.scene.GetFirstNodeByName(f"{second} prediction") is None
+    assert {r.name: r.status for r in logic.cases()}[second] == "rejected" and logic.reviewNext() is None
+
+    job = logic.trainDataset(tmp_path / "again", config=config)
+    assert job.skipped == [second]
+    assert job.wait(timeout=600) == tmp_path / "again"
+    assert read_card(tmp_path / "again").training["dataset"]["supervision"] == {"boxes": 2, "mask": 1}

@@ -437,3 +437,45 @@ def test_the_case_table_and_previous_next_follow_the_case_list(wired, app, panel
     assert panel.ui.applyButton.isEnabled()  # a case list trains on its boxed cases
     panel.ui.previousCaseButton.click()
     assert table.item(1, 3).text() == "loaded"
+
+
+def test_the_review_buttons_and_columns_follow_the_review_state(wired, app, panels, cohort, tmp_path):
+    """Rank's scores and states show in the case table; Review next, Accept and Reject act through the
+    Logic and are enabled only when they can act."""
+    from WeakSegLib.io import review
+    from WeakSegLib.io.dataset import load_dataset, save_dataset
+    from WeakSegLib.io.volume import read_volume, write_volume
+
+    folder = tmp_path / "cases"
+    shutil.copytree(cohort, folder)
+    (folder / "brain_mask.nii.gz").unlink()
+    panel = panels("WeakSegTrain")
+    panel.enter()
+    panel.logic.openDataset(folder)
+    image = read_volume(folder / "brain.nii.gz")
+    write_volume(image.with_array((image.array > image.array.mean()).astype(np.uint8)), folder / "brain.pred.nii.gz")
+    dataset = load_dataset(folder / "dataset.json")
+    review.record_prediction(review.find_case(dataset, "brain"), folder / "brain.pred.nii.gz", 0.5)
+    save_dataset(dataset, dataset.path)
+    panel.logic.reloadCases()
+    table = panel.ui.casesTable
+    assert table.columnCount() == 5 and table.horizontalHeaderItem(4).text() == "Score"
+    assert [table.item(2, c).text() for c in range(5)] == ["brain", "0", "no", "waiting for review", "0.50"]
+    assert panel.ui.casesSummaryLabel.text() == ("2 of 3 cases boxed, 0 accepted, 1 waiting for review; training "
+                                                 "uses the boxed and accepted ones.")
+    buttons = {name: getattr(panel.ui, f"{name}Button") for name in ("reviewNext", "acceptCase", "rejectCase",
+                                                                     "rankCases", "retrain")}
+    assert [b.isEnabled() for b in buttons.values()] == [True, False, False, True, True]
+    buttons["reviewNext"].click()
+    assert panel.ui.inputVolumeSelector.currentNode().GetName() == "brain"
+    assert panel.logic.session.prediction is not None and table.item(2, 3).text() == "loaded"
+    assert [b.isEnabled() for b in buttons.values()] == [False, True, True, True, True]
+    buttons["acceptCase"].click()
+    assert review.find_case(load_dataset(folder / "dataset.json"), "brain").status == "accepted"
+    assert "accepted" in panel.ui.casesSummaryLabel.text() and buttons["rejectCase"].isEnabled()
+    buttons["rejectCase"].click()
+    assert review.find_case(load_dataset(folder / "dataset.json"), "brain").status == "rejected"
+    assert not buttons["rejectCase"].isEnabled() and not buttons["acceptCase"].isEnabled()
+    with pytest.raises(InputError, match="choose the model folder first"):  # (Slicer shows it; tests re-raise)
+        panel.onRankCases()
+    assert not panel.watcher.running

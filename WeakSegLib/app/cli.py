@@ -448,11 +448,11 @@ def cmd_dataset_check(args: argparse.Namespace) -> int:
 def cmd_rank(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from WeakSegLib.engine.ranking import rank_dataset
+    from WeakSegLib.engine.ranking import RANKING_FILE, rank_dataset
     from WeakSegLib.io.dataset import load_dataset
 
     dataset = load_dataset(args.dataset)
-    out = Path(args.out) if args.out else dataset.path.parent / "ranking.csv"
+    out = Path(args.out) if args.out else dataset.path.parent / RANKING_FILE
 
     def report(event: dict) -> None:
         if event["event"] == "case" and not args.quiet:

@@ -62,6 +62,8 @@ JOB_FIELDS = {
                 "settings": (dict, False), "device": (str, False)},
     "predict-cases": {"model": (str, True), "cases": (list, True), "out_dir": (str, True), "suffix": (str, False),
                       "device": (str, False), "postprocess": (bool, False)},
+    "rank": {"model": (str, True), "dataset": (str, True), "out": (str, False), "pred_dir": (str, False),
+             "split": (str, False), "device": (str, False)},
 }
 JOB_KINDS = tuple(JOB_FIELDS)
 

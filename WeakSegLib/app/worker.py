@@ -71,6 +71,20 @@ def _predict_cases(job: dict, should_stop) -> dict:
     return payload
 
 
+def _rank(job: dict, should_stop) -> dict:
+    """A ``rank`` job: the dataset's cases without a mask or a decision predicted and ranked for review."""
+    from WeakSegLib.engine.ranking import RANKING_FILE, rank_dataset
+    from WeakSegLib.io.dataset import load_dataset
+
+    dataset = load_dataset(job["dataset"])
+    out = job.get("out") or str(dataset.path.parent / RANKING_FILE)
+    ranked, failed = rank_dataset(job["model"], dataset, out, job.get("pred_dir"), split=job.get("split"),
+                                  device=job.get("device") or "auto", on_event=emit, should_stop=should_stop)
+    payload = {"ranking": out, "ranked": [[r.name, r.score] for r in ranked], "failed": dict(failed)}
+    emit(events.done(**payload))
+    return payload
+
+
 def run_job(job: dict, should_stop) -> dict:
     """Run a parsed job in this process; returns the final payload."""
     if job["kind"] == "train":
@@ -91,6 +105,8 @@ def run_job(job: dict, should_stop) -> dict:
         return report
     if job["kind"] == "predict-cases":
         return _predict_cases(job, should_stop)
+    if job["kind"] == "rank":
+        return _rank(job, should_stop)
     from WeakSegLib.engine.inference import predict_file
 
     result = predict_file(job["model"], job["image"], job["out"], prob_out=job.get("prob_out"),

@@ -46,13 +46,17 @@ from WeakSegLib.errors import CancelledError, InputError, WeakSegError
 from WeakSegLib.events import EventSink
 from WeakSegLib.io.atomic import Staged, atomic_write_bytes, check_output_folder, check_writable
 from WeakSegLib.io.card import ModelCard
-from WeakSegLib.io.dataset import Dataset, DatasetCase, save_dataset
+from WeakSegLib.io.dataset import Dataset, DatasetCase, load_dataset, save_dataset
 from WeakSegLib.io.lock import FolderLock
 from WeakSegLib.io.review import record_prediction
 from WeakSegLib.io.volume import read_volume, stage_volume
 
-#: the statuses of the cases ``rank`` predicts (neither a mask nor a decision: new, boxed, or predicted before)
-RANKED_STATUSES = ("new", "boxed", "predicted")
+#: the statuses of the cases ``rank`` predicts: the unlabelled ones (no mask, no box, no decision; or predicted before)
+RANKED_STATUSES = ("new", "predicted")
+#: the ranking table's file name beside the dataset file, unless told otherwise
+RANKING_FILE = "ranking.csv"
+#: the predictions' folder beside the dataset file, unless told otherwise
+PREDICTIONS_FOLDER = "predictions"
 #: the ranking table's columns
 COLUMNS = ("case", "score", "agreement", "plausibility", "volume_ml", "prediction")
 
@@ -133,8 +137,10 @@ def rank_dataset(model_dir: str | os.PathLike, dataset: Dataset, out_csv: str | 
                  on_event: EventSink | None = None,
                  should_stop: Callable[[], bool] | None = None) -> tuple[list[Ranked], list[tuple[str, str]]]:
     """Rank the cases of ``dataset`` that need one (:func:`ranked_cases`): predictions into ``pred_dir``
-    (default: ``predictions`` beside the dataset file), the table into ``out_csv``, each prediction
-    and score into the dataset file (module docstring).
+    (default: :data:`PREDICTIONS_FOLDER` beside the dataset file), the table into ``out_csv``, each
+    prediction and score into the dataset file (module docstring). The dataset file is read again just
+    before it is written and only the ranked cases' reviews change, so boxes saved meanwhile (the Slicer
+    panel saves as the user draws) are kept; a case boxed or decided meanwhile keeps its new state.
 
     Every output is checked before the first case; a case that fails (unreadable image) is reported
     (a ``case`` event with its ``error``) and left out, the others are ranked.
@@ -149,7 +155,7 @@ def rank_dataset(model_dir: str | os.PathLike, dataset: Dataset, out_csv: str | 
     if not cases:
         raise InputError(f"{dataset.path}: no case to rank (every case{'' if split is None else ' of ' + split} "
                          "has a mask or a review decision)")
-    out = check_output_folder(pred_dir or dataset.path.parent / "predictions", "prediction folder")
+    out = check_output_folder(pred_dir or dataset.path.parent / PREDICTIONS_FOLDER, "prediction folder")
     check_writable(out_csv, "ranking table")
     check_writable(dataset.path, "dataset file")
     network, card = load_model(model_dir)
@@ -171,8 +177,10 @@ def rank_dataset(model_dir: str | os.PathLike, dataset: Dataset, out_csv: str | 
     score_cases(ranked)
     ranked.sort(key=lambda r: -r.score)
     atomic_write_bytes(out_csv, ranking_csv(ranked).encode())
-    by_name = {c.name: c for c in cases}
+    fresh = load_dataset(dataset.path)
+    waiting = {c.name: c for c in fresh.cases if c.status in RANKED_STATUSES}
     for r in ranked:
-        record_prediction(by_name[r.name], r.prediction, r.score)
-    save_dataset(dataset, dataset.path)
+        if r.name in waiting:
+            record_prediction(waiting[r.name], r.prediction, r.score)
+    save_dataset(fresh, fresh.path)
     return ranked, failed

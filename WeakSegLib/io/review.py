@@ -32,7 +32,7 @@ from WeakSegLib.io.atomic import atomic_write_json, check_writable
 from WeakSegLib.io.dataset import Dataset, DatasetCase, Review, save_dataset
 from WeakSegLib.io.fields import Fields, read_json
 from WeakSegLib.io.names import case_file
-from WeakSegLib.io.volume import check_same_grid, read_header, read_label_volume, write_volume
+from WeakSegLib.io.volume import Volume, check_same_grid, read_header, read_label_volume, write_volume
 
 #: the accepted mask of case ``<name>``: ``<name>`` + this, beside the dataset file
 ACCEPTED_SUFFIX = ".accepted.nii.gz"
@@ -68,9 +68,11 @@ def _earlier_mask(dataset: Dataset, case: DatasetCase) -> str | None:
     return None if mask is None or Path(mask) == mask_path else mask
 
 
-def accept(dataset: Dataset, name: str, mask: str | os.PathLike | None = None, by: str | None = None) -> Path:
-    """Accept case ``name``'s prediction — or ``mask``, the segmentation a person edited from it — as
-    the case's training mask (module docstring); returns the accepted mask's path.
+def accept(dataset: Dataset, name: str, mask: str | os.PathLike | Volume | None = None,
+           by: str | None = None) -> Path:
+    """Accept case ``name``'s prediction — or ``mask``, the segmentation a person edited from it (a label
+    file, or a label volume in memory) — as the case's training mask (module docstring); returns the
+    accepted mask's path. The sidecar records how many voxels differ from the prediction.
 
     Raises:
         InputError: no such case, nothing to accept (no prediction and no ``mask``), or a mask that is
@@ -80,24 +82,36 @@ def accept(dataset: Dataset, name: str, mask: str | os.PathLike | None = None, b
     source = mask if mask is not None else (case.review.prediction if case.review is not None else None)
     if source is None:
         raise InputError(f"case {name!r} has no prediction to accept: run weakseg rank, or give the mask to accept")
-    labels = read_label_volume(source)
-    check_same_grid(read_header(case.image), labels, case.image, f"mask {source}")
+    labels = source if isinstance(source, Volume) else read_label_volume(source)
+    what = "edited mask" if isinstance(source, Volume) else f"mask {source}"
+    check_same_grid(read_header(case.image), labels, case.image, what)
     mask_path, sidecar = accepted_paths(dataset, case)
     for path in (mask_path, sidecar, dataset.path):
         check_writable(path, "review output")
     earlier = _earlier_mask(dataset, case)
     prediction = case.review.prediction if case.review is not None else None
+    changed = _changed_voxels(labels, prediction)
     write_volume(labels, mask_path)
     atomic_write_json(sidecar, {"case": name, "by": by or getpass.getuser(),
                                 "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                "source": str(Path(source).resolve()), "prediction": prediction,
-                                "edited": prediction is None or Path(source).resolve() != Path(prediction).resolve(),
+                                "source": None if isinstance(source, Volume) else str(Path(source).resolve()),
+                                "prediction": prediction, "edited": changed != 0, "changed_voxels": changed,
                                 "earlier_mask": earlier})
     case.files["mask"] = str(mask_path)
     case.split = "training"
     case.review = Review("accepted", prediction, case.review.score if case.review is not None else None)
     save_dataset(dataset, dataset.path)
     return mask_path
+
+
+def _changed_voxels(labels: Volume, prediction: str | None) -> int | None:
+    """Voxels whose label differs from the prediction's (None without a readable prediction on this grid)."""
+    if prediction is None or not Path(prediction).is_file():
+        return None
+    predicted = read_label_volume(prediction)
+    if predicted.shape != labels.shape:
+        return None
+    return int((predicted.array != labels.array).sum())
 
 
 def reject(dataset: Dataset, name: str) -> DatasetCase:

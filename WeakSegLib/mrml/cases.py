@@ -6,23 +6,43 @@ shows the boxes of its box file as ROI nodes tagged with the volume, and makes t
 volume of the scene's selection node. Moving to another case saves the boxes first and removes the
 previous case's nodes. While a case is loaded, adding or removing one of its boxes, the end of a
 handle drag on one, and the scene's closing each save its boxes (atomically).
+
+The review loop (:mod:`WeakSegLib.io.review`): :meth:`CaseSession.show_prediction` shows the loaded
+case's ranked prediction as a segmentation node, ready for the Segment Editor, and
+:meth:`CaseSession.reviewed_labels` turns that node, as the user left it, back into a label volume on
+the case's grid with the prediction's label values.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
+
 from WeakSegLib.errors import InputError
 from WeakSegLib.io.boxes import check_boxes_fit
-from WeakSegLib.io.volume import read_label_volume, read_volume
+from WeakSegLib.io.volume import Volume, check_same_grid, read_label_volume, read_volume
 from WeakSegLib.io.worklist import Worklist
-from WeakSegLib.mrml.nodes import _slicer, add_volume_node, boxes_from_roi_nodes, grid_geometry, roi_nodes_from_boxes
+from WeakSegLib.mrml.nodes import (
+    _slicer,
+    add_volume_node,
+    boxes_from_roi_nodes,
+    grid_geometry,
+    labelmap_from_segmentation,
+    roi_nodes_from_boxes,
+    segmentation_from_labelmap,
+    volume_from_node_geometry,
+    volume_shape,
+)
 
 #: attribute naming the volume node an ROI node is a box of (its node ID)
 VOLUME_ATTRIBUTE = "WeakSeg.Volume"
+#: attribute of a review segmentation node: its segments' names → label values (JSON)
+LABEL_VALUES_ATTRIBUTE = "WeakSeg.LabelValues"
 #: the selection node every Slicer scene holds (its active volume is what the slice views show)
 SELECTION_NODE = "vtkMRMLSelectionNodeSingleton"
 
@@ -51,6 +71,7 @@ class CaseSession:
         self.current: int | None = None
         self.volume: Any = None
         self.reference: Any = None
+        self.prediction: Any = None  # the loaded case's prediction under review (a segmentation node)
         self._quiet = 0
         self._roi_tags: dict[str, tuple[Any, int]] = {}
         import vtk  # noqa: PLC0415 - with slicer, only where MRML is
@@ -116,7 +137,7 @@ class CaseSession:
         for roi, tag in self._roi_tags.values():
             roi.RemoveObserver(tag)
         self._roi_tags = {}
-        self.current, self.volume, self.reference = None, None, None
+        self.current, self.volume, self.reference, self.prediction = None, None, None, None
 
     def _node_added(self, node: Any) -> None:
         if self._is_box(node):
@@ -168,10 +189,64 @@ class CaseSession:
         with self.quiet():
             for node in self.box_nodes():
                 self.scene.RemoveNode(node)
-            for node in (self.reference, self.volume):
+            for node in (self.prediction, self.reference, self.volume):
                 if node is not None and self.scene.IsNodePresent(node):
                     self.scene.RemoveNode(node)
-        self.current, self.volume, self.reference = None, None, None
+        self.current, self.volume, self.reference, self.prediction = None, None, None, None
+
+    # ---- review ----------------------------------------------------------------------------------------
+    def show_prediction(self) -> Any:
+        """The loaded case's ranked prediction as a segmentation node on its image (one segment per label
+        value, named after the case's box labels, else ``label <value>``); replaces one shown before.
+
+        Raises:
+            InputError: no case loaded, the case has no prediction, or it is not on the image's grid.
+        """
+        if self.current is None or self.volume is None:
+            raise InputError("load a case first")
+        case = self.worklist.cases[self.current]
+        if case.review is None or case.review.prediction is None:
+            raise InputError(f"case {case.name!r} has no prediction to review: rank the cases first")
+        labels = read_label_volume(case.review.prediction)
+        check_same_grid(self._grid(), labels, case.name, f"prediction {case.review.prediction}")
+        boxes = self.worklist.boxes(self.current)
+        names = boxes.labels if boxes is not None else {}
+        values = sorted(int(v) for v in set(labels.array.ravel().tolist()) - {0})
+        table = {v: {"name": names.get(v, f"label {v}")} for v in values}
+        if self.prediction is not None and self.scene.IsNodePresent(self.prediction):
+            self.scene.RemoveNode(self.prediction)
+        node = segmentation_from_labelmap(labels.array, self.volume, table, name=f"{case.name} prediction",
+                                          scene=self.scene)
+        node.SetAttribute(LABEL_VALUES_ATTRIBUTE, json.dumps({info["name"]: v for v, info in table.items()}))
+        self.prediction = node
+        return node
+
+    def reviewed_labels(self, segmentation_node: Any = None) -> Volume:
+        """The segmentation under review (default: the one :meth:`show_prediction` made), as the user left
+        it, as a label volume on the loaded case's grid: a segment keeps the label value of the prediction's
+        segment of its name; a segment the user added gets the next free value."""
+        node = segmentation_node if segmentation_node is not None else self.prediction
+        if node is None or self.volume is None:
+            raise InputError("no prediction is being reviewed: load the case to review first")
+        values = json.loads(node.GetAttribute(LABEL_VALUES_ATTRIBUTE) or "{}")
+        segmentation = node.GetSegmentation()
+        ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+        array, table = labelmap_from_segmentation(node, self.volume, ids) if ids else (None, {})
+        grid = self._grid()
+        out = np.zeros(grid.shape, np.uint16)
+        free = max([0, *values.values()]) + 1
+        for index, info in table.items():
+            value = values.get(info["name"])
+            if value is None:
+                value, free = free, free + 1
+            out[array == index] = value
+        return grid.with_array(out.astype(np.uint8 if out.max() <= 255 else np.uint16))
+
+    def _grid(self) -> Volume:
+        """The loaded case's grid (a volume of zeros without a voxel copy)."""
+        geometry = volume_from_node_geometry(self.volume)
+        return Volume(np.broadcast_to(np.zeros((), np.uint8), volume_shape(self.volume)), geometry.spacing,
+                      geometry.origin, geometry.direction)
 
     def close(self) -> None:
         """Save, stop watching the scene (the nodes stay)."""

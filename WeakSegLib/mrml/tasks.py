@@ -283,6 +283,22 @@ def start_dataset_prediction(model_folder: str | Path, cases: Sequence[tuple[str
     return NodeJob("predict-cases", handle, folder, finish, cleanup=True)
 
 
+def start_ranking(model_folder: str | Path, dataset: str | Path, device: str = "auto",
+                  python: str | Sequence[str] | None = None) -> NodeJob:
+    """Rank a dataset's cases for review (``weakseg rank``: predictions beside the dataset file, each
+    prediction and score into it). The result is the worker's ``done`` payload: ``ranking`` (the table),
+    ``ranked`` ([name, score], most uncertain first) and ``failed`` (name → message)."""
+    read_card(chosen_folder(model_folder, "model folder"))  # a wrong folder fails here, not in the worker
+    job = {"kind": "rank", "model": str(model_folder), "dataset": str(dataset), "device": device}
+    folder = Path(tempfile.mkdtemp(prefix="weakseg-"))
+    handle = start_job(job, folder, python)
+
+    def finish() -> dict:
+        return next(e for e in reversed(handle.history) if e.get("event") == events.DONE)
+
+    return NodeJob("rank", handle, folder, finish, cleanup=True)
+
+
 def start_tightener_training(cases: Sequence[tuple[Any, Any]], out_folder: str | Path, config: dict | None = None,
                              resume: bool = True, python: str | Sequence[str] | None = None,
                              workdir: str | Path | None = None) -> NodeJob:
