@@ -83,3 +83,10 @@ def test_every_box_recipe_trains_on_boxes_and_masks_together(mixed, tmp_path, re
     assert ("mask-ce" in epoch) != label_map  # CE on the masks: its own term, or inside the recipe's CE
     if not label_map:
         assert epoch["mask-ce"] > 0
+
+
+def test_a_3d_network_trains_on_boxes_and_masks_together(mixed, tmp_path):
+    events = []
+    train(mixed, quick(spatial_dims=3, batch_size=2, patch_size=(16, 32, 32)), tmp_path / "m", on_event=events.append)
+    epoch = next(e for e in events if e["event"] == "epoch")
+    assert epoch["mask-ce"] > 0 and np.isfinite(epoch["loss"])
