@@ -634,8 +634,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=cmd_predict)
 
-    rk = sub.add_parser("rank", help="predict the cases without a mask or a review and rank them for review, "
-                                     "most uncertain first")
+    rk = sub.add_parser("rank", help="predict the unlabelled cases (no mask, box or review decision) and rank them "
+                                     "for review, most uncertain first")
     rk.add_argument("--model", required=True)
     rk.add_argument("--dataset", required=True, help="dataset file; each ranked case's prediction and score go into it")
     rk.add_argument("--split", choices=SPLITS, help="rank only the cases of this split (default: every case)")
