@@ -6,7 +6,11 @@ Cohort: ``--cases`` scans (default 16) made from the two real CT scans with a sp
 each case a random crop holding at least the central half of the object's extent on every axis, with
 a random intensity scale (0.9–1.1), shift (±30 HU) and noise (σ 0–20 HU). They are crops of two
 subjects, not independent patients: the figures say how the loop behaves, not how it generalises.
-``--held-out`` of them (default 4) are only ever scored; the rest is the pool.
+``--held-out`` of them (default 4) are only ever scored; the rest is the pool. Every model trains at
+one spacing, the median over the pool's scans (``--spacing`` to choose another): left to each run's
+training cases (nnU-Net's per-run default), the canonical spacing moves with the cases a reviewer
+happens to add — one run measured it moving from 1.5 mm to 3.05 × 3.05 × 10 mm as chest crops joined,
+and the held-out Dice with it — and the orderings would not be compared on one footing.
 
 Loop (``--rounds`` times, per ordering): train (default recipe ``auto``: BoxSup on the boxed cases,
 cross-entropy on the accepted masks in the same batches) → ``rank`` the pool's unlabelled cases →
@@ -38,6 +42,7 @@ from scipy.stats import spearmanr
 from WeakSegLib.config import TrainCase, TrainConfig
 from WeakSegLib.engine.inference import predict_file
 from WeakSegLib.engine.metrics import dice
+from WeakSegLib.engine.preprocess import target_spacing
 from WeakSegLib.engine.ranking import rank_dataset
 from WeakSegLib.engine.training import train
 from WeakSegLib.io import review
@@ -45,7 +50,7 @@ from WeakSegLib.io.boxes import BoxSet, boxes_from_mask, save_boxes
 from WeakSegLib.io.card import read_card
 from WeakSegLib.io.dataset import Dataset, DatasetCase, load_dataset, save_dataset
 from WeakSegLib.io.sample_data import materialize
-from WeakSegLib.io.volume import Volume, axial_axis, read_label_volume, read_volume, write_volume
+from WeakSegLib.io.volume import Volume, axial_axis, read_header, read_label_volume, read_volume, write_volume
 
 SOURCES = ("spine-ct", "chest-ct-spine")
 
@@ -173,13 +178,17 @@ def main() -> None:
     p.add_argument("--accept-dice", type=float, default=0.90)
     p.add_argument("--recipe", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--spacing", type=float, nargs=3, help="training spacing in mm, canonical axes (default: the "
+                                                             "median over the pool's scans)")
     p.add_argument("--out", default="review-bench", help="working folder (kept: models, predictions, rankings)")
     args = parse(p)
     out = _mkdir(Path(args.out))
     cohort = make_cohort(_mkdir(out / "cohort"), args.cases, args.seed)
     held, pool = cohort[:args.held_out], cohort[args.held_out:]
+    spacing = args.spacing or target_spacing([read_header(image) for _, image, _ in pool])
+    print(f"  training spacing {[round(s, 2) for s in spacing]} mm for every model", flush=True)
     config = TrainConfig(recipe=args.recipe, epochs=args.epochs, seed=args.seed, device="cpu",
-                         eval_every=args.epochs)
+                         eval_every=args.epochs, spacing=tuple(spacing))
     began = time.perf_counter()
     full_model = out / "model-full"
     train([TrainCase(image, mask=ref) for _, image, ref in pool], TrainConfig(**{**vars(config), "recipe": "full"}),
@@ -205,7 +214,8 @@ def main() -> None:
         print(f"\nSpearman (ranked loop, rounds 0–{args.rounds - 1}): mean {statistics.mean(rhos):.2f}, "
               f"min {min(rhos):.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"settings": vars(args), "full": full, "loops": loops}, indent=1))
+        Path(args.json).write_text(json.dumps({"settings": vars(args), "spacing": spacing, "full": full,
+                                               "loops": loops}, indent=1))
 
 
 if __name__ == "__main__":
