@@ -2,7 +2,7 @@
 
 Trains medical image segmentation networks from bounding boxes (tightness prior, emptiness and
 box-size constraints through log-barrier extensions, and the other recipes of
-:mod:`WeakSegLib.recipes.registry`), predicts whole volumes and evaluates them. Nothing here imports
+:mod:`WeakSegLib.registry`), predicts whole volumes and evaluates them. Nothing here imports
 Slicer or Qt except :mod:`WeakSegLib.mrml`. The package layout is described in docs/architecture.md.
 
 The public API is importable from here; ``import WeakSegLib`` itself imports no torch (each name is
@@ -30,10 +30,10 @@ _API = {
     "Volume": "WeakSegLib.io.volume", "read_volume": "WeakSegLib.io.volume",
     "read_label_volume": "WeakSegLib.io.volume", "write_volume": "WeakSegLib.io.volume",
     "ModelCard": "WeakSegLib.io.card", "read_card": "WeakSegLib.io.card",
-    "recipe_names": "WeakSegLib.recipes.registry", "recipe_spec": "WeakSegLib.recipes.registry",
-    "train": "WeakSegLib.engine.training",
-    "predict_file": "WeakSegLib.engine.inference", "predict_volume": "WeakSegLib.engine.inference",
-    "load_model": "WeakSegLib.engine.model", "evaluate": "WeakSegLib.engine.metrics",
+    "recipe_names": "WeakSegLib.registry", "recipe_spec": "WeakSegLib.registry",
+    "train": "WeakSegLib.engine.train.training",
+    "predict_file": "WeakSegLib.engine.predict.inference", "predict_volume": "WeakSegLib.engine.predict.inference",
+    "load_model": "WeakSegLib.engine.predict.model", "evaluate": "WeakSegLib.engine.predict.metrics",
     "train_tightener": "WeakSegLib.tightener.training", "tighten": "WeakSegLib.tightener.tighten",
     "tighten_file": "WeakSegLib.tightener.tighten",
     "start_job": "WeakSegLib.app.jobs",

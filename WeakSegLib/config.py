@@ -9,7 +9,7 @@ line flag in its metadata, so the ``weakseg`` options are generated from these c
 module without torch to check a configuration before they write any file.
 
 Recipe-specific rules (allowed dimensions, optimiser defaults) come from the recipe registry
-(:mod:`WeakSegLib.recipes.registry`).
+(:mod:`WeakSegLib.registry`).
 """
 
 from __future__ import annotations
@@ -20,17 +20,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from WeakSegLib.errors import InputError
-from WeakSegLib.recipes.registry import AUTO_RECIPE, DEFAULT_RECIPE, recipe_spec
+from WeakSegLib.registry import AUTO_RECIPE, DEFAULT_RECIPE, recipe_spec
 
 #: compute devices: ``auto`` takes a CUDA GPU when present, else an Apple GPU (``mps``), else the CPU
 DEVICES = ("auto", "cpu", "cuda", "mps")
 #: the device every job takes unless told otherwise
 DEFAULT_DEVICE = DEVICES[0]
-#: connected-component post-processing of a label (:mod:`WeakSegLib.engine.postprocess`), mildest first
+#: connected-component post-processing of a label (:mod:`WeakSegLib.engine.predict.postprocess`), mildest first
 POSTPROCESS_STEPS = ("none", "drop-small", "largest")
 #: intensity normalisations of one image (:func:`WeakSegLib.io.volume.normalize`)
 NORMALIZATIONS = ("percentile", "minmax", "ct-window", "none")
-#: normalisations of a training cohort (:mod:`WeakSegLib.engine.preprocess`): ``ct`` maps every case
+#: normalisations of a training cohort (:mod:`WeakSegLib.engine.samples.preprocess`): ``ct`` maps every case
 #: with statistics of the whole cohort, ``auto`` picks ``ct`` for CT and ``percentile`` otherwise
 COHORT_NORMALIZATIONS = ("auto", "ct") + NORMALIZATIONS
 #: imaging modalities of a cohort: ``auto`` calls a cohort CT when its first image has voxels below −500
@@ -146,7 +146,7 @@ def _check_choice(name: str, value: Any, choices: tuple) -> None:
 @dataclass
 class TrainCase:
     """File paths of one training volume; which ones a recipe needs is in its registry entry
-    (:mod:`WeakSegLib.recipes.registry`).
+    (:mod:`WeakSegLib.registry`).
 
     ``boxes``: a box file; ``mask``: a label volume (recipe ``full``; ``boxsup`` trains a volume given
     a mask and no boxes on it; ``size`` takes the slices where it holds an object); ``sizes``: a size
@@ -188,7 +188,7 @@ class TrainConfig:
     matter to it.
     """
 
-    recipe: str = option(DEFAULT_RECIPE, "training recipe (WeakSegLib.recipes.registry), or 'auto': chosen from the "
+    recipe: str = option(DEFAULT_RECIPE, "training recipe (WeakSegLib.registry), or 'auto': chosen from the "
                                          "cases' inputs when training starts", cli=False)
     network: str = option("unet", "segmentation network", choices=NETWORKS)
     spatial_dims: int = option(2, "2 (slices, 2D or 2.5D) or 3 (volumes)", cli=False)

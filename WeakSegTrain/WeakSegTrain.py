@@ -36,7 +36,7 @@ from WeakSegLib.io.volume import MAX_LABEL, write_volume
 from WeakSegLib.io.worklist import BOXES_SUFFIX, DATASET_FILE, Worklist
 from WeakSegLib.mrml import VOLUME_ATTRIBUTE, tasks
 from WeakSegLib.mrml.cases import CaseSession, box_nodes
-from WeakSegLib.recipes.registry import AUTO_RECIPE, panel_choices
+from WeakSegLib.registry import AUTO_RECIPE, panel_choices
 from WeakSegPanelLib import DOCUMENTATION_URL
 from WeakSegPanelLib.dependencies import ensureDependencies, workerPython
 from WeakSegPanelLib.panel import JobWatcher, ParameterNodePanel, PathFields

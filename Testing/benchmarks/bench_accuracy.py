@@ -30,13 +30,13 @@ from common import bench_parser, parse, run_each
 
 from WeakSegLib.app.demo import FILLED, compare_recipes, training_case
 from WeakSegLib.config import TrainConfig
-from WeakSegLib.engine.inference import predict_volume
-from WeakSegLib.engine.metrics import dice, evaluate
-from WeakSegLib.engine.training import train
+from WeakSegLib.engine.predict.inference import predict_volume
+from WeakSegLib.engine.predict.metrics import dice, evaluate
+from WeakSegLib.engine.train.training import train
 from WeakSegLib.io.boxes import BoxSet, boxes_from_mask, rasterize, save_boxes
 from WeakSegLib.io.sample_data import CASES, materialize
 from WeakSegLib.io.volume import Volume, normalize, read_label_volume, read_volume, write_volume
-from WeakSegLib.recipes.registry import recipe_names
+from WeakSegLib.registry import recipe_names
 
 
 def run_case(name: str, recipes: list[str], epochs: int, folder: Path, margin: int, seed: int,

@@ -39,7 +39,7 @@ import numpy as np
 import SimpleITK as sitk
 from common import bench_parser, parse
 
-from WeakSegLib.engine.evaluation import evaluate_cases
+from WeakSegLib.engine.predict.evaluation import evaluate_cases
 from WeakSegLib.io.boxes import BoxSet, boxes_from_mask, save_boxes
 from WeakSegLib.io.sample_data import materialize, materialize_objects
 from WeakSegLib.io.volume import Volume, axial_axis, read_label_volume, read_volume, write_volume

@@ -40,10 +40,10 @@ from common import bench_parser
 REPO = Path(__file__).resolve().parents[2]
 #: the data path's modules, by concern
 MODULES = {
-    "canonical space": ["WeakSegLib/engine/preprocess.py"],
-    "cohort preparation": ["WeakSegLib/engine/cohort.py"],
-    "inference onto the input grid": ["WeakSegLib/engine/inference.py", "WeakSegLib/engine/postprocess.py"],
-    "evaluation and metrics": ["WeakSegLib/engine/evaluation.py", "WeakSegLib/engine/metrics.py"],
+    "canonical space": ["WeakSegLib/engine/samples/preprocess.py"],
+    "cohort preparation": ["WeakSegLib/engine/samples/cohort.py"],
+    "inference onto the input grid": ["WeakSegLib/engine/predict/inference.py", "WeakSegLib/engine/predict/postprocess.py"],
+    "evaluation and metrics": ["WeakSegLib/engine/predict/evaluation.py", "WeakSegLib/engine/predict/metrics.py"],
     "box files and resampling": ["WeakSegLib/io/boxes.py"],
     "atomic writes and locks": ["WeakSegLib/io/atomic.py", "WeakSegLib/io/lock.py"],
     "box-constraint and MIL losses": ["WeakSegLib/losses/box_constraints.py", "WeakSegLib/losses/mil.py"],

@@ -40,11 +40,11 @@ from common import bench_parser, parse
 from scipy.stats import spearmanr
 
 from WeakSegLib.config import TrainCase, TrainConfig
-from WeakSegLib.engine.inference import predict_file
-from WeakSegLib.engine.metrics import dice
-from WeakSegLib.engine.preprocess import target_spacing
-from WeakSegLib.engine.ranking import rank_dataset
-from WeakSegLib.engine.training import train
+from WeakSegLib.engine.predict.inference import predict_file
+from WeakSegLib.engine.predict.metrics import dice
+from WeakSegLib.engine.predict.ranking import rank_dataset
+from WeakSegLib.engine.samples.preprocess import target_spacing
+from WeakSegLib.engine.train.training import train
 from WeakSegLib.io import review
 from WeakSegLib.io.boxes import BoxSet, boxes_from_mask, save_boxes
 from WeakSegLib.io.card import read_card

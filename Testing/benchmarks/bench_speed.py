@@ -4,7 +4,7 @@
    (tightness + size + emptiness) and of the MIL recipes (``gmil``: 5 angles × 2 families of crossing
    lines; ``polar-mil``: 90 rays) against plain cross-entropy, same network and batch.
 2. The vectorised tightness prior (forward + backward) against the reference loop
-   (Testing/reference_losses.py) on 8 images with 3 boxes each.
+   (Testing/helpers/reference_losses.py) on 8 images with 3 boxes each.
 
 The compared functions run alternately in each round (a shared machine drifts); each time is the
 median over rounds, each ratio the median of the per-round ratios. The vectorised prior runs
@@ -25,14 +25,14 @@ from pathlib import Path
 import torch
 from common import bench_parser, parse
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Testing/ for the reference loops
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))  # the reference loops
 
 from reference_losses import ref_tightness  # noqa: E402
 
 from WeakSegLib.config import TrainConfig  # noqa: E402
-from WeakSegLib.engine.data import SampleSet  # noqa: E402
-from WeakSegLib.engine.devices import resolve_device  # noqa: E402
-from WeakSegLib.engine.training import start_recipe  # noqa: E402
+from WeakSegLib.engine.predict.devices import resolve_device  # noqa: E402
+from WeakSegLib.engine.samples.data import SampleSet  # noqa: E402
+from WeakSegLib.engine.train.training import start_recipe  # noqa: E402
 from WeakSegLib.losses.box_constraints import TightnessPrior  # noqa: E402
 from WeakSegLib.nets.segmentation import build_network  # noqa: E402
 

@@ -21,7 +21,7 @@ from common import bench_parser, parse, run_each
 
 from WeakSegLib.app.demo import FILLED, compare_recipes
 from WeakSegLib.io.sample_data import CASES
-from WeakSegLib.recipes.registry import box_recipes
+from WeakSegLib.registry import box_recipes
 
 
 def main() -> None:

@@ -24,13 +24,13 @@ import numpy as np
 from common import bench_parser, parse, run_each
 
 from WeakSegLib.config import TightenerCase, TightenerConfig, TightenSettings, TrainCase, TrainConfig
-from WeakSegLib.engine.inference import predict_volume
-from WeakSegLib.engine.metrics import evaluate, slice_box_iou
-from WeakSegLib.engine.training import train
+from WeakSegLib.engine.predict.inference import predict_volume
+from WeakSegLib.engine.predict.metrics import evaluate, slice_box_iou
+from WeakSegLib.engine.train.training import train
 from WeakSegLib.io.boxes import BoxSet, boxes_from_mask, save_boxes, split_box
 from WeakSegLib.io.sample_data import OBJECT_SETS, materialize_objects
 from WeakSegLib.io.volume import read_label_volume, read_volume, write_volume
-from WeakSegLib.recipes.registry import recipe_names
+from WeakSegLib.registry import recipe_names
 from WeakSegLib.tightener.tighten import tighten
 from WeakSegLib.tightener.training import train_tightener
 

@@ -27,14 +27,13 @@ import numpy as np
 from common import bench_parser, parse
 
 from WeakSegLib.config import TrainCase, TrainConfig
-from WeakSegLib.engine.inference import predict_file
-from WeakSegLib.engine.metrics import evaluate
-from WeakSegLib.engine.training import train
+from WeakSegLib.engine.predict.inference import predict_file
+from WeakSegLib.engine.predict.metrics import evaluate
+from WeakSegLib.engine.train.training import train
 from WeakSegLib.io.partial import PARTIAL_BACKGROUND, partial_from_mask
 from WeakSegLib.io.sample_data import materialize
-from WeakSegLib.io.sizes import SizeSet, save_sizes
+from WeakSegLib.io.sizes import SizeSet, save_sizes, sizes_from_mask
 from WeakSegLib.io.volume import read_label_volume, write_volume
-from WeakSegLib.recipes.size import sizes_from_mask
 
 PARTIAL = ["partial-ce", "sccl", "accl-partial", "accl-unpaired", "accl-paired"]
 

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from WeakSegLib.engine.postprocess import apply
+from WeakSegLib.engine.predict.postprocess import apply
 from WeakSegLib.io.boxes import load_boxes
 from WeakSegLib.io.volume import read_label_volume, read_volume
 
@@ -201,10 +201,10 @@ def test_tighten_train_progress_bar(spine_ct, tmp_path):
 
 def test_a_recipe_added_through_the_registry_alone_trains_through_the_command_line(spine_ct, spine_boxes, tmp_path,
                                                                                     monkeypatch, capsys):
-    """One module outside the package (Testing/toy_recipe.py) and one registry line: the command line
+    """One module outside the package (Testing/helpers/toy_recipe.py) and one registry line: the command line
     offers the recipe, trains it and writes its model folder."""
+    from WeakSegLib import registry
     from WeakSegLib.app.cli import main
-    from WeakSegLib.recipes import registry
 
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # the line lives for this test only
     registry.register(registry.RecipeSpec("toy-box-dice", "soft Dice on the filled boxes", "toy_recipe:BoxDice"))

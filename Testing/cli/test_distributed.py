@@ -17,11 +17,11 @@ from worker_events import wait_for
 
 from WeakSegLib.app.jobs import EXIT_CANCELLED, start_job
 from WeakSegLib.config import TrainCase, TrainConfig
-from WeakSegLib.engine.cohort import read_cohort
-from WeakSegLib.engine.distributed import SINGLE, Distributed, join
-from WeakSegLib.engine.loop import LoopSettings, epoch_order
-from WeakSegLib.engine.model import build_from_card, load_model
-from WeakSegLib.engine.training import _dice, start_recipe
+from WeakSegLib.engine.predict.model import build_from_card, load_model
+from WeakSegLib.engine.samples.cohort import read_cohort
+from WeakSegLib.engine.train.distributed import SINGLE, Distributed, join
+from WeakSegLib.engine.train.loop import LoopSettings, epoch_order
+from WeakSegLib.engine.train.training import _dice, start_recipe
 from WeakSegLib.errors import InputError
 from WeakSegLib.io.boxes import BoxSet, boxes_from_mask, save_boxes
 from WeakSegLib.io.card import read_card
@@ -167,7 +167,7 @@ def test_a_run_started_on_two_ranks_continues_from_a_one_process_checkpoint(case
 def test_deepcut_revision_on_rank_zero_reaches_every_rank_and_equals_a_one_process_revision(case, tmp_path):
     every = 2
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           str(REPO / "Testing" / "dist_revision.py"), case["image"], case["boxes"], str(tmp_path), str(every)]
+           str(REPO / "Testing" / "helpers" / "dist_revision.py"), case["image"], case["boxes"], str(tmp_path), str(every)]
     run = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     labels = [torch.load(tmp_path / f"labels-{r}.pt", weights_only=True) for r in (0, 1)]

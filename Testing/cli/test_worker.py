@@ -122,7 +122,7 @@ def test_tightener_job_cancels_resumes_and_tightens(spine_ct, tmp_path):
     assert handle.wait(60) == EXIT_BAD_INPUT and "bogus" in handle.all_events()[-1]["message"]
 
 
-LAUNCHER = Path(__file__).resolve().parents[1] / "ctk_launcher.py"
+LAUNCHER = Path(__file__).resolve().parents[1] / "helpers" / "ctk_launcher.py"
 
 
 def _alive(pid: int) -> bool:

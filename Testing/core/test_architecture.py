@@ -9,18 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from WeakSegLib.engine.recipe import Recipe
-from WeakSegLib.recipes import registry
+from WeakSegLib import registry
+from WeakSegLib.engine.train.recipe import Recipe
 
 PACKAGE = Path(__file__).resolve().parents[2] / "WeakSegLib"
 #: module prefix → layer (longest prefix wins); see docs/architecture.md
 LAYERS = {"WeakSegLib": 0, "WeakSegLib.errors": 1, "WeakSegLib.events": 1, "WeakSegLib.config": 1,
-          "WeakSegLib.recipes.registry": 1, "WeakSegLib.io": 2, "WeakSegLib.nets": 3, "WeakSegLib.losses": 3,
-          "WeakSegLib.engine": 4, "WeakSegLib.recipes": 5, "WeakSegLib.tightener": 5, "WeakSegLib.app": 6,
+          "WeakSegLib.registry": 1, "WeakSegLib.io": 2, "WeakSegLib.nets": 3, "WeakSegLib.losses": 3,
+          "WeakSegLib.engine": 4, "WeakSegLib.engine.samples": 4.0, "WeakSegLib.engine.predict": 4.1,
+          "WeakSegLib.engine.train": 4.2, "WeakSegLib.recipes": 5, "WeakSegLib.tightener": 5, "WeakSegLib.app": 6,
           "WeakSegLib.mrml": 7, "WeakSegLib.__main__": 8}
 #: what must import without torch (Slicer's own process, `weakseg --help`)
 TORCH_FREE = ("WeakSegLib", "WeakSegLib.config", "WeakSegLib.events", "WeakSegLib.errors",
-              "WeakSegLib.recipes.registry", "WeakSegLib.io.card", "WeakSegLib.io.boxes", "WeakSegLib.io.volume",
+              "WeakSegLib.registry", "WeakSegLib.io.card", "WeakSegLib.io.boxes", "WeakSegLib.io.volume",
               "WeakSegLib.io.sizes", "WeakSegLib.app.cli", "WeakSegLib.app.jobs", "WeakSegLib.app.dependencies",
               "WeakSegLib.app.progress", "WeakSegLib.mrml.tasks", "WeakSegLib.mrml.nodes")
 

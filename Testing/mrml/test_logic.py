@@ -12,8 +12,8 @@ import slicer
 
 from WeakSegInfer import WeakSegInferLogic
 from WeakSegLib import mrml
-from WeakSegLib.engine.inference import predict_file
-from WeakSegLib.engine.preprocess import AXIAL
+from WeakSegLib.engine.predict.inference import predict_file
+from WeakSegLib.engine.samples.preprocess import AXIAL
 from WeakSegLib.errors import InputError, ModelError, WeakSegError
 from WeakSegLib.io.boxes import BoxSet, boxes_from_mask, load_boxes, save_boxes
 from WeakSegLib.io.card import TightenerCard, read_card

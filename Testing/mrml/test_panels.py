@@ -31,7 +31,7 @@ from WeakSegLib.config import DEVICES, NETWORKS
 from WeakSegLib.errors import InputError
 from WeakSegLib.io.boxes import boxes_from_mask
 from WeakSegLib.io.volume import MAX_LABEL
-from WeakSegLib.recipes.registry import panel_choices
+from WeakSegLib.registry import panel_choices
 from WeakSegPanelLib.panel import PathFields
 
 REPO = Path(__file__).resolve().parents[2]
@@ -381,7 +381,7 @@ def test_apply_follows_the_boxes_starts_training_and_cancel_never_blocks(wired, 
     ("Cancelling…", disabled); the timer's ticks end it as cancelled — under Slicer's launcher, whose
     child must stop too — with no error dialog."""
     panel = panels("WeakSegTrain", {"WeakSegTrain/ModelFolder": [str(tmp_path / "model")]})
-    panel.logic.python = [sys.executable, str(REPO / "Testing" / "ctk_launcher.py")]
+    panel.logic.python = [sys.executable, str(REPO / "Testing" / "helpers" / "ctk_launcher.py")]
     panel.enter()
     volume = _volume(wired, spine_ct)
     panel.ui.inputVolumeSelector.setCurrentNode(volume)

@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 
 from WeakSegLib.config import TightenerCase, TightenerConfig, TrainCase, TrainConfig
-from WeakSegLib.engine.training import train
+from WeakSegLib.engine.train.training import train
 from WeakSegLib.io.boxes import BoxSet, boxes_from_mask, save_boxes
 from WeakSegLib.io.partial import partial_from_mask
-from WeakSegLib.io.sizes import SizeSet, save_sizes
+from WeakSegLib.io.sizes import SizeSet, save_sizes, sizes_from_mask
 from WeakSegLib.io.volume import Volume, write_volume
-from WeakSegLib.recipes.size import sizes_from_mask
 from WeakSegLib.tightener.training import train_tightener
 
 SMALL = (4, 8, 16, 32, 64)

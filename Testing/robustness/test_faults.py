@@ -25,7 +25,7 @@ from WeakSegLib.app import worker
 from WeakSegLib.app.cli import main
 from WeakSegLib.app.jobs import EXIT_BAD_INPUT, EXIT_OK, start_job
 from WeakSegLib.config import TrainCase, TrainConfig
-from WeakSegLib.engine.training import train
+from WeakSegLib.engine.train.training import train
 from WeakSegLib.io import atomic
 
 SMALL = ["--channels", "4", "8", "16", "32", "64"]
@@ -188,7 +188,7 @@ def test_a_read_only_output_folder_is_bad_input_not_an_internal_error(good, tmp_
 
 def test_a_programming_error_is_an_internal_error_with_its_traceback_in_the_log(good, tmp_path, monkeypatch, capfd):
     """Exit 1, not 2: a KeyError inside WeakSeg is its own fault, reported with the traceback."""
-    from WeakSegLib.engine import inference
+    from WeakSegLib.engine.predict import inference
 
     def broken(*args, **kwargs):
         raise KeyError("labels")

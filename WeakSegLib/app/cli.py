@@ -34,7 +34,7 @@ from WeakSegLib.config import (
     TrainConfig,
 )
 from WeakSegLib.errors import CancelledError, WeakSegError
-from WeakSegLib.recipes.registry import (
+from WeakSegLib.registry import (
     AUTO_RECIPE,
     BOXSUP_SLICES_PER_EPOCH,
     DEFAULT_RECIPE,
@@ -145,9 +145,8 @@ def cmd_boxes_from_mask(args: argparse.Namespace) -> int:
 
 def cmd_sizes_from_mask(args: argparse.Namespace) -> int:
     from WeakSegLib.io.atomic import check_writable
-    from WeakSegLib.io.sizes import SizeSet, save_sizes
+    from WeakSegLib.io.sizes import SizeSet, save_sizes, sizes_from_mask
     from WeakSegLib.io.volume import read_label_volume
-    from WeakSegLib.recipes.size import sizes_from_mask
 
     check_writable(args.out, "size file")
     mask = read_label_volume(args.mask)
@@ -211,10 +210,10 @@ def _training_cases(args: argparse.Namespace) -> tuple[list[TrainCase], bool]:
 def cmd_train(args: argparse.Namespace) -> int:
     from WeakSegLib.app.jobs import child_of_launcher
     from WeakSegLib.app.launch import check_processes, launch
-    from WeakSegLib.engine.cohort import as_trained, recipe_for
-    from WeakSegLib.engine.distributed import env_rank
-    from WeakSegLib.engine.preprocess import AXIAL
-    from WeakSegLib.engine.training import train
+    from WeakSegLib.engine.samples.cohort import as_trained, recipe_for
+    from WeakSegLib.engine.samples.preprocess import AXIAL
+    from WeakSegLib.engine.train.distributed import env_rank
+    from WeakSegLib.engine.train.training import train
 
     cases, dataset = _training_cases(args)
     config = settings_from(args, TrainConfig, recipe=args.recipe, spatial_dims=3 if args.dims == "3d" else 2,
@@ -259,7 +258,7 @@ def _prediction_cases(args: argparse.Namespace) -> list[tuple[str, str]]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from WeakSegLib.engine.inference import predict_cases, predict_file
+    from WeakSegLib.engine.predict.inference import predict_cases, predict_file
 
     single, many = args.image is not None, bool(args.images or args.dataset)
     if single == many or (args.images and args.dataset):
@@ -303,8 +302,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise WeakSegError("give --pred and --ref (one prediction), or --pred-dir and --dataset (a test set)")
     import numpy as np
 
-    from WeakSegLib.engine.evaluation import label_difference
-    from WeakSegLib.engine.metrics import evaluate
+    from WeakSegLib.engine.predict.evaluation import label_difference
+    from WeakSegLib.engine.predict.metrics import evaluate
     from WeakSegLib.io.volume import check_same_grid, read_label_volume
 
     pred, ref = read_label_volume(args.pred), read_label_volume(args.ref)
@@ -339,7 +338,7 @@ def _print_scores(result) -> None:
 def _evaluate_dataset(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from WeakSegLib.engine.evaluation import evaluate_cases
+    from WeakSegLib.engine.predict.evaluation import evaluate_cases
     from WeakSegLib.io.atomic import atomic_write_bytes, check_output_folder, check_writable, json_bytes
     from WeakSegLib.io.dataset import load_dataset
 
@@ -393,7 +392,7 @@ def _case_figures(args: argparse.Namespace, cases, result) -> None:
     from pathlib import Path
 
     from WeakSegLib.app.figures import case_figure
-    from WeakSegLib.engine.evaluation import find_prediction
+    from WeakSegLib.engine.predict.evaluation import find_prediction
     from WeakSegLib.io.boxes import load_boxes
     from WeakSegLib.io.names import case_file
     from WeakSegLib.io.volume import read_label_volume, read_volume
@@ -448,7 +447,7 @@ def cmd_dataset_check(args: argparse.Namespace) -> int:
 def cmd_rank(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from WeakSegLib.engine.ranking import RANKING_FILE, rank_dataset
+    from WeakSegLib.engine.predict.ranking import RANKING_FILE, rank_dataset
     from WeakSegLib.io.dataset import load_dataset
 
     dataset = load_dataset(args.dataset)

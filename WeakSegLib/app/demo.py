@@ -6,7 +6,7 @@ filled boxes taken as the prediction and against the same network trained on the
 :func:`compare_recipes` is that pipeline for any recipes; the accuracy benchmark uses it too. Part two,
 another subject (:func:`cross_subject`): the models trained on one subject's boxes segment a scan of
 another subject they never saw, scored with and without the connected-component post-processing each
-model decided on its training case (:mod:`WeakSegLib.engine.postprocess`).
+model decided on its training case (:mod:`WeakSegLib.engine.predict.postprocess`).
 
 Writes into ``out``: ``image.nii.gz``, ``mask.nii.gz``, ``boxes.json``, one model folder per recipe
 (``model-<recipe>/``), ``prediction.nii.gz`` (default recipe), ``training_curves.png``,
@@ -26,17 +26,17 @@ import numpy as np
 from WeakSegLib.app.figures import case_figure, plot_curves
 from WeakSegLib.app.progress import ProgressPrinter
 from WeakSegLib.config import TrainCase, TrainConfig
-from WeakSegLib.engine.cohort import as_trained
-from WeakSegLib.engine.evaluation import evaluate_cases
-from WeakSegLib.engine.inference import predict_cases, predict_file
-from WeakSegLib.engine.metrics import evaluate
-from WeakSegLib.engine.training import train
+from WeakSegLib.engine.predict.evaluation import evaluate_cases
+from WeakSegLib.engine.predict.inference import predict_cases, predict_file
+from WeakSegLib.engine.predict.metrics import evaluate
+from WeakSegLib.engine.samples.cohort import as_trained
+from WeakSegLib.engine.train.training import train
 from WeakSegLib.io.atomic import atomic_write_bytes
 from WeakSegLib.io.boxes import BoxSet, boxes_from_mask, load_boxes, rasterize, save_boxes
 from WeakSegLib.io.dataset import Dataset, DatasetCase, save_dataset
 from WeakSegLib.io.sample_data import CASES, materialize
 from WeakSegLib.io.volume import PREDICTION_SUFFIX, read_label_volume, read_volume
-from WeakSegLib.recipes.registry import AUTO_RECIPE, recipe_spec
+from WeakSegLib.registry import AUTO_RECIPE, recipe_spec
 
 #: the demo's recipes: the default (``auto``) and the two references
 DEMO_RECIPES = (AUTO_RECIPE, "box-mask", "full")

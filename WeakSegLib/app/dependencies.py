@@ -13,7 +13,7 @@ import importlib.util
 import re
 from pathlib import Path
 
-from WeakSegLib.recipes.registry import extras_of
+from WeakSegLib.registry import extras_of
 
 REQUIREMENTS_DIR = Path(__file__).resolve().parent / "requirements"
 #: distributions that Slicer provides itself (torch through the PyTorch extension)

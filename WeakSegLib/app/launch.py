@@ -1,6 +1,6 @@
 """``weakseg train --gpus N`` and a worker job with ``"gpus": N``: the same command in N processes on this
 machine, started by PyTorch's elastic launcher exactly as ``torchrun --standalone --nproc_per_node N -m
-WeakSegLib train …`` starts them (:mod:`WeakSegLib.engine.distributed` is what each process then does).
+WeakSegLib train …`` starts them (:mod:`WeakSegLib.engine.train.distributed` is what each process then does).
 
 The launcher forwards SIGTERM to every process (each stops at the next batch, keeping the last
 checkpoint) and stops the others when one fails; the exit code is that of the first process to end
@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 
 from WeakSegLib.app.jobs import EXIT_CANCELLED, EXIT_INTERNAL_ERROR, EXIT_OK
-from WeakSegLib.engine.distributed import check_batch_split
+from WeakSegLib.engine.train.distributed import check_batch_split
 from WeakSegLib.errors import InputError
 
 

@@ -23,7 +23,7 @@ from WeakSegLib.app.jobs import (
 )
 from WeakSegLib.app.launch import check_processes, launch
 from WeakSegLib.config import TightenerCase, TightenerConfig, TightenSettings, TrainCase, TrainConfig, from_dict
-from WeakSegLib.engine.distributed import env_rank
+from WeakSegLib.engine.train.distributed import env_rank
 from WeakSegLib.errors import CancelledError, WeakSegError
 from WeakSegLib.io.fields import read_json
 
@@ -50,8 +50,8 @@ def _train(job: dict, should_stop, config_class: type, case_class: type, trainer
 
 def _predict_cases(job: dict, should_stop) -> dict:
     """A ``predict-cases`` job: every case predicted into ``out_dir``; scored when cases give masks."""
-    from WeakSegLib.engine.evaluation import SCORES_FILE, evaluate_cases
-    from WeakSegLib.engine.inference import PREDICTION_SUFFIX, predict_cases
+    from WeakSegLib.engine.predict.evaluation import SCORES_FILE, evaluate_cases
+    from WeakSegLib.engine.predict.inference import PREDICTION_SUFFIX, predict_cases
     from WeakSegLib.io.atomic import atomic_write_json
 
     cases = job["cases"]
@@ -73,7 +73,7 @@ def _predict_cases(job: dict, should_stop) -> dict:
 
 def _rank(job: dict, should_stop) -> dict:
     """A ``rank`` job: the dataset's cases without a mask or a decision predicted and ranked for review."""
-    from WeakSegLib.engine.ranking import RANKING_FILE, rank_dataset
+    from WeakSegLib.engine.predict.ranking import RANKING_FILE, rank_dataset
     from WeakSegLib.io.dataset import load_dataset
 
     dataset = load_dataset(job["dataset"])
@@ -88,7 +88,7 @@ def _rank(job: dict, should_stop) -> dict:
 def run_job(job: dict, should_stop) -> dict:
     """Run a parsed job in this process; returns the final payload."""
     if job["kind"] == "train":
-        from WeakSegLib.engine.training import train
+        from WeakSegLib.engine.train.training import train
 
         return _train(job, should_stop, TrainConfig, TrainCase, train)
     if job["kind"] == "tighten-train":
@@ -107,7 +107,7 @@ def run_job(job: dict, should_stop) -> dict:
         return _predict_cases(job, should_stop)
     if job["kind"] == "rank":
         return _rank(job, should_stop)
-    from WeakSegLib.engine.inference import predict_file
+    from WeakSegLib.engine.predict.inference import predict_file
 
     result = predict_file(job["model"], job["image"], job["out"], prob_out=job.get("prob_out"),
                           device=job.get("device", "auto"), on_event=emit, should_stop=should_stop,

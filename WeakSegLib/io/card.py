@@ -1,7 +1,7 @@
 """Model folders and their cards, typed and read without torch (Slicer's own process shows them).
 
 A trained model is a folder: ``model.pt`` (the network's ``state_dict``, read with
-``torch.load(weights_only=True)`` by :mod:`WeakSegLib.engine.model`) and ``model.json``, its card.
+``torch.load(weights_only=True)`` by :mod:`WeakSegLib.engine.predict.model`) and ``model.json``, its card.
 Two card formats share the layout:
 
 - ``weakseg-model`` (:class:`ModelCard`), a segmentation network::
@@ -78,7 +78,7 @@ class InputSpec:
     """What the network expects: ``mode`` (2d, 2.5d, 3d), slice ``axis`` (array order), ``context``
     slices per input, training ``spacing`` (mm, ITK order), ``normalization``, the training
     ``patch_size`` (3D sliding-window inference), and ``preprocessing``: the canonical space images are
-    moved to first (:class:`WeakSegLib.engine.preprocess.Plan` as a dict; absent in cards of models
+    moved to first (:class:`WeakSegLib.engine.samples.preprocess.Plan` as a dict; absent in cards of models
     trained before it existed, which take images as they are)."""
 
     mode: str
@@ -116,7 +116,7 @@ class ModelCard:
     FORMAT = MODEL_FORMAT
 
     def postprocess_steps(self) -> dict[int, str]:
-        """``{label value: step}`` of the card's post-processing (:mod:`WeakSegLib.engine.postprocess`),
+        """``{label value: step}`` of the card's post-processing (:mod:`WeakSegLib.engine.predict.postprocess`),
         empty for a card written before it or a model trained without it."""
         return {int(k): v for k, v in self.postprocess.get("steps", {}).items()}
 

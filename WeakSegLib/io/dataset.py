@@ -62,7 +62,7 @@ class Review:
     Attributes:
         state: one of :data:`REVIEW_STATES`.
         prediction: the ranked prediction's path (absolute), or None.
-        score: its review score (:mod:`WeakSegLib.engine.ranking`; higher: look first), or None.
+        score: its review score (:mod:`WeakSegLib.engine.predict.ranking`; higher: look first), or None.
     """
 
     state: str

@@ -1,7 +1,7 @@
 """The review loop's decisions on a dataset file: a ranked prediction accepted as a case's mask, or
 rejected (the case goes back to boxing).
 
-``weakseg rank`` (:mod:`WeakSegLib.engine.ranking`) predicts the cases that have neither a mask nor a
+``weakseg rank`` (:mod:`WeakSegLib.engine.predict.ranking`) predicts the cases that have neither a mask nor a
 review decision and records each prediction and its score as the case's ``predicted`` review
 (:func:`record_prediction`). A person then looks at them, most uncertain first, and
 

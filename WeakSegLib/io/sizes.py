@@ -30,6 +30,9 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
 
 from WeakSegLib.errors import InputError
 from WeakSegLib.io.atomic import atomic_write_json
@@ -117,3 +120,43 @@ def load_sizes(path: str | os.PathLike) -> SizeSet:
                        geometry).validate()
     except InputError as exc:
         raise InputError(f"{path}: {exc}") from exc
+
+
+def object_size(mask: np.ndarray) -> int:
+    """g = 2 · the largest chessboard (L∞) distance of a pixel of 2D ``mask`` to the background, the
+    image border counting as background: the size measure of the size loss
+    (:func:`WeakSegLib.losses.distance.object_size` is its batched torch form)."""
+    from scipy import ndimage  # noqa: PLC0415 - not imported by Slicer's process with this module
+
+    if not mask.size:
+        return 0
+    return 2 * int(ndimage.distance_transform_cdt(np.pad(mask, 1), metric="chessboard").max())
+
+
+def sizes_from_mask(mask: np.ndarray, axis: int = 0, labels: Iterable[int] | None = None,
+                    slices: Sequence[int] | None = None) -> list[SizeLabel]:
+    """Size labels of every slice (or of ``slices``) along ``axis`` for each label value.
+
+    Slices without the object get size 0. ``labels`` default: every non-zero value in ``mask``.
+
+    Raises:
+        InputError: not a 3D mask, or no object of the requested labels.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 3:
+        raise InputError(f"mask must be 3D (z, y, x), got shape {mask.shape}")
+    if axis not in (0, 1, 2):
+        raise InputError(f"axis must be 0, 1 or 2, got {axis!r}")
+    values = sorted(int(v) for v in np.unique(mask) if v != 0) if labels is None else [int(v) for v in labels]
+    if not values or not np.isin(mask, values).any():
+        raise InputError(f"the mask holds no object with label(s) {values or 'any'}: no size to measure")
+    planes = np.moveaxis(mask, axis, 0)
+    index = np.arange(planes.shape[0]) if slices is None else np.asarray(slices, dtype=np.int64)
+    if index.size and (index.min() < 0 or index.max() >= planes.shape[0]):
+        raise InputError(f"slices {list(index)} outside 0..{planes.shape[0] - 1} along axis {axis}")
+    out = []
+    for value in values:
+        g = [object_size(plane == value) for plane in planes[index]]
+        out.extend(SizeLabel(int(k), value, float(s)) for k, s in zip(index, g))
+    out.sort(key=lambda s: (s.slice, s.label))
+    return out

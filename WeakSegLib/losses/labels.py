@@ -1,5 +1,6 @@
-"""Losses on (partial) label maps: cross-entropy over the labelled pixels, and SCCL's size penalty
-(Kervadec et al.'s constrained-CNN loss, the baseline of ACCL; docs/methods.md §4).
+"""Losses on (partial) label maps: cross-entropy over the labelled pixels, SCCL's size penalty
+(Kervadec et al.'s constrained-CNN loss, the baseline of ACCL; docs/methods.md §4), and the one-hot
+masks ACCL's discriminator scores.
 
 Labels are class indices ``(B, *S)`` with :data:`WeakSegLib.io.labels.IGNORE` on unlabelled pixels.
 """
@@ -71,3 +72,9 @@ def sccl_bounds(references: torch.Tensor, n_classes: int, low: float = 0.9, high
             raise InputError(f"no reference slice holds class {c + 1}: cannot derive its SCCL size bounds")
         out.append([low * float(present.min()), high * float(present.max())])
     return torch.tensor(out)
+
+
+def one_hot(labels: torch.Tensor, n_channels: int) -> torch.Tensor:
+    """Class indices ``(B, H, W)`` (:data:`IGNORE` as background) → ``(B, n_channels, H, W)`` float."""
+    labels = torch.where(labels == IGNORE, 0, labels).long()
+    return nn.functional.one_hot(labels, n_channels).movedim(-1, 1).float()

@@ -8,7 +8,7 @@ background (masked CE). One barrier parameter t for every constraint, growing ea
 
 from __future__ import annotations
 
-from WeakSegLib.engine.recipe import Recipe, Term
+from WeakSegLib.engine.train.recipe import Recipe, Term
 from WeakSegLib.losses.box_constraints import BoxSize, Emptiness, MaskedCrossEntropy, TightnessPrior
 
 

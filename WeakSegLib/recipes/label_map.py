@@ -1,6 +1,6 @@
 """Cross-entropy on the training label map (recipes ``full``, ``box-mask``, ``partial-ce``).
 
-The label map is what the case gives (:func:`WeakSegLib.engine.data.build_samples`): the reference
+The label map is what the case gives (:func:`WeakSegLib.engine.samples.data.build_samples`): the reference
 masks (``full``: the upper bound), the filled boxes (``box-mask``: the naive baseline) or partial
 labels (``partial-ce``); the loss is averaged over the labelled pixels only. The proposal, size and
 partial-label recipes build on it.
@@ -8,7 +8,7 @@ partial-label recipes build on it.
 
 from __future__ import annotations
 
-from WeakSegLib.engine.recipe import Recipe, Term
+from WeakSegLib.engine.train.recipe import Recipe, Term
 from WeakSegLib.losses.labels import PartialCrossEntropy
 
 

@@ -13,7 +13,7 @@ engine predicts, need classes that exclude each other.
 
 from __future__ import annotations
 
-from WeakSegLib.engine.recipe import Recipe, Term
+from WeakSegLib.engine.train.recipe import Recipe, Term
 from WeakSegLib.losses.mil import MILUnary, PairwiseSmoothness, angles_of
 
 

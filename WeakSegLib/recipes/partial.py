@@ -6,7 +6,7 @@ Both add a term to the cross-entropy on the labelled pixels (recipe ``partial-ce
   slices with an object scribble; [a, b] from ``sccl_bounds`` or 0.9·min / 1.1·max of the reference
   masks' per-slice sizes.
 - ``accl-partial|unpaired|paired`` (Zhang et al.): λ_a·mean((D(X, G(X)) − 1)²) with a conditional
-  PatchGAN D (:mod:`WeakSegLib.losses.adversarial`) trained by least squares against reference masks:
+  PatchGAN D (:mod:`WeakSegLib.nets.discriminator`) trained by least squares against reference masks:
   the partial labels themselves, slices drawn from other volumes' masks, or the image's own true mask.
   :class:`Adversary` holds D, its Adam and the references; it goes into every checkpoint.
 """
@@ -18,10 +18,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from WeakSegLib.engine.recipe import RecipeContext, Term
+from WeakSegLib.engine.train.recipe import RecipeContext, Term
 from WeakSegLib.errors import InputError
-from WeakSegLib.losses.adversarial import PatchDiscriminator, one_hot
-from WeakSegLib.losses.labels import SoftSizePenalty, sccl_bounds
+from WeakSegLib.losses.labels import SoftSizePenalty, one_hot, sccl_bounds
+from WeakSegLib.nets.discriminator import PatchDiscriminator
 from WeakSegLib.recipes.label_map import CrossEntropy
 
 MODES = ("partial", "unpaired", "paired")

@@ -2,7 +2,7 @@
 (docs/methods.md §5, §6).
 
 Both recipes train with cross-entropy on ``SampleSet.labels`` and revise those labels between
-epochs through their :class:`~WeakSegLib.engine.recipe.EpochHooks`; the revised labels travel in the
+epochs through their :class:`~WeakSegLib.engine.train.recipe.EpochHooks`; the revised labels travel in the
 checkpoint. Only samples with at least one box are revised ("weak" samples); samples from volumes
 given with a mask keep it (semi-supervised BoxSup), slices of a boxed volume without a box stay
 background.
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from WeakSegLib.config import CRFSettings
-from WeakSegLib.engine.data import SampleSet, rows_to_mask
-from WeakSegLib.engine.recipe import RecipeContext
+from WeakSegLib.engine.samples.data import SampleSet, rows_to_mask
+from WeakSegLib.engine.train.recipe import RecipeContext
 from WeakSegLib.errors import InputError
 from WeakSegLib.recipes.crf import CRFPool, to_crf_intensity
 from WeakSegLib.recipes.label_map import CrossEntropy
@@ -127,7 +127,7 @@ class DeepCutRevision(_Revision):
             labels as they are.
         processes: CRF worker processes.
         revise: whether this process computes the revisions (in a distributed run rank 0 alone does;
-            the loop gives the other ranks its labels, :mod:`WeakSegLib.engine.distributed`).
+            the loop gives the other ranks its labels, :mod:`WeakSegLib.engine.train.distributed`).
         min_fill: a revision may not take a box's object away: where it labels less than this fraction
             of a box as the box's class, the box keeps its previous labels (:func:`guard_boxes`).
     """

@@ -5,53 +5,18 @@ Per slice either a mask or a size label. The first ``pretrain_epochs`` train on 
 size-labelled slices, every batch also carries ``size_anchors`` mask slices drawn at random (with Adam,
 a step on the size loss alone would be a full-size step whatever its weight), and the batch-norm
 statistics stay at their pre-training values (trained further on slices no mask constrains, they let
-the network paint whole slices). :func:`sizes_from_mask` makes size labels from a mask.
+the network paint whole slices). :func:`WeakSegLib.io.sizes.sizes_from_mask` makes size labels from a mask.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
-
-import numpy as np
 import torch
 from torch import nn
 
-from WeakSegLib.engine.loop import step_generator
-from WeakSegLib.engine.recipe import RecipeContext, Term
-from WeakSegLib.errors import InputError
-from WeakSegLib.io.sizes import SizeLabel
-from WeakSegLib.losses.distance import object_size
+from WeakSegLib.engine.train.loop import step_generator
+from WeakSegLib.engine.train.recipe import RecipeContext, Term
 from WeakSegLib.losses.size import SizeLoss
 from WeakSegLib.recipes.label_map import CrossEntropy
-
-
-def sizes_from_mask(mask: np.ndarray, axis: int = 0, labels: Iterable[int] | None = None,
-                    slices: Sequence[int] | None = None) -> list[SizeLabel]:
-    """Size labels of every slice (or of ``slices``) along ``axis`` for each label value.
-
-    Slices without the object get size 0. ``labels`` default: every non-zero value in ``mask``.
-
-    Raises:
-        InputError: not a 3D mask, or no object of the requested labels.
-    """
-    mask = np.asarray(mask)
-    if mask.ndim != 3:
-        raise InputError(f"mask must be 3D (z, y, x), got shape {mask.shape}")
-    if axis not in (0, 1, 2):
-        raise InputError(f"axis must be 0, 1 or 2, got {axis!r}")
-    values = sorted(int(v) for v in np.unique(mask) if v != 0) if labels is None else [int(v) for v in labels]
-    if not values or not np.isin(mask, values).any():
-        raise InputError(f"the mask holds no object with label(s) {values or 'any'}: no size to measure")
-    planes = np.moveaxis(mask, axis, 0)
-    index = np.arange(planes.shape[0]) if slices is None else np.asarray(slices, dtype=np.int64)
-    if index.size and (index.min() < 0 or index.max() >= planes.shape[0]):
-        raise InputError(f"slices {list(index)} outside 0..{planes.shape[0] - 1} along axis {axis}")
-    out = []
-    for value in values:
-        g = object_size(torch.from_numpy(planes[index] == value)).tolist()
-        out.extend(SizeLabel(int(k), value, float(s)) for k, s in zip(index, g))
-    out.sort(key=lambda s: (s.slice, s.label))
-    return out
 
 
 def freeze_batch_norm(network: nn.Module) -> None:

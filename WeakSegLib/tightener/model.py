@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from WeakSegLib.engine.model import load_weights
+from WeakSegLib.engine.predict.model import load_weights
 from WeakSegLib.errors import InputError, ModelError
 from WeakSegLib.io.card import CARD, TightenerCard, read_card
 from WeakSegLib.io.volume import Volume

@@ -28,7 +28,7 @@ from scipy import ndimage
 
 from WeakSegLib import events
 from WeakSegLib.config import TightenSettings, check_patch_geometry
-from WeakSegLib.engine.devices import resolve_device
+from WeakSegLib.engine.predict.devices import resolve_device
 from WeakSegLib.errors import CancelledError, InputError
 from WeakSegLib.events import EventSink
 from WeakSegLib.io.atomic import Staged, check_writable, json_bytes

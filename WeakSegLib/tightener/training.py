@@ -25,9 +25,9 @@ import torch
 
 from WeakSegLib import events
 from WeakSegLib.config import TightenerCase, TightenerConfig
-from WeakSegLib.engine.devices import resolve_device
-from WeakSegLib.engine.loop import LoopSettings, run_epochs, step_generator
-from WeakSegLib.engine.model import save_model
+from WeakSegLib.engine.predict.devices import resolve_device
+from WeakSegLib.engine.predict.model import save_model
+from WeakSegLib.engine.train.loop import LoopSettings, run_epochs, step_generator
 from WeakSegLib.errors import InputError
 from WeakSegLib.events import EventSink
 from WeakSegLib.io.atomic import check_output_folder
@@ -135,7 +135,7 @@ def train_tightener(cases: Sequence[TightenerCase], config: TightenerConfig, out
                     resume: bool = True) -> TightenerCard:
     """Train a box tightener and write its model folder; returns its card.
 
-    ``on_event``, ``should_stop`` and ``resume`` behave as in :func:`WeakSegLib.engine.training.train`.
+    ``on_event``, ``should_stop`` and ``resume`` behave as in :func:`WeakSegLib.engine.train.training.train`.
     """
     config.validate()
     emit = on_event or events.ignore
