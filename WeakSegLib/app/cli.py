@@ -445,13 +445,11 @@ def cmd_dataset_check(args: argparse.Namespace) -> int:
 
 
 def cmd_rank(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from WeakSegLib.engine.predict.ranking import RANKING_FILE, rank_dataset
+    from WeakSegLib.engine.predict.ranking import rank_dataset, ranking_file
     from WeakSegLib.io.dataset import load_dataset
 
     dataset = load_dataset(args.dataset)
-    out = Path(args.out) if args.out else dataset.path.parent / RANKING_FILE
+    out = ranking_file(dataset, args.out)
 
     def report(event: dict) -> None:
         if event["event"] == "case" and not args.quiet:

@@ -73,11 +73,11 @@ def _predict_cases(job: dict, should_stop) -> dict:
 
 def _rank(job: dict, should_stop) -> dict:
     """A ``rank`` job: the dataset's cases without a mask or a decision predicted and ranked for review."""
-    from WeakSegLib.engine.predict.ranking import RANKING_FILE, rank_dataset
+    from WeakSegLib.engine.predict.ranking import rank_dataset, ranking_file
     from WeakSegLib.io.dataset import load_dataset
 
     dataset = load_dataset(job["dataset"])
-    out = job.get("out") or str(dataset.path.parent / RANKING_FILE)
+    out = str(ranking_file(dataset, job.get("out")))
     ranked, failed = rank_dataset(job["model"], dataset, out, job.get("pred_dir"), split=job.get("split"),
                                   device=job.get("device") or "auto", on_event=emit, should_stop=should_stop)
     payload = {"ranking": out, "ranked": [[r.name, r.score] for r in ranked], "failed": dict(failed)}

@@ -79,7 +79,8 @@ def accept(dataset: Dataset, name: str, mask: str | os.PathLike | Volume | None 
             unreadable or not on the image's grid; nothing is written then.
     """
     case = find_case(dataset, name)
-    source = mask if mask is not None else (case.review.prediction if case.review is not None else None)
+    prediction = case.review.prediction if case.review is not None else None
+    source = mask if mask is not None else prediction
     if source is None:
         raise InputError(f"case {name!r} has no prediction to accept: run weakseg rank, or give the mask to accept")
     labels = source if isinstance(source, Volume) else read_label_volume(source)
@@ -89,8 +90,7 @@ def accept(dataset: Dataset, name: str, mask: str | os.PathLike | Volume | None 
     for path in (mask_path, sidecar, dataset.path):
         check_writable(path, "review output")
     earlier = _earlier_mask(dataset, case)
-    prediction = case.review.prediction if case.review is not None else None
-    changed = _changed_voxels(labels, prediction)
+    changed = 0 if mask is None else _changed_voxels(labels, prediction)  # the prediction itself: read once
     write_volume(labels, mask_path)
     atomic_write_json(sidecar, {"case": name, "by": by or getpass.getuser(),
                                 "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -260,6 +260,17 @@ def start_dataset_training(cases: Sequence[TrainCase], out_folder: str | Path, c
     return NodeJob("train", start_job(job, folder, python), folder, lambda: out)
 
 
+def _payload_job(kind: str, job: dict, python: str | Sequence[str] | None) -> NodeJob:
+    """Start ``job`` in a temporary folder (removed afterwards); its result is the worker's ``done`` event."""
+    folder = Path(tempfile.mkdtemp(prefix="weakseg-"))
+    handle = start_job(job, folder, python)
+
+    def finish() -> dict:
+        return next(e for e in reversed(handle.history) if e.get("event") == events.DONE)
+
+    return NodeJob(kind, handle, folder, finish, cleanup=True)
+
+
 def start_dataset_prediction(model_folder: str | Path, cases: Sequence[tuple[str, str, str | None]],
                              out_dir: str | Path, device: str = "auto", python: str | Sequence[str] | None = None,
                              suffix: str = SEGMENTATION_SUFFIX, postprocess: bool = True) -> NodeJob:
@@ -274,13 +285,7 @@ def start_dataset_prediction(model_folder: str | Path, cases: Sequence[tuple[str
     job = {"kind": "predict-cases", "model": str(model_folder), "out_dir": str(out), "suffix": suffix,
            "device": device, "postprocess": bool(postprocess), "cases": [{"name": n, "image": str(i), **({"mask": str(m)} if m else {})}
                                        for n, i, m in cases]}
-    folder = Path(tempfile.mkdtemp(prefix="weakseg-"))
-    handle = start_job(job, folder, python)
-
-    def finish() -> dict:
-        return next(e for e in reversed(handle.history) if e.get("event") == events.DONE)
-
-    return NodeJob("predict-cases", handle, folder, finish, cleanup=True)
+    return _payload_job("predict-cases", job, python)
 
 
 def start_ranking(model_folder: str | Path, dataset: str | Path, device: str = "auto",
@@ -290,13 +295,7 @@ def start_ranking(model_folder: str | Path, dataset: str | Path, device: str = "
     ``ranked`` ([name, score], most uncertain first) and ``failed`` (name → message)."""
     read_card(chosen_folder(model_folder, "model folder"))  # a wrong folder fails here, not in the worker
     job = {"kind": "rank", "model": str(model_folder), "dataset": str(dataset), "device": device}
-    folder = Path(tempfile.mkdtemp(prefix="weakseg-"))
-    handle = start_job(job, folder, python)
-
-    def finish() -> dict:
-        return next(e for e in reversed(handle.history) if e.get("event") == events.DONE)
-
-    return NodeJob("rank", handle, folder, finish, cleanup=True)
+    return _payload_job("rank", job, python)
 
 
 def start_tightener_training(cases: Sequence[tuple[Any, Any]], out_folder: str | Path, config: dict | None = None,

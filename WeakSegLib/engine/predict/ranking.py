@@ -44,12 +44,12 @@ from WeakSegLib.engine.predict.inference import input_probabilities, label_volum
 from WeakSegLib.engine.predict.model import load_model
 from WeakSegLib.errors import CancelledError, InputError, WeakSegError
 from WeakSegLib.events import EventSink
-from WeakSegLib.io.atomic import Staged, atomic_write_bytes, check_output_folder, check_writable
+from WeakSegLib.io.atomic import atomic_write_bytes, check_output_folder, check_writable
 from WeakSegLib.io.card import ModelCard
 from WeakSegLib.io.dataset import Dataset, DatasetCase, load_dataset, save_dataset
 from WeakSegLib.io.lock import FolderLock
 from WeakSegLib.io.review import record_prediction
-from WeakSegLib.io.volume import read_volume, stage_volume
+from WeakSegLib.io.volume import read_volume, write_volume
 
 #: the statuses of the cases ``rank`` predicts: the unlabelled ones (no mask, no box, no decision; or predicted before)
 RANKED_STATUSES = ("new", "predicted")
@@ -108,11 +108,15 @@ def rank_one(model: tuple[torch.nn.Module, ModelCard], image: str, out: Path, na
     plain = input_probabilities(network, card, volume, device, should_stop=should_stop, name=image)
     mirrored = input_probabilities(network, card, volume, device, should_stop=should_stop, name=image, mirror=True)
     labels = label_volume(card, (plain + mirrored) / 2)
-    with Staged() as staged:
-        stage_volume(staged, volume.with_array(labels), out)
+    write_volume(volume.with_array(labels), out)
     voxel = float(np.prod(volume.spacing))
     volumes = [float((labels == entry.value).sum()) * voxel for entry in card.labels]
     return Ranked(name, str(out), agreement(plain[1:], mirrored[1:]), volumes)
+
+
+def ranking_file(dataset: Dataset, out: str | os.PathLike | None = None) -> Path:
+    """Where the ranking table goes: ``out``, or :data:`RANKING_FILE` beside the dataset file."""
+    return Path(out) if out else dataset.path.parent / RANKING_FILE
 
 
 def ranked_cases(dataset: Dataset, split: str | None = None) -> list[DatasetCase]:
@@ -154,18 +158,19 @@ def rank_dataset(model_dir: str | os.PathLike, dataset: Dataset, out_csv: str | 
     cases = ranked_cases(dataset, split)
     if not cases:
         raise InputError(f"{dataset.path}: no case to rank (every case{'' if split is None else ' of ' + split} "
-                         "has a mask or a review decision)")
+                         "has a mask, boxes or a review decision)")
     out = check_output_folder(pred_dir or dataset.path.parent / PREDICTIONS_FOLDER, "prediction folder")
     check_writable(out_csv, "ranking table")
     check_writable(dataset.path, "dataset file")
     network, card = load_model(model_dir)
     dev = resolve_device(device)
+    network = network.to(dev)
     emit = on_event or events.ignore
     ranked, failed = [], []
     with FolderLock(out, "prediction"):
         for done, case in enumerate(cases, 1):
             try:
-                r = rank_one((network.to(dev), card), case.image, prediction_path(out, case.name), case.name, dev,
+                r = rank_one((network, card), case.image, prediction_path(out, case.name), case.name, dev,
                              should_stop)
                 ranked.append(r)
                 emit(events.case(done, len(cases), case.name, prediction=r.prediction))

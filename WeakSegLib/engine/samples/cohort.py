@@ -218,7 +218,8 @@ def read_cohort(cases: Sequence[TrainCase], config: TrainConfig, store_folder: P
         warnings += [f"recipe {spec.name!r} does not use the {INPUT_NAMES[kind]} given for {tc.image} "
                      f"(--{kind}): ignored" for kind in unused]
         _label_names(tc, read, config, names)
-    if spec.mixes_masks and not any("boxes" in read for read in reads):
+    boxed = sum("boxes" in read for read in reads)  # cases that give boxes (the others: masks)
+    if spec.mixes_masks and not boxed:
         raise InputError(f"recipe {spec.name!r} learns from boxes, but no case gives boxes: give --boxes for at least "
                          "one image, or train recipe 'full' on the masks")
     for kind in spec.needs:
@@ -277,7 +278,6 @@ def read_cohort(cases: Sequence[TrainCase], config: TrainConfig, store_folder: P
     summary = {"cases": len(cases), "samples": len(samples), "in_memory": bool(in_memory), "spacing": plan.spacing,
                "modality": plan.modality}
     if spec.mixes_masks:  # how many cases train on each kind of label (mixed supervision)
-        boxed = sum("boxes" in read for read in reads)
         summary["supervision"] = {"boxes": boxed, "mask": len(reads) - boxed}
     return Cohort(samples, plan, values, {v: names.get(v, f"label {v}") for v in values},
                   [str(tc.image) for tc in cases], warnings, summary)
