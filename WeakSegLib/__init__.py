@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 _API = {
     "TrainCase": "WeakSegLib.config", "TrainConfig": "WeakSegLib.config", "TightenerCase": "WeakSegLib.config",
     "TightenerConfig": "WeakSegLib.config", "TightenSettings": "WeakSegLib.config",
-    "CRFSettings": "WeakSegLib.config",
+    "CRFSettings": "WeakSegLib.registry.proposals",
     "InputError": "WeakSegLib.errors", "ModelError": "WeakSegLib.errors", "WeakSegError": "WeakSegLib.errors",
     "CancelledError": "WeakSegLib.errors",
     "Box": "WeakSegLib.io.boxes", "BoxSet": "WeakSegLib.io.boxes", "boxes_from_mask": "WeakSegLib.io.boxes",

@@ -15,12 +15,11 @@ Recipe-specific rules (allowed dimensions, optimiser defaults) come from the rec
 from __future__ import annotations
 
 import dataclasses
-import typing
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from WeakSegLib.errors import InputError
-from WeakSegLib.registry import AUTO_RECIPE, DEFAULT_RECIPE, recipe_spec
+from WeakSegLib.options import check_choice, fingerprint, option
+from WeakSegLib.registry import AUTO_RECIPE, DEFAULT_RECIPE, RecipeSettings, auto_choices, recipe_spec
 
 #: compute devices: ``auto`` takes a CUDA GPU when present, else an Apple GPU (``mps``), else the CPU
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -52,95 +51,11 @@ DEFAULT_PERCENTILES = (0.5, 99.5)
 DEFAULT_WINDOW = (-1000.0, 1000.0)
 #: segmentation networks (:mod:`WeakSegLib.nets.segmentation`) and the UNet's channels per level
 NETWORKS = ("unet", "enet")
-#: smooth maxima of a MIL bag's probabilities (WeakSegLib.losses.mil)
-SMOOTH_MAXIMA = ("softmax", "quasimax")
-#: where polar-mil's rays start: the box pixel the network finds most likely (the papers'
-#: "estimated" centre) or the box's centre
-POLAR_CENTRES = ("estimated", "box")
 DEFAULT_CHANNELS = (16, 32, 64, 128, 256)
 #: patch classifiers of the box tightener (:mod:`WeakSegLib.nets.classifier`)
 CLASSIFIERS = ("light", "vgg16")
 #: how the tightener's probability threshold is chosen on held-out slices
 THRESHOLD_RULES = ("balanced", "accuracy")
-
-
-def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING,
-           choices: tuple | None = None, flag: str | None = None, metavar: Any = None, cli: bool = True) -> Any:
-    """A dataclass field with the metadata the command line is generated from.
-
-    Args:
-        default, factory: the field's default (or default factory).
-        help: one-line help text (the default is appended by the command line).
-        choices: allowed values.
-        flag: command line flag when it is not ``--`` + the field name with ``-`` for ``_``.
-        metavar: argparse metavar.
-        cli: False for settings the command line does not offer (set from scripts and job files).
-    """
-    meta = {"help": help, "choices": choices, "flag": flag, "metavar": metavar, "cli": cli}
-    if factory is not dataclasses.MISSING:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def _typed(name: str, value: Any, hint: Any, what: str) -> Any:
-    """``value`` checked against the type ``hint`` of setting ``name`` (lists become tuples where a
-    tuple is expected); a wrong type is an :class:`InputError`."""
-    args = typing.get_args(hint)
-    if type(None) in args:
-        if value is None:
-            return None
-        hint = next(a for a in args if a is not type(None))
-        args = typing.get_args(hint)
-    origin = typing.get_origin(hint) or hint
-    ok = {bool: lambda v: isinstance(v, bool), int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), str: lambda v: isinstance(v, str),
-          dict: lambda v: isinstance(v, dict), list: lambda v: isinstance(v, list),
-          tuple: lambda v: isinstance(v, (list, tuple))}[origin]
-    if not ok(value):
-        raise InputError(f"{what}: {name} is {value!r}, not {_TYPE_NAMES[origin]}")
-    if origin is tuple:
-        items = args[:1] * len(value) if args and args[-1] is Ellipsis else args
-        if len(items) != len(value):
-            raise InputError(f"{what}: {name} is {value!r}, not {len(items)} values")
-        return tuple(_typed(f"{name}[{i}]", v, t, what) for i, (v, t) in enumerate(zip(value, items)))
-    if origin is list and args:
-        return [_typed(f"{name}[{i}]", v, args[0], what) for i, v in enumerate(value)]
-    return float(value) if origin is float else value
-
-
-_TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a text", dict: "an object",
-               list: "a list", tuple: "a list"}
-
-
-def from_dict(cls: type, values: Any, what: str) -> Any:
-    """``cls(**values)`` with every value checked against the field's type; unknown or missing keys and
-    wrong types are an :class:`InputError` naming them (and ``what``, e.g. ``"job config"``)."""
-    values = {} if values is None else values
-    if not isinstance(values, dict):
-        raise InputError(f"{what} is {values!r}, not an object of settings")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise InputError(f"{what} has unknown settings: {', '.join(unknown)}")
-    missing = [name for name, f in fields.items() if name not in values and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]
-    if missing:
-        raise InputError(f"{what} has no {', '.join(missing)}")
-    hints = typing.get_type_hints(cls)
-    return cls(**{name: _typed(name, value, hints[name], what) for name, value in values.items()})
-
-
-def fingerprint(config: Any, ignore: tuple[str, ...]) -> dict:
-    """The settings of ``config`` that must match for a checkpoint to be resumed, JSON-like."""
-    d = dataclasses.asdict(config)
-    for key in ignore:
-        d.pop(key)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-
-def _check_choice(name: str, value: Any, choices: tuple) -> None:
-    if value not in choices:
-        raise InputError(f"unknown {name} {value!r}; choose one of {', '.join(map(str, choices))}")
 
 
 @dataclass
@@ -163,29 +78,15 @@ class TrainCase:
     reference: str | None = None
 
 
-@dataclass(frozen=True)
-class CRFSettings:
-    """Dense CRF of DeepCut's label revisions (Rajchl et al.; docs/methods.md): ``*_sxy`` in pixels,
-    ``bilateral_srgb`` in 0–255 intensity units, ``eps`` the probability floor of the unary."""
-
-    gauss_sxy: float = 1.0
-    gauss_compat: float = 3.0
-    bilateral_sxy: float = 10.0
-    bilateral_srgb: float = 20.0
-    bilateral_compat: float = 10.0
-    iterations: int = 5
-    eps: float = 1e-5
-
-
 @dataclass
 class TrainConfig:
     """Segmentation training settings (defaults: Kervadec et al. 2020, see docs/methods.md).
 
-    ``spatial_dims`` 2 with ``context`` 1 is 2D, ``context`` k > 1 is 2.5D (k slices in), 3 is 3D.
-    ``lr``, ``betas``, ``decay_from`` and the constraint weights left None take the recipe's defaults
-    (:meth:`resolved`).
-    Settings named after a recipe (``proposal_every``, ``size_*``, ``sccl_*``, ``adv_*``, …) only
-    matter to it.
+    The settings every recipe shares. ``spatial_dims`` 2 with ``context`` 1 is 2D, ``context`` k > 1 is
+    2.5D (k slices in), 3 is 3D. ``lr``, ``betas`` and ``decay_from`` left None take the recipe's
+    defaults (:meth:`resolved`). ``recipe_settings`` changes settings of the chosen recipe's family
+    (field → value; the fields of its :attr:`~WeakSegLib.registry.RecipeSpec.settings`, e.g.
+    ``{"proposal_every": 5}`` for ``deepcut``); :meth:`settings` gives them typed and complete.
     """
 
     recipe: str = option(DEFAULT_RECIPE, "training recipe (WeakSegLib.registry), or 'auto': chosen from the "
@@ -196,17 +97,10 @@ class TrainConfig:
     axis: int = option(0, "slice axis of the RAS grid: 0 axial, 1 coronal, 2 sagittal", cli=False)
     epochs: int = option(100, "epochs (the barrier's t grows ×t_factor per epoch)")
     batch_size: int = option(8, "samples per step")
-    lr: float | None = option(None, "Adam learning rate (default by recipe: 5e-4; accl-* 2e-4; gmil, polar-mil 1e-4)")
-    betas: tuple[float, float] | None = option(None, "Adam betas (default by recipe)", metavar=("B1", "B2"))
+    lr: float | None = option(None, "Adam learning rate", by_recipe=True)
+    betas: tuple[float, float] | None = option(None, "Adam betas", metavar=("B1", "B2"), by_recipe=True)
     decay_from: float | None = option(None, "fraction of the epochs after which the learning rates decay linearly "
-                                            "towards 0 (default by recipe: 1 = constant; accl-*, gmil, polar-mil 0.5)")
-    band_width: int = option(5, "tightness prior: band width w in lines")
-    tightness_weight: float | None = option(None, "tightness prior: weight λ (default by recipe: 1e-4; "
-                                                  "tightness+emptiness 5e-3)")
-    bounds_weight: float | None = option(None, "box-size bounds: weight (default by recipe: 1; "
-                                               "tightness+size+masked-ce 1e-2)")
-    size_bounds: tuple[float, float] = option((0.5, 0.9), "box size bounds as fractions of the box area",
-                                              metavar=("LOWER", "UPPER"))
+                                            "towards 0 (1: constant)", by_recipe=True)
     t0: float = option(5.0, "log-barrier t of the first epoch")
     t_factor: float = option(1.1, "log-barrier t growth per epoch")
     t_max: float = option(1000.0, "log-barrier t stops growing at this value (an epoch is a few batches: uncapped, "
@@ -245,52 +139,31 @@ class TrainConfig:
     augment: bool = option(False, "random mirroring of each batch (boxes follow)")
     postprocess: bool = option(True, "decide the connected-component post-processing of each label on the training "
                                      "cases after training (kept in the model card, applied by predict)")
-    proposal_every: int = option(10, "deepcut: epochs between CRF label revisions (k)")
-    proposal_until: float = option(0.5, "deepcut: no revision after this fraction of the epochs (the network, "
-                                        "re-initialised at each revision, then trains on the last labels to the end)")
-    processes: int = option(2, "deepcut: CRF worker processes")
-    proposal_min_fill: float = option(0.5, "deepcut: a revision that labels less than this fraction of a box as "
-                                           "its object keeps the box's previous labels (0: no guard)")
-    boxsup_k: int = option(5, "boxsup: draw among the k cheapest candidates")
-    boxsup_weight: float = option(1.0, "boxsup: λ of the network-disagreement cost")
-    crf: dict = option(help="deepcut: CRF setting NAME=VALUE (repeat; names of CRFSettings)", factory=dict,
-                       metavar="NAME=VALUE")
-    pretrain_epochs: int = option(20, "size: first epochs on the mask slices only (then batch-norm statistics stay)")
-    size_weight: float = option(1.0, "size: weight of the expected size loss")
-    size_samples: int = option(1, "size: masks drawn per slice for the gradient estimate")
-    size_anchors: int = option(2, "size: mask slices added to every batch once sizes join")
-    sccl_weight: float = option(0.01, "sccl: λ_s")
-    sccl_bounds: list | None = option(None, "sccl: size bounds in pixels (repeat once per label, in label order)",
-                                      metavar=("LO", "HI"))
-    adv_weight: float | None = option(None, "accl-*: λ_a (default 1e-3 partial, 1e-2 unpaired/paired)")
-    adv_lr: float = option(2e-4, "accl-*: the discriminator's learning rate")
-    mil_smoothmax: str = option("quasimax", "gmil, polar-mil: smooth maximum of a bag's probabilities",
-                                choices=SMOOTH_MAXIMA)
-    mil_alpha: float = option(6.0, "gmil, polar-mil: α of the smooth maximum of the crossing-line bags")
-    mil_angles: tuple[float, float, float] = option((-40.0, 40.0, 20.0), "gmil, polar-mil: angles of the crossing "
-                                                    "lines in degrees, first to last by step (0 0 0: rows and "
-                                                    "columns only)", metavar=("FIRST", "LAST", "STEP"))
-    mil_focal: tuple[float, float] = option((0.25, 2.0), "gmil, polar-mil: the unary loss's focal β and γ",
-                                            metavar=("BETA", "GAMMA"))
-    mil_pairwise_weight: float = option(10.0, "gmil, polar-mil: weight λ of the pairwise smoothness")
-    polar_rays: int = option(90, "polar-mil: rays per box, evenly spaced over 360°")
-    polar_radii: int = option(30, "polar-mil: samples per ray, from the centre to the farthest box corner")
-    polar_weight_min: float = option(0.5, "polar-mil: weight of a ray's outermost sample (nearer ones weigh more)")
-    polar_alpha: float = option(1.0, "polar-mil: α of the smooth maximum of a ray")
-    polar_centre: str = option("estimated", "polar-mil: where the rays start: the box pixel the network finds "
-                                            "most likely, or the box's centre", choices=POLAR_CENTRES)
-    polar_parallel: bool = option(False, "polar-mil: add the crossing-line bags of gmil (right for tight boxes "
-                                         "only)")
+    recipe_settings: dict = option(help="settings of the recipe's family that differ from its defaults (field → "
+                                        "value)", factory=dict, cli=False)
 
     def resolved(self) -> "TrainConfig":
-        """A copy with the recipe's optimiser defaults in place of the settings left None."""
+        """A copy with the recipe's optimiser defaults in place of the settings left None and every
+        setting of the recipe's family in ``recipe_settings`` (what the model card records)."""
         spec = recipe_spec(self.recipe)
+        settings = self.settings()
         return dataclasses.replace(
             self, lr=spec.lr if self.lr is None else self.lr,
             betas=spec.betas if self.betas is None else tuple(self.betas),
             decay_from=spec.decay_from if self.decay_from is None else self.decay_from,
-            tightness_weight=spec.tightness_weight if self.tightness_weight is None else self.tightness_weight,
-            bounds_weight=spec.bounds_weight if self.bounds_weight is None else self.bounds_weight)
+            recipe_settings={} if settings is None else dataclasses.asdict(settings))
+
+    def picking(self, recipe: str) -> "TrainConfig":
+        """The configuration with ``recipe`` in place of ``auto``: of ``recipe_settings``, only those the
+        picked recipe has stay (the others belong to recipes ``auto`` did not pick)."""
+        known = {f.name for f in dataclasses.fields(recipe_spec(recipe).settings or RecipeSettings())}
+        kept = {k: v for k, v in self.recipe_settings.items() if self.recipe != AUTO_RECIPE or k in known}
+        return dataclasses.replace(self, recipe=recipe, recipe_settings=kept)
+
+    def settings(self) -> RecipeSettings | None:
+        """The chosen recipe's settings (its spec's defaults with ``recipe_settings`` in place), typed and
+        validated; None for a recipe without settings. An unknown name is an :class:`InputError`."""
+        return recipe_spec(self.recipe).settings_for(self.recipe_settings)
 
     def lr_factor(self, epoch: int) -> float:
         """Multiplier of the learning rates in ``epoch`` (0-based): 1 up to ``decay_from``·epochs,
@@ -307,11 +180,11 @@ class TrainConfig:
         """Raise :class:`InputError` naming the first bad setting; return self when all are fine
         (``auto`` fits any network: it only picks a recipe that does)."""
         spec = None if self.recipe == AUTO_RECIPE else recipe_spec(self.recipe)
-        _check_choice("network", self.network, NETWORKS)
-        _check_choice("normalisation", self.normalization, COHORT_NORMALIZATIONS)
-        _check_choice("device", self.device.split(":")[0], DEVICES)
-        _check_choice("modality", self.modality, MODALITIES)
-        _check_choice("precision", self.precision, PRECISIONS)
+        check_choice("network", self.network, NETWORKS)
+        check_choice("normalisation", self.normalization, COHORT_NORMALIZATIONS)
+        check_choice("device", self.device.split(":")[0], DEVICES)
+        check_choice("modality", self.modality, MODALITIES)
+        check_choice("precision", self.precision, PRECISIONS)
         if self.epoch_batches < 1:
             raise InputError(f"epoch_batches must be ≥ 1, got {self.epoch_batches}")
         if not 0 <= self.boxed_fraction <= 1:
@@ -338,54 +211,31 @@ class TrainConfig:
             raise InputError(f"decay_from is a fraction of the epochs in [0, 1], got {self.decay_from}")
         if self.lr is not None and not self.lr > 0:
             raise InputError(f"lr must be positive, got {self.lr}")
-        for name in ("tightness_weight", "bounds_weight"):
-            if getattr(self, name) is not None and not getattr(self, name) >= 0:
-                raise InputError(f"{name} must be ≥ 0, got {getattr(self, name)}")
         if self.axis not in (0, 1, 2):
             raise InputError(f"axis must be 0, 1 or 2, got {self.axis}")
         if not 0 < self.t0 <= self.t_max or self.t_factor < 1:
             raise InputError(f"the barrier needs 0 < t0 ≤ t_max and t_factor ≥ 1, got t0 {self.t0}, "
                              f"t_max {self.t_max}, t_factor {self.t_factor}")
-        if self.band_width < 1:
-            raise InputError(f"band_width must be ≥ 1 line, got {self.band_width}")
-        if not 0 <= self.size_bounds[0] <= self.size_bounds[1] <= 1:
-            raise InputError(f"size_bounds must satisfy 0 ≤ lower ≤ upper ≤ 1 (fractions of the box area), "
-                             f"got {tuple(self.size_bounds)}")
-        if not 0.0 <= self.proposal_until <= 1.0:
-            raise InputError(f"proposal_until is a fraction of the epochs in [0, 1], got {self.proposal_until}")
-        if not 0.0 <= self.proposal_min_fill <= 1.0:
-            raise InputError(f"proposal_min_fill must be in [0, 1], got {self.proposal_min_fill}")
-        if min(self.proposal_every, self.processes, self.boxsup_k, self.size_samples, self.size_anchors) < 1:
-            raise InputError("proposal_every, processes, boxsup_k, size_samples and size_anchors must be ≥ 1")
-        if self.pretrain_epochs < 0:
-            raise InputError(f"pretrain_epochs must be ≥ 0, got {self.pretrain_epochs}")
-        _check_choice("mil_smoothmax", self.mil_smoothmax, SMOOTH_MAXIMA)
-        _check_choice("polar_centre", self.polar_centre, POLAR_CENTRES)
-        if self.mil_alpha <= 0 or self.polar_alpha <= 0 or self.mil_pairwise_weight < 0:
-            raise InputError("mil_alpha and polar_alpha must be positive, mil_pairwise_weight ≥ 0")
-        first, last, step = self.mil_angles
-        if not (-90 < first <= last < 90 and step >= 0):
-            raise InputError(f"mil_angles must be FIRST ≤ LAST in (-90, 90) degrees and STEP ≥ 0, "
-                             f"got {tuple(self.mil_angles)}")
-        if not (0 <= self.mil_focal[0] <= 1 and self.mil_focal[1] >= 0):
-            raise InputError(f"mil_focal needs 0 ≤ β ≤ 1 and γ ≥ 0, got {tuple(self.mil_focal)}")
-        if self.polar_rays < 1 or self.polar_radii < 2 or not 0 < self.polar_weight_min <= 1:
-            raise InputError("polar_rays must be ≥ 1, polar_radii ≥ 2 and polar_weight_min in (0, 1]")
-        self.crf_settings()
+        if spec is not None:
+            self.settings()
+            return self
+        known: set[str] = set()
+        for choice in (recipe_spec(name) for name in auto_choices()):  # each value checked where it is used
+            names = {f.name for f in dataclasses.fields(choice.settings or RecipeSettings())}
+            choice.settings_for({k: v for k, v in self.recipe_settings.items() if k in names})
+            known |= names
+        unknown = sorted(set(self.recipe_settings) - known)
+        if unknown:
+            raise InputError(f"no recipe 'auto' may pick has the setting(s) {', '.join(unknown)}")
         return self
 
-    def crf_settings(self) -> CRFSettings:
-        """DeepCut's CRF settings: :class:`CRFSettings` with the overrides of ``crf`` (field → value)."""
-        known = {f.name for f in dataclasses.fields(CRFSettings)}
-        unknown = sorted(set(self.crf) - known)
-        if unknown:
-            raise InputError(f"unknown CRF setting(s) {', '.join(unknown)}; choose from {', '.join(sorted(known))}")
-        return dataclasses.replace(CRFSettings(), **self.crf)
-
     def fingerprint(self) -> dict:
-        """Settings that must match for a checkpoint to be resumed (all but epochs, device and
-        what only changes reporting or speed)."""
-        return fingerprint(self, ("epochs", "device", "eval_every", "processes", "cache_gb", "workers", "postprocess"))
+        """Settings that must match for a checkpoint to be resumed: the shared ones and the chosen recipe's,
+        in one flat dict (all but epochs, device and what only changes reporting or speed)."""
+        shared = fingerprint(self, ("epochs", "device", "eval_every", "cache_gb", "workers", "postprocess",
+                                    "recipe_settings"))
+        settings = self.settings()
+        return shared if settings is None else {**shared, **fingerprint(settings, settings.speed_only)}
 
 
 def check_patch_geometry(patch: int, stride: int) -> None:
@@ -438,9 +288,9 @@ class TightenerConfig:
 
     def validate(self) -> "TightenerConfig":
         check_patch_geometry(self.patch, self.stride)
-        _check_choice("patch classifier", self.network, CLASSIFIERS)
-        _check_choice("normalisation", self.normalization, NORMALIZATIONS)
-        _check_choice("device", self.device.split(":")[0], DEVICES)
+        check_choice("patch classifier", self.network, CLASSIFIERS)
+        check_choice("normalisation", self.normalization, NORMALIZATIONS)
+        check_choice("device", self.device.split(":")[0], DEVICES)
         if self.epochs < 1 or self.batch_size < 1:
             raise InputError("epochs and batch_size must be ≥ 1")
         if self.axis not in (0, 1, 2):

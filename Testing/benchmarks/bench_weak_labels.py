@@ -44,7 +44,7 @@ def fit(name: str, case: TrainCase, config: TrainConfig, out: Path, image: str, 
     seconds = time.perf_counter() - began
     predict_file(out / name, image, out / f"{name}.nii.gz", device=config.device)
     scores = evaluate(read_label_volume(out / f"{name}.nii.gz").array, mask.array, mask.spacing)
-    skip = config.pretrain_epochs if config.recipe == "size" else 0  # time the size epochs only
+    skip = config.settings().pretrain_epochs if config.recipe == "size" else 0  # time the size epochs only
     epochs = [h["seconds"] for h in card.history[skip:-1]] or [card.history[-1]["seconds"]]
     return {**scores, "seconds": seconds, "epoch_seconds": float(np.median(epochs))}
 
@@ -72,7 +72,8 @@ def size_study(case: str, m: int, epochs: int, pretrain: int, anchors: int, seed
         f"{m} labelled slices": (TrainCase(image, partial=str(out / "only.nii.gz")),
                                  TrainConfig(recipe="partial-ce", **base)),
         f"{m} labelled + sizes": (TrainCase(image, mask=str(out / "few.nii.gz"), sizes=str(out / "sizes.json")),
-                                  TrainConfig(recipe="size", pretrain_epochs=pretrain, size_anchors=anchors, **base)),
+                                  TrainConfig(recipe="size", **base, recipe_settings={"pretrain_epochs": pretrain,
+                                                                                       "size_anchors": anchors})),
     }
     results = {"labelled_slices": [int(k) for k in labelled], "slices": int(planes.shape[0])}
     for name, (tc, config) in runs.items():

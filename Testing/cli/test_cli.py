@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 
+from WeakSegLib.app.jobs import EXIT_BAD_INPUT
 from WeakSegLib.engine.predict.postprocess import apply
 from WeakSegLib.io.boxes import load_boxes
 from WeakSegLib.io.volume import read_label_volume, read_volume
@@ -66,17 +67,20 @@ def test_polar_mil_trains_on_a_3d_box_and_its_model_predicts(spine_ct, tmp_path)
     card = json.loads((tmp_path / "m" / "model.json").read_text())
     config = card["training"]
     assert card["recipe"] == "polar-mil" and (config["lr"], config["decay_from"]) == (1e-4, 0.5)  # its own schedule
-    assert (config["polar_rays"], config["polar_centre"], config["polar_parallel"], config["mil_angles"],
-            config["mil_smoothmax"]) == (12, "box", True, [-20.0, 20.0, 20.0], "softmax")
+    mine = config["recipe_settings"]
+    assert (mine["polar_rays"], mine["polar_centre"], mine["polar_parallel"], mine["mil_angles"],
+            mine["mil_smoothmax"]) == (12, "box", True, [-20.0, 20.0, 20.0], "softmax")
     weakseg("predict", "--model", tmp_path / "m", "--image", spine_ct["image"], "--out", tmp_path / "p.nii.gz",
             "--quiet")
     assert read_label_volume(tmp_path / "p.nii.gz").shape == read_volume(spine_ct["image"]).shape
 
 
 def test_full_recipe_from_masks_only(spine_ct, tmp_path):
-    out = weakseg("train", "--image", spine_ct["image"], "--mask", spine_ct["mask"], "--out", tmp_path / "m",
-                  "--epochs", 1, "--quiet").stdout
-    assert json.loads((tmp_path / "m" / "model.json").read_text())["recipe"] == "full" and "model →" in out
+    """``auto`` picks ``full`` for masks; a recipe setting given for the recipes it did not pick is named."""
+    proc = weakseg("train", "--image", spine_ct["image"], "--mask", spine_ct["mask"], "--out", tmp_path / "m",
+                   "--epochs", 1, "--boxsup-k", 3, "--quiet")
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["recipe"] == "full" and "model →" in proc.stdout
+    assert "note: recipe auto picked full, which does not use --boxsup-k" in proc.stderr
 
 
 def test_deepcut_and_semi_supervised_boxsup_from_the_command_line(spine_ct, spine_boxes, tmp_path):
@@ -92,7 +96,7 @@ def test_deepcut_and_semi_supervised_boxsup_from_the_command_line(spine_ct, spin
                   "--image", spine_ct["image"], "--boxes", "-", "--mask", spine_ct["mask"],
                   "--out", tmp_path / "bs", "--recipe", "boxsup", "--epochs", 1, "--boxsup-k", 3, "--quiet").stdout
     card = json.loads((tmp_path / "bs" / "model.json").read_text())
-    assert "model →" in out and card["training"]["boxsup_k"] == 3 and len(card["training"]["cases"]) == 2
+    assert "model →" in out and card["training"]["recipe_settings"]["boxsup_k"] == 3 and len(card["training"]["cases"]) == 2
 
 
 def test_sizes_and_partial_labels_from_the_command_line(spine_ct, tmp_path):
@@ -104,7 +108,7 @@ def test_sizes_and_partial_labels_from_the_command_line(spine_ct, tmp_path):
     weakseg("train", "--image", spine_ct["image"], "--sizes", sizes, "--out", tmp_path / "s", "--epochs", 1,
             "--size-samples", 2, "--quiet")
     card = json.loads((tmp_path / "s" / "model.json").read_text())
-    assert card["recipe"] == "size" and card["training"]["size_samples"] == 2
+    assert card["recipe"] == "size" and card["training"]["recipe_settings"]["size_samples"] == 2
     partial = tmp_path / "partial.nrrd"
     out = weakseg("partial-from-mask", spine_ct["mask"], "--out", partial, "--erode", 2).stdout
     assert "annotation ratio: object" in out
@@ -113,7 +117,7 @@ def test_sizes_and_partial_labels_from_the_command_line(spine_ct, tmp_path):
     weakseg("train", "--image", spine_ct["image"], "--partial", partial, "--reference", spine_ct["mask"],
             "--recipe", "accl-unpaired", "--adv-weight", 0.05, "--out", tmp_path / "a", "--epochs", 1, "--quiet")
     card = json.loads((tmp_path / "a" / "model.json").read_text())
-    assert card["recipe"] == "accl-unpaired" and card["training"]["adv_weight"] == 0.05
+    assert card["recipe"] == "accl-unpaired" and card["training"]["recipe_settings"]["adv_weight"] == 0.05
 
 
 @pytest.mark.parametrize("args,message", [
@@ -201,18 +205,27 @@ def test_tighten_train_progress_bar(spine_ct, tmp_path):
 
 def test_a_recipe_added_through_the_registry_alone_trains_through_the_command_line(spine_ct, spine_boxes, tmp_path,
                                                                                     monkeypatch, capsys):
-    """One module outside the package (Testing/helpers/toy_recipe.py) and one registry line: the command line
-    offers the recipe, trains it and writes its model folder."""
-    from WeakSegLib import registry
-    from WeakSegLib.app.cli import main
+    """One module outside the package (Testing/helpers/toy_recipe.py: the recipe, its settings class and
+    its spec) and one registry line: the command line offers the recipe and its setting in a help group
+    of its own, checks the setting, trains the recipe with it and records it in the model card."""
+    import toy_recipe
 
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # the line lives for this test only
-    registry.register(registry.RecipeSpec("toy-box-dice", "soft Dice on the filled boxes", "toy_recipe:BoxDice"))
-    code = main(["train", "--image", spine_ct["image"], "--boxes", spine_boxes, "--recipe", "toy-box-dice",
-                 "--out", str(tmp_path / "toy"), "--epochs", "1", "--channels", "8", "16", "32", "64", "128",
-                 "--device", "cpu", "--events", str(tmp_path / "events.jsonl"), "--quiet"])
-    assert code == 0, capsys.readouterr().err
+    from WeakSegLib.app.cli import build_parser, main
+    from WeakSegLib.registry import register, spec
+
+    monkeypatch.setattr(spec, "_REGISTRY", dict(spec._REGISTRY))  # the line lives for this test only
+    register(toy_recipe.SPEC)
+    help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["train"].format_help().split())
+    assert "settings of toy-box-dice: --dice-weight DICE_WEIGHT weight of the soft box Dice (default: 1.0)" in help_text
+    run = ["train", "--image", spine_ct["image"], "--boxes", spine_boxes, "--recipe", "toy-box-dice",
+           "--out", str(tmp_path / "toy"), "--epochs", "1", "--channels", "8", "16", "32", "64", "128",
+           "--device", "cpu", "--events", str(tmp_path / "events.jsonl"), "--quiet"]
+    assert main([*run, "--dice-weight", "-1"]) == EXIT_BAD_INPUT
+    assert "dice_weight must be positive, got -1.0" in capsys.readouterr().err
+    assert not (tmp_path / "toy").exists()
+    assert main([*run, "--dice-weight", "0.5"]) == 0, capsys.readouterr().err
     card = json.loads((tmp_path / "toy" / "model.json").read_text())
     epoch = [json.loads(l) for l in (tmp_path / "events.jsonl").read_text().splitlines()][1]
-    assert card["recipe"] == "toy-box-dice" and epoch["event"] == "epoch" and 0 < epoch["box-dice"] < 1
+    assert card["recipe"] == "toy-box-dice" and epoch["event"] == "epoch" and 0 < epoch["box-dice"] < 0.5
+    assert card["training"]["recipe_settings"] == {"dice_weight": 0.5}
     assert card["network"]["channels"] == [8, 16, 32, 64, 128]

@@ -25,8 +25,9 @@ SMALL = (8, 16, 32, 64, 128)
 
 def revision_setup(image: str, boxes: str, folder: Path, every: int, group=None):
     """Config, samples, network and recipe of the DeepCut run (the test builds the same in one process)."""
-    config = TrainConfig(recipe="deepcut", proposal_every=every, processes=1, channels=SMALL, epochs=every + 1,
-                         proposal_until=1.0, device="cpu").validate().resolved()
+    config = TrainConfig(recipe="deepcut", channels=SMALL, epochs=every + 1, device="cpu",
+                         recipe_settings={"proposal_every": every, "processes": 1, "proposal_until": 1.0}
+                         ).validate().resolved()
     cohort = read_cohort([TrainCase(image, boxes=boxes)], config, folder / ".samples")
     card = new_card(config, cohort)
     torch.manual_seed(config.seed)

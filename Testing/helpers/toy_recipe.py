@@ -1,10 +1,30 @@
 """A recipe that lives outside WeakSegLib and joins it through the registry alone (the worked example
 of CONTRIBUTING.md; trained through the command line in Testing/cli/test_cli.py): soft Dice between
-the foreground probabilities and the filled boxes."""
+the foreground probabilities and the filled boxes, with one setting of its own."""
+
+from dataclasses import dataclass
 
 import torch
 
 from WeakSegLib.engine.train.recipe import Recipe, Term
+from WeakSegLib.errors import InputError
+from WeakSegLib.options import option
+from WeakSegLib.registry import RecipeSettings, RecipeSpec
+
+
+@dataclass(frozen=True)
+class BoxDiceSettings(RecipeSettings):
+    """The toy recipe's settings: the command line offers ``--dice-weight`` under "settings of toy-box-dice"."""
+
+    dice_weight: float = option(1.0, "weight of the soft box Dice")
+
+    def validate(self) -> None:
+        if not self.dice_weight > 0:
+            raise InputError(f"dice_weight must be positive, got {self.dice_weight}")
+
+
+#: the registry line (``registry.register(SPEC)``; a test registers it for its own run only)
+SPEC = RecipeSpec("toy-box-dice", "soft Dice on the filled boxes", "toy_recipe:BoxDice", settings=BoxDiceSettings())
 
 
 def soft_box_dice(probs: torch.Tensor, box_mask: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -17,7 +37,7 @@ def soft_box_dice(probs: torch.Tensor, box_mask: torch.Tensor, valid: torch.Tens
 
 
 class BoxDice(Recipe):
-    """Soft Dice on the filled boxes."""
+    """Soft Dice on the filled boxes, weighted by its setting."""
 
     def terms(self) -> list[Term]:
-        return [Term("box-dice", soft_box_dice, ("probs", "box_mask", "valid"))]
+        return [Term("box-dice", soft_box_dice, ("probs", "box_mask", "valid"), weight=self.ctx.settings.dice_weight)]

@@ -41,6 +41,8 @@ from WeakSegLib.registry import (
     SLICE_BOX_RECIPE,
     recipe_names,
     recipe_spec,
+    settings_fields,
+    specs,
 )
 
 #: the per-image file options of ``train``, in :class:`~WeakSegLib.config.TrainCase` order
@@ -79,38 +81,97 @@ def _unwrap(hint: Any) -> Any:
     return args[0] if type(None) in typing.get_args(hint) and len(args) == 1 else hint
 
 
+def _shown(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+
+def _by_recipe(values: Sequence[tuple[str, Any]]) -> str:
+    """The help's default of a setting whose default is each recipe's own (``values``: (recipe, default)
+    pairs): one value, or each value with its recipes, the most common one last as "else"."""
+    recipes: dict[str, list[str]] = {}
+    for name, value in values:
+        recipes.setdefault(_shown(value), []).append(name)
+    if len(recipes) == 1:
+        return f" (default: {next(iter(recipes))})"
+    *others, common = sorted(recipes, key=lambda v: len(recipes[v]))
+    listed = "; ".join(f"{value} for {', '.join(recipes[value])}" for value in others)
+    return f" (default by recipe: {listed}; else {common})"
+
+
+def _flag(f: dataclasses.Field) -> str:
+    """The command line flag of field ``f``: its ``flag`` metadata, else ``--`` + its name with ``-`` for ``_``."""
+    return f.metadata["flag"] or "--" + f.name.replace("_", "-")
+
+
+def _add_field(parser: Any, f: dataclasses.Field, hint: Any, default: Any, dest: str, suffix: str | None = None,
+               given_only: bool = False) -> None:
+    """One option for field ``f`` (type ``hint``); ``suffix``: the help's default (None: from ``default``);
+    ``given_only``: the option sets its destination only when given (argparse's SUPPRESS)."""
+    meta = f.metadata
+    flag = _flag(f)
+    kind, origin = _unwrap(hint), typing.get_origin(_unwrap(hint))
+    kwargs: dict[str, Any] = {"dest": dest, "help": meta["help"]}
+    if kind is bool:
+        if default:
+            flag, kwargs["help"] = "--no-" + flag[2:], "do not " + kwargs["help"]
+        kwargs.update(action="store_false" if default else "store_true", default=default)
+    elif kind is dict:
+        kwargs.update(action="append", type=_setting, metavar=meta["metavar"], default=None)
+    elif kind is list or origin is list:
+        element = (typing.get_args(kind) or (float,))[0]
+        kwargs.update(action="append", type=element, default=None)
+        if isinstance(meta["metavar"], tuple):
+            kwargs.update(nargs=len(meta["metavar"]), metavar=meta["metavar"])
+    elif origin is tuple:
+        elements = typing.get_args(kind)
+        nargs = "+" if elements[-1] is Ellipsis else len(elements)
+        kwargs.update(type=elements[0], nargs=nargs, metavar=meta["metavar"], default=default)
+    else:
+        kwargs.update(type=kind, choices=meta["choices"], metavar=meta["metavar"], default=default)
+    if suffix is None and default is not None and not isinstance(default, (bool, dict)):
+        suffix = f" (default: {_shown(default)})"
+    kwargs["help"] += suffix or ""
+    if given_only:
+        kwargs["default"] = argparse.SUPPRESS
+    parser.add_argument(flag, **kwargs)
+
+
 def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add one option per field of the settings class ``cls`` that the command line offers (field
-    metadata: :func:`WeakSegLib.config.option`); the destination is the field name."""
+    metadata: :func:`WeakSegLib.options.option`); the destination is the field name. A field whose
+    default is the recipe's (``by_recipe``) lists each recipe's in its help."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        meta = f.metadata
-        if not meta.get("cli"):
-            continue
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        flag = meta["flag"] or "--" + f.name.replace("_", "-")
-        kind, origin = _unwrap(hints[f.name]), typing.get_origin(_unwrap(hints[f.name]))
-        kwargs: dict[str, Any] = {"dest": f.name, "help": meta["help"]}
-        if kind is bool:
-            if default:
-                flag, kwargs["help"] = "--no-" + flag[2:], "do not " + kwargs["help"]
-            kwargs.update(action="store_false" if default else "store_true", default=default)
-        elif kind is dict:
-            kwargs.update(action="append", type=_setting, metavar=meta["metavar"], default=None)
-        elif kind is list or origin is list:
-            element = (typing.get_args(kind) or (float,))[0]
-            kwargs.update(action="append", type=element, default=None)
-            if isinstance(meta["metavar"], tuple):
-                kwargs.update(nargs=len(meta["metavar"]), metavar=meta["metavar"])
-        elif origin is tuple:
-            elements = typing.get_args(kind)
-            nargs = "+" if elements[-1] is Ellipsis else len(elements)
-            kwargs.update(type=elements[0], nargs=nargs, metavar=meta["metavar"], default=default)
-        else:
-            kwargs.update(type=kind, choices=meta["choices"], metavar=meta["metavar"], default=default)
-        if default is not None and not isinstance(default, (bool, dict)):
-            kwargs["help"] += f" (default: {' '.join(map(str, default)) if isinstance(default, tuple) else default})"
-        parser.add_argument(flag, **kwargs)
+        if f.metadata.get("cli"):
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            suffix = _by_recipe([(s.name, getattr(s, f.name)) for s in specs()]) if f.metadata["by_recipe"] else None
+            _add_field(parser, f, hints[f.name], default, f.name, suffix)
+
+
+def _recipe_settings() -> dict[str, tuple[dataclasses.Field, Any, tuple[tuple[str, Any], ...]]]:
+    """Every recipe setting: name → (field, type hint, (recipe, default) pairs)."""
+    return {name: (f, typing.get_type_hints(type(recipe_spec(users[0][0]).settings))[name], users)
+            for name, (f, users) in settings_fields().items()}
+
+
+def add_recipe_options(parser: argparse.ArgumentParser) -> None:
+    """One option per setting of every registered recipe family (:func:`WeakSegLib.registry.settings_fields`),
+    in one help group per set of recipes that have it, with each recipe's default; an option sets its
+    setting only when given (:func:`recipe_settings_from`)."""
+    groups: dict[tuple[str, ...], Any] = {}
+    for name, (f, hint, users) in _recipe_settings().items():
+        recipes = tuple(recipe for recipe, _ in users)
+        if recipes not in groups:
+            groups[recipes] = parser.add_argument_group(f"settings of {', '.join(recipes)}")
+        same = len({_shown(value) for _, value in users}) == 1
+        _add_field(groups[recipes], f, hint, users[0][1] if same else None, name,
+                   None if same else _by_recipe(users), given_only=True)
+
+
+def recipe_settings_from(args: argparse.Namespace) -> dict[str, Any]:
+    """The recipe settings given on the command line (:func:`add_recipe_options`), field → value."""
+    return {name: dict(getattr(args, name)) if _unwrap(hint) is dict else getattr(args, name)
+            for name, (f, hint, users) in _recipe_settings().items() if hasattr(args, name)}
 
 
 def settings_from(args: argparse.Namespace, cls: type, **given: Any) -> Any:
@@ -217,8 +278,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cases, dataset = _training_cases(args)
     config = settings_from(args, TrainConfig, recipe=args.recipe, spatial_dims=3 if args.dims == "3d" else 2,
-                           axis=AXIAL if args.axis == "auto" else args.axis)
-    config = dataclasses.replace(config.validate(), recipe=recipe_for(cases, config))
+                           axis=AXIAL if args.axis == "auto" else args.axis,
+                           recipe_settings=recipe_settings_from(args))
+    picked = config.validate().picking(recipe_for(cases, config))
+    unused = [_flag(f) for name, (f, _, _) in _recipe_settings().items()
+              if name in config.recipe_settings and name not in picked.recipe_settings]
+    if unused:
+        print(f"note: recipe {AUTO_RECIPE} picked {picked.recipe}, which does not use {', '.join(unused)}",
+              file=sys.stderr)
+    config = picked
     if dataset:  # a mask beside boxes is the Dice reference of a box recipe
         cases = [as_trained(tc, recipe_spec(config.recipe)) for tc in cases]
     if args.gpus > 1 and not child_of_launcher():
@@ -580,15 +648,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reference masks, one per --image ('-' for none): accl-unpaired (any masks of the "
                         "structure), accl-paired (the image's true mask), sccl (to derive its size bounds)")
     t.add_argument("--out", required=True, help="model folder to write (resumes when it holds a checkpoint)")
+    by_input = ", ".join(f"{s.name} with --{s.default_for}{' only' * (s.default_for == 'mask')}"
+                         for s in specs() if s.default_for)
     t.add_argument("--recipe", choices=(AUTO_RECIPE, *recipe_names()), default=AUTO_RECIPE,
                    help=f"default {AUTO_RECIPE}: {SLICE_BOX_RECIPE} for per-slice boxes on a 2D network (a cohort of "
                         f"up to {BOXSUP_SLICES_PER_EPOCH}× the slices of an epoch), {DEFAULT_RECIPE} for 3D boxes, "
-                        f"3D networks or larger cohorts; full with --mask only, size with --sizes, partial-ce "
-                        f"with --partial")
+                        f"3D networks or larger cohorts; {by_input}")
     t.add_argument("--dims", choices=("2d", "3d"), default="2d")
     t.add_argument("--axis", type=_axis, default="auto",
                    help="slice axis of the images once reoriented to RAS: 0 axial (auto), 1 coronal, 2 sagittal")
     add_options(t, TrainConfig)
+    add_recipe_options(t)
     t.add_argument("--gpus", type=int, default=1,
                    help="train in N processes on this machine, one CUDA GPU each (with --device cpu: N CPU "
                         "processes); started as torchrun --standalone --nproc_per_node N would")

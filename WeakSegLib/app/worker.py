@@ -22,10 +22,11 @@ from WeakSegLib.app.jobs import (
     exit_process,
 )
 from WeakSegLib.app.launch import check_processes, launch
-from WeakSegLib.config import TightenerCase, TightenerConfig, TightenSettings, TrainCase, TrainConfig, from_dict
+from WeakSegLib.config import TightenerCase, TightenerConfig, TightenSettings, TrainCase, TrainConfig
 from WeakSegLib.engine.train.distributed import env_rank
 from WeakSegLib.errors import CancelledError, WeakSegError
 from WeakSegLib.io.fields import read_json
+from WeakSegLib.options import from_dict
 
 
 def emit(event: dict) -> None:

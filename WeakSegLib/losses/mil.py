@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from WeakSegLib.config import POLAR_CENTRES, SMOOTH_MAXIMA
+from WeakSegLib.registry.mil import POLAR_CENTRES, SMOOTH_MAXIMA
 
 #: probabilities are clamped to [EPS, 1 − EPS] before logarithms
 EPS = 1e-6

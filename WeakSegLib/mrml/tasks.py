@@ -25,7 +25,7 @@ import numpy as np
 
 from WeakSegLib import events
 from WeakSegLib.app.jobs import EXIT_CANCELLED, EXIT_CODES, EXIT_OK, JobHandle, start_job
-from WeakSegLib.config import TightenerConfig, TrainCase, TrainConfig, from_dict
+from WeakSegLib.config import TightenerConfig, TrainCase, TrainConfig
 from WeakSegLib.errors import InputError, WeakSegError
 from WeakSegLib.io.boxes import BoxSet, load_boxes, save_boxes
 from WeakSegLib.io.card import TightenerCard, read_card
@@ -37,6 +37,7 @@ from WeakSegLib.mrml.nodes import (
     volume_from_node,
     volume_from_node_geometry,
 )
+from WeakSegLib.options import from_dict
 
 JOB_FOLDER = ".job"
 

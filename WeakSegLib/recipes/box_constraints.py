@@ -16,12 +16,12 @@ class _BoxConstraints(Recipe):
     """Shared terms of the constraint recipes."""
 
     def tightness(self) -> Term:
-        config = self.ctx.config
-        return Term("tightness", TightnessPrior(config.band_width, config.tightness_weight), ("probs", "boxes", "t"))
+        settings = self.ctx.settings
+        return Term("tightness", TightnessPrior(settings.band_width, settings.tightness_weight), ("probs", "boxes", "t"))
 
     def size(self) -> Term:
-        config = self.ctx.config
-        return Term("size", BoxSize(*config.size_bounds, weight=config.bounds_weight), ("probs", "box_mask", "t"))
+        settings = self.ctx.settings
+        return Term("size", BoxSize(*settings.size_bounds, weight=settings.bounds_weight), ("probs", "box_mask", "t"))
 
     @staticmethod
     def emptiness() -> Term:

@@ -27,8 +27,9 @@ from typing import Sequence
 
 import numpy as np
 
-from WeakSegLib.config import DEFAULT_PERCENTILES, CRFSettings
+from WeakSegLib.config import DEFAULT_PERCENTILES
 from WeakSegLib.errors import InputError
+from WeakSegLib.registry.proposals import CRFSettings
 
 
 def to_crf_intensity(images: np.ndarray, valid: np.ndarray | None = None,

@@ -24,18 +24,18 @@ class _MIL(Recipe):
         raise NotImplementedError
 
     def terms(self) -> list[Term]:
-        config = self.ctx.config
-        unary = MILUnary(self.bags(), config.mil_smoothmax, config.mil_focal)
+        settings = self.ctx.settings
+        unary = MILUnary(self.bags(), settings.mil_smoothmax, settings.mil_focal)
         return [Term("mil-unary", unary, ("probs", "boxes", "box_mask", "valid")),
-                Term("mil-pairwise", PairwiseSmoothness(), ("probs", "box_mask"), weight=config.mil_pairwise_weight)]
+                Term("mil-pairwise", PairwiseSmoothness(), ("probs", "box_mask"), weight=settings.mil_pairwise_weight)]
 
 
 class GeneralizedMIL(_MIL):
     """Parallel crossing lines at ``mil_angles`` (generalised MIL; tight boxes)."""
 
     def bags(self) -> list[tuple[str, tuple, float]]:
-        config = self.ctx.config
-        return [("parallel", angles_of(config.mil_angles), config.mil_alpha)]
+        settings = self.ctx.settings
+        return [("parallel", angles_of(settings.mil_angles), settings.mil_alpha)]
 
 
 class PolarMIL(_MIL):
@@ -43,8 +43,8 @@ class PolarMIL(_MIL):
     ``polar_parallel``."""
 
     def bags(self) -> list[tuple[str, tuple, float]]:
-        config = self.ctx.config
-        polar = ("polar", (config.polar_rays, config.polar_radii, config.polar_weight_min, config.polar_centre),
-                 config.polar_alpha)
-        parallel = ("parallel", angles_of(config.mil_angles), config.mil_alpha)
-        return [polar, parallel] if config.polar_parallel else [polar]
+        settings = self.ctx.settings
+        polar = ("polar", (settings.polar_rays, settings.polar_radii, settings.polar_weight_min, settings.polar_centre),
+                 settings.polar_alpha)
+        parallel = ("parallel", angles_of(settings.mil_angles), settings.mil_alpha)
+        return [polar, parallel] if settings.polar_parallel else [polar]

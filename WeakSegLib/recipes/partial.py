@@ -23,10 +23,11 @@ from WeakSegLib.errors import InputError
 from WeakSegLib.losses.labels import SoftSizePenalty, one_hot, sccl_bounds
 from WeakSegLib.nets.discriminator import PatchDiscriminator
 from WeakSegLib.recipes.label_map import CrossEntropy
+from WeakSegLib.registry import recipe_spec
 
-MODES = ("partial", "unpaired", "paired")
-#: λ_a per mode (Zhang et al.)
-DEFAULT_WEIGHTS = {"partial": 1e-3, "unpaired": 1e-2, "paired": 1e-2}
+#: the reference mode of an ACCL recipe, from its spec's ``reference`` (:mod:`WeakSegLib.registry.partial`)
+MODE_OF_REFERENCE = {None: "partial", "any": "unpaired", "paired": "paired"}
+MODES = tuple(MODE_OF_REFERENCE.values())
 
 
 class Adversary:
@@ -40,12 +41,12 @@ class Adversary:
         wrap: gives the module D's steps go through (``DistributedDataParallel`` in a distributed run).
         references: ``(R, H, W)`` class-index reference slices for ``unpaired`` (the pool to draw from);
             ``paired`` takes them from the batch (``batch["reference"]``).
-        weight: λ_a.
+        weight: λ_a (the recipe's default: :class:`WeakSegLib.registry.partial.ACCLSettings`).
         lr, betas: D's Adam.
     """
 
     def __init__(self, mode: str, image_channels: int, n_classes: int, device: torch.device, *,
-                 references: torch.Tensor | None = None, weight: float | None = None, lr: float = 2e-4,
+                 weight: float, references: torch.Tensor | None = None, lr: float = 2e-4,
                  betas: tuple[float, float] = (0.5, 0.999),
                  wrap: Callable[[nn.Module], nn.Module] = lambda module: module) -> None:
         if mode not in MODES:
@@ -53,7 +54,7 @@ class Adversary:
         if mode == "unpaired" and (references is None or len(references) == 0):
             raise InputError("accl-unpaired needs reference masks (--reference): any masks of the structure")
         self.mode, self.n_channels = mode, n_classes + 1
-        self.weight = DEFAULT_WEIGHTS[mode] if weight is None else float(weight)
+        self.weight = float(weight)
         self.references = references
         self.discriminator = PatchDiscriminator(image_channels + self.n_channels).to(device)
         self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=betas)
@@ -116,9 +117,9 @@ class SCCL(CrossEntropy):
     """Recipe ``sccl`` (module docstring)."""
 
     def __init__(self, ctx: RecipeContext) -> None:
-        config = ctx.config
-        if config.sccl_bounds is not None:
-            self.bounds = torch.tensor(config.sccl_bounds, dtype=torch.float32)
+        settings = ctx.settings
+        if settings.sccl_bounds is not None:
+            self.bounds = torch.tensor(settings.sccl_bounds, dtype=torch.float32)
         elif ctx.samples.references is None:
             raise InputError("recipe 'sccl' needs size bounds: give --sccl-bounds LO HI or --reference masks to "
                              "derive them")
@@ -127,7 +128,7 @@ class SCCL(CrossEntropy):
         super().__init__(ctx)
 
     def terms(self) -> list[Term]:
-        return super().terms() + [Term("sccl", SoftSizePenalty(self.bounds, self.ctx.config.sccl_weight),
+        return super().terms() + [Term("sccl", SoftSizePenalty(self.bounds, self.ctx.settings.sccl_weight),
                                        ("probs", "labels"))]
 
     def card_info(self) -> dict:
@@ -138,9 +139,9 @@ class ACCL(CrossEntropy):
     """Recipes ``accl-partial``, ``accl-unpaired``, ``accl-paired`` (module docstring)."""
 
     def __init__(self, ctx: RecipeContext) -> None:
-        config = ctx.config
-        self.adversary = Adversary(config.recipe.removeprefix("accl-"), config.context, ctx.n_classes, ctx.device,
-                                   references=ctx.samples.references, weight=config.adv_weight, lr=config.adv_lr,
+        settings, spec = ctx.settings, recipe_spec(ctx.config.recipe)
+        self.adversary = Adversary(MODE_OF_REFERENCE[spec.reference], ctx.config.context, ctx.n_classes, ctx.device,
+                                   references=ctx.samples.references, weight=settings.adv_weight, lr=settings.adv_lr,
                                    wrap=lambda module: ctx.group.wrap(module, ctx.device))
         super().__init__(ctx)
 
@@ -159,4 +160,4 @@ class ACCL(CrossEntropy):
         return self.adversary
 
     def optimizers(self) -> list[tuple[torch.optim.Optimizer, float]]:
-        return [(self.adversary.optimizer, self.ctx.config.adv_lr)]
+        return [(self.adversary.optimizer, self.ctx.settings.adv_lr)]

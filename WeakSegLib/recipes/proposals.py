@@ -28,13 +28,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from WeakSegLib.config import CRFSettings
 from WeakSegLib.engine.samples.data import SampleSet, rows_to_mask
 from WeakSegLib.engine.train.recipe import RecipeContext
 from WeakSegLib.errors import InputError
 from WeakSegLib.recipes.crf import CRFPool, to_crf_intensity
 from WeakSegLib.recipes.label_map import CrossEntropy
 from WeakSegLib.recipes.regions import BoxCandidates, ProposalSettings, box_candidates, choose
+from WeakSegLib.registry.proposals import CRFSettings
 
 
 def weak_samples(samples: SampleSet) -> np.ndarray:
@@ -221,11 +221,11 @@ class DeepCut(CrossEntropy):
 
     def __init__(self, ctx: RecipeContext) -> None:
         super().__init__(ctx)
-        config = ctx.config
-        self.revision = DeepCutRevision(ctx.samples, ctx.predict, reinit=ctx.reinit, every=config.proposal_every,
-                                        last=int(config.proposal_until * config.epochs),
-                                        processes=config.processes, params=config.crf_settings(),
-                                        revise=ctx.group.main, min_fill=config.proposal_min_fill)
+        settings = ctx.settings
+        self.revision = DeepCutRevision(ctx.samples, ctx.predict, reinit=ctx.reinit, every=settings.proposal_every,
+                                        last=int(settings.proposal_until * ctx.config.epochs),
+                                        processes=settings.processes, params=settings.crf_settings(),
+                                        revise=ctx.group.main, min_fill=settings.proposal_min_fill)
 
     def hooks(self) -> DeepCutRevision:
         return self.revision
@@ -236,9 +236,9 @@ class BoxSup(CrossEntropy):
 
     def __init__(self, ctx: RecipeContext) -> None:
         super().__init__(ctx)
-        config = ctx.config
-        self.revision = BoxSupRevision(ctx.samples, ctx.predict, k=config.boxsup_k, weight=config.boxsup_weight,
-                                       seed=config.seed)
+        settings = ctx.settings
+        self.revision = BoxSupRevision(ctx.samples, ctx.predict, k=settings.boxsup_k, weight=settings.boxsup_weight,
+                                       seed=ctx.config.seed)
 
     def hooks(self) -> BoxSupRevision:
         return self.revision

@@ -53,15 +53,15 @@ class Size(CrossEntropy):
         self.anchors = self.labelled.nonzero().flatten()  # the mask slices
 
     def terms(self) -> list[Term]:
-        config = self.ctx.config
-        return super().terms() + [Term("size", SizeTerm(config.size_samples), ("probs", "sizes", "box_mask", "valid"),
-                                       weight=config.size_weight, weak=True)]
+        settings = self.ctx.settings
+        return super().terms() + [Term("size", SizeTerm(settings.size_samples), ("probs", "sizes", "box_mask", "valid"),
+                                       weight=settings.size_weight, weak=True)]
 
     def weak(self, epoch: int) -> bool:
-        return epoch >= self.ctx.config.pretrain_epochs
+        return epoch >= self.ctx.settings.pretrain_epochs
 
     def before_step(self, epoch: int, weak: bool) -> None:
-        if weak and self.ctx.config.pretrain_epochs:
+        if weak and self.ctx.settings.pretrain_epochs:
             freeze_batch_norm(self.ctx.network)
 
     def select(self, index: torch.Tensor, epoch: int, batch: int, weak: bool) -> torch.Tensor:
@@ -71,4 +71,4 @@ class Size(CrossEntropy):
         if not len(self.anchors):
             return index
         draw = torch.randperm(len(self.anchors), generator=step_generator(config.seed, epoch, batch))
-        return torch.cat([index, self.anchors[draw[:config.size_anchors].to(index.device)]])
+        return torch.cat([index, self.anchors[draw[:self.ctx.settings.size_anchors].to(index.device)]])

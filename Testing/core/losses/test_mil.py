@@ -111,7 +111,8 @@ def test_no_box_leaves_the_negatives_alone():
 
 @pytest.mark.parametrize("setting", [{"mil_angles": (40, -40, 20)}, {"mil_angles": (-90, 0, 10)},
                                      {"mil_focal": (1.5, 2)}, {"polar_radii": 1}, {"polar_weight_min": 0},
-                                     {"mil_smoothmax": "max"}, {"polar_centre": "corner"}, {"mil_alpha": 0}])
-def test_bad_mil_settings_are_one_line_errors(setting):
-    with pytest.raises(InputError):
-        TrainConfig(recipe="gmil", **setting).validate()
+                                     {"mil_smoothmax": "max"}, {"polar_centre": "corner"}, {"mil_alpha": 0},
+                                     {"polar_alpha": 0}])
+def test_bad_mil_settings_are_one_line_errors_naming_the_setting(setting):
+    with pytest.raises(InputError, match=next(iter(setting))):
+        TrainConfig(recipe="polar-mil", recipe_settings=setting).validate()

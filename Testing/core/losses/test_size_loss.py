@@ -134,4 +134,4 @@ def test_size_samples_must_be_positive():
 def test_size_anchors_must_be_positive():
     from WeakSegLib.config import TrainConfig
     with pytest.raises(InputError, match="size_anchors"):
-        TrainConfig(recipe="size", size_anchors=0).validate()
+        TrainConfig(recipe="size", recipe_settings={"size_anchors": 0}).validate()

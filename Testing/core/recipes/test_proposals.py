@@ -6,8 +6,9 @@ from multiprocessing.shared_memory import SharedMemory
 import numpy as np
 import pytest
 import torch
+from configs import SMALL, train_config
 
-from WeakSegLib.config import TrainCase, TrainConfig
+from WeakSegLib.config import TrainCase
 from WeakSegLib.engine.predict.model import load_model
 from WeakSegLib.engine.samples.data import Case, build_samples
 from WeakSegLib.engine.samples.preprocess import Plan, canonicalize
@@ -19,8 +20,6 @@ from WeakSegLib.nets.segmentation import build_network
 from WeakSegLib.recipes.crf import CRFPool, CRFSettings, refine_slice, to_crf_intensity
 from WeakSegLib.recipes.proposals import box_fill, guard_boxes
 from WeakSegLib.recipes.regions import BoxCandidates, ProposalSettings, box_candidates, choose, tight_box_iou
-
-SMALL = (8, 16, 32, 64, 128)
 
 
 def rectangle_scene(h=36, w=58, seed=0):
@@ -223,10 +222,11 @@ def boxed(synthetic_case, tmp_path):
     return dict(synthetic_case, boxes=str(path))
 
 
-def quick(**kw):
-    base = dict(epochs=4, batch_size=8, channels=SMALL, device="cpu", proposal_every=2, epoch_batches=3)
-    base.update(kw)
-    return TrainConfig(**base)
+def quick(recipe: str, **kw):
+    """Four epochs of three batches; DeepCut revises its labels every 2."""
+    every = {"proposal_every": 2} if recipe == "deepcut" else {}
+    return train_config(**{"recipe": recipe, "epochs": 4, "batch_size": 8, "channels": SMALL, "device": "cpu",
+                           "epoch_batches": 3, **every, **kw})
 
 
 @pytest.mark.parametrize("recipe", ["deepcut", "boxsup"])
@@ -353,7 +353,7 @@ def test_crf_parameters_default_to_deepcut():
 
 
 def test_crf_settings_can_be_overridden_and_unknown_ones_are_refused():
-    params = quick(recipe="deepcut", crf={"bilateral_sxy": 5.0, "iterations": 3}).crf_settings()
+    params = quick(recipe="deepcut", crf={"bilateral_sxy": 5.0, "iterations": 3}).settings().crf_settings()
     assert (params.bilateral_sxy, params.iterations, params.bilateral_compat) == (5.0, 3, 10.0)
     with pytest.raises(InputError, match="unknown CRF setting.*sxy"):
         quick(recipe="deepcut", crf={"sxy": 1.0}).validate()

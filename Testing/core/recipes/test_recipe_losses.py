@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from configs import train_config
 from reference_losses import (
     ref_box_mask,
     ref_emptiness,
@@ -14,7 +15,6 @@ from reference_losses import (
     ref_tightness,
 )
 
-from WeakSegLib.config import TrainConfig
 from WeakSegLib.engine.samples.data import SampleSet
 from WeakSegLib.engine.train.training import start_recipe
 from WeakSegLib.io.labels import IGNORE
@@ -40,7 +40,8 @@ def batch_of(gen: torch.Generator) -> dict:
 
 def build(recipe: str, batch: dict, **settings):
     """The registered recipe on samples holding exactly this batch (its labels also as references)."""
-    config = TrainConfig(recipe=recipe, processes=1, **settings).validate().resolved()
+    serial = {"processes": 1} if recipe == "deepcut" else {}
+    config = train_config(recipe=recipe, **serial, **settings).validate().resolved()
     network = torch.nn.Conv2d(1, C + 1, 1)
     samples = SampleSet.of_batch({**batch, "reference": batch["labels"].to(torch.uint8)})
     return start_recipe(config, samples, network, torch.optim.Adam(network.parameters()), torch.device("cpu"))

@@ -4,6 +4,7 @@ on, bit-exact resume (discriminator included), and bad input."""
 import numpy as np
 import pytest
 import torch
+from configs import quick
 
 from WeakSegLib.config import TrainCase, TrainConfig
 from WeakSegLib.engine.predict.inference import predict_volume
@@ -13,14 +14,6 @@ from WeakSegLib.errors import InputError
 from WeakSegLib.io.partial import partial_from_mask
 from WeakSegLib.io.sizes import SizeSet, save_sizes, sizes_from_mask
 from WeakSegLib.io.volume import read_label_volume, read_volume, write_volume
-
-SMALL = (8, 16, 32, 64, 128)
-
-
-def quick(**kw):
-    base = dict(epochs=1, batch_size=8, channels=SMALL, device="cpu", epoch_batches=3)
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 @pytest.fixture
@@ -136,19 +129,20 @@ def test_barrier_t_grows_per_epoch_up_to_t_max():
 def test_constraint_weights_default_by_recipe_and_yield_to_the_user():
     weights = {r: (c.tightness_weight, c.bounds_weight) for r in ("tightness+size+emptiness", "tightness+emptiness",
                                                                    "tightness+size+masked-ce")
-               for c in [TrainConfig(recipe=r).resolved()]}
+               for c in [TrainConfig(recipe=r).settings()]}
     assert weights == {"tightness+size+emptiness": (1e-4, 1.0), "tightness+emptiness": (5e-3, 1.0),
                        "tightness+size+masked-ce": (1e-4, 1e-2)}
-    mine = TrainConfig(recipe="tightness+emptiness", tightness_weight=1e-3, bounds_weight=0.5).resolved()
-    assert (mine.tightness_weight, mine.bounds_weight) == (1e-3, 0.5)
+    mine = quick(recipe="tightness+emptiness", tightness_weight=1e-3, bounds_weight=0.5).resolved()
+    assert (mine.recipe_settings["tightness_weight"], mine.recipe_settings["bounds_weight"]) == (1e-3, 0.5)
+    assert (mine.settings().tightness_weight, mine.settings().band_width) == (1e-3, 5)
     with pytest.raises(InputError, match="bounds_weight"):
-        TrainConfig(bounds_weight=-1.0).validate()
+        quick(bounds_weight=-1.0).validate()
 
 
 def test_sccl_with_explicit_bounds_needs_no_reference(weak_case, tmp_path):
     case = [TrainCase(weak_case["image"], partial=weak_case["partial"])]
     card = train(case, quick(recipe="sccl", sccl_bounds=[[10, 200], [5, 150]]), tmp_path / "m")
-    assert card.training["sccl_bounds"] == [[10, 200], [5, 150]]
+    assert card.training["sccl_bounds"] == card.training["recipe_settings"]["sccl_bounds"] == [[10, 200], [5, 150]]
 
 
 @pytest.fixture

@@ -51,9 +51,6 @@ from WeakSegLib.io.volume import (
 )
 from WeakSegLib.registry import AUTO_RECIPE, INPUT_NAMES, RecipeSpec, default_recipe, recipe_spec
 
-#: recipes whose label revisions or reference masks need every training sample in memory
-IN_MEMORY = ("deepcut", "boxsup", "sccl", "accl-partial", "accl-unpaired", "accl-paired")
-
 
 @dataclass
 class Cohort:
@@ -232,7 +229,7 @@ def read_cohort(cases: Sequence[TrainCase], config: TrainConfig, store_folder: P
                          f"{', '.join(str(tc.image) for tc in cases)} hold no label")
     headers = [read_header(tc.image) for tc in cases]
     plan = Plan(list(config.spacing) if config.spacing else target_spacing(headers), "mr")
-    in_memory = (config.recipe in IN_MEMORY or config.spatial_dims == 3
+    in_memory = (spec.in_memory or config.spatial_dims == 3
                  or _estimate_bytes(headers, plan, config.context) <= config.cache_gb * 1e9)
     sink: list[Case] | SliceStore = [] if in_memory else SliceStore(store_folder, values, axis=config.axis,
                                                                     context=config.context)

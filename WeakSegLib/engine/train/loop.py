@@ -126,7 +126,9 @@ def resume_from(checkpoint: Path, network: torch.nn.Module, optimizer: torch.opt
 
     A setting the checkpoint does not record (it was written before that setting existed) matches
     when the current value is its value in ``defaults`` (the settings' defaults), so a new setting
-    does not orphan the checkpoints of runs that never used it.
+    does not orphan the checkpoints of runs that never used it; a setting it records that
+    ``fingerprint`` does not name (another recipe's, in a checkpoint written when every recipe's
+    settings were in one class) is not compared.
 
     Raises:
         ModelError: corrupt checkpoint, or one made with other settings (names the settings).
@@ -136,8 +138,9 @@ def resume_from(checkpoint: Path, network: torch.nn.Module, optimizer: torch.opt
     except ModelError as exc:
         raise ModelError(f"{exc}; delete it or start over (--no-resume)") from exc
     saved = ckpt.get("config")
-    if isinstance(saved, dict) and defaults:
-        saved = {**{k: v for k, v in defaults.items() if k in fingerprint and k not in saved}, **saved}
+    if isinstance(saved, dict):  # what the run's settings do not name (another recipe's) does not matter
+        defaults = defaults or {}
+        saved = {k: saved[k] if k in saved else defaults.get(k) for k in fingerprint}
     if saved != fingerprint:
         saved = saved if isinstance(saved, dict) else {}
         diff = sorted(k for k in set(fingerprint) | set(saved) if saved.get(k) != fingerprint.get(k))

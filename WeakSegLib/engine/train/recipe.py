@@ -20,6 +20,7 @@ plus ``hooks()`` (label revisions between epochs or an extra model, saved in eve
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -85,7 +86,7 @@ class RecipeContext:
     """What the engine gives a recipe.
 
     Attributes:
-        config: the run's settings, recipe defaults resolved.
+        config: the run's settings, recipe defaults resolved (the recipe family's: :attr:`settings`).
         samples: the training samples (:class:`WeakSegLib.engine.samples.data.SampleSet`, on ``device``).
         network, optimizer: the segmentation network and its Adam.
         device: where training runs.
@@ -108,6 +109,11 @@ class RecipeContext:
     predict: Callable[[], torch.Tensor]
     reinit: Callable[[int], None]
     group: Distributed = SINGLE
+
+    @functools.cached_property
+    def settings(self) -> Any:
+        """The recipe's own settings (:meth:`WeakSegLib.config.TrainConfig.settings`), read once."""
+        return self.config.settings()
 
 
 def sub_batch(batch: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:

@@ -147,7 +147,7 @@ def train(cases: Sequence[TrainCase], config: TrainConfig, out_dir: str | os.Pat
     Returns:
         The model card.
     """
-    config = dataclasses.replace(config.validate(), recipe=recipe_for(cases, config)).validate().resolved()
+    config = config.validate().picking(recipe_for(cases, config)).validate().resolved()
     group, device = join(config.device, backend)
     try:
         group.check_batch(config.batch_size)
@@ -332,7 +332,7 @@ def _train_in(out: Path, config: TrainConfig, cohort: Cohort, device: torch.devi
         history = run_epochs(network, optimizer, settings, step, checkpoint=out / CHECKPOINT,
                              fingerprint=config.fingerprint(), device=device, epoch_info=epoch_info, emit=emit,
                              should_stop=should_stop, resume=resume, start_info=start_info, hooks=hooks,
-                             defaults=TrainConfig().resolved().fingerprint(),
+                             defaults=TrainConfig(recipe=config.recipe).resolved().fingerprint(),
                              load=_batches(config, recipe, samples, device, group), group=group)
     finally:
         if hooks is not None:

@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from configs import quick
 
 from WeakSegLib.config import TrainCase, TrainConfig
 from WeakSegLib.engine.predict.inference import predict_file, predict_volume
@@ -15,8 +16,6 @@ from WeakSegLib.errors import CancelledError, InputError, ModelError
 from WeakSegLib.io.boxes import BoxSet, boxes_from_mask, save_boxes
 from WeakSegLib.io.volume import read_label_volume, read_volume
 
-SMALL = (8, 16, 32, 64, 128)
-
 
 @pytest.fixture
 def boxed_case(synthetic_case, tmp_path):
@@ -25,12 +24,6 @@ def boxed_case(synthetic_case, tmp_path):
     save_boxes(BoxSet(boxes_from_mask(mask.array, "slice", 0), mask.shape, {1: "left", 2: "right"},
                       mask.geometry()), path)
     return dict(synthetic_case, boxes=str(path))
-
-
-def quick(**kw):
-    base = dict(epochs=1, batch_size=8, channels=SMALL, device="cpu", epoch_batches=3)
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 def test_train_writes_model_and_predicts_on_the_input_grid(boxed_case, tmp_path):
@@ -77,19 +70,22 @@ def test_resume_with_other_settings_is_refused(boxed_case, tmp_path):
 
 
 def test_checkpoint_older_than_a_setting_resumes_when_that_setting_is_default(boxed_case, tmp_path):
-    """A checkpoint written before settings existed (here: size_anchors, sccl_weight) resumes while
-    they keep their defaults, and is refused, naming the setting, when one is changed."""
+    """A checkpoint written before settings existed (here: augment, shared, and band_width, the
+    recipe's) resumes while they keep their defaults, and is refused, naming the setting, when one is
+    changed; the settings of other recipes it records are not compared."""
     from WeakSegLib.engine.predict.model import load_state
     from WeakSegLib.io.atomic import atomic_torch_save
 
     cases = [TrainCase(boxed_case["image"], boxes=boxed_case["boxes"])]
     train(cases, quick(), tmp_path / "m")
     ckpt = load_state(tmp_path / "m" / CHECKPOINT)
-    for key in ("size_anchors", "sccl_weight"):
+    for key in ("augment", "band_width"):
         del ckpt["config"][key]
+    # written when every recipe's settings were in one class: the other recipes' are not compared
+    ckpt["config"].update(size_anchors=2, proposal_every=10, crf={}, boxsup_k=5)
     atomic_torch_save(tmp_path / "m" / CHECKPOINT, ckpt)
-    with pytest.raises(ModelError, match="other settings.*size_anchors"):
-        train(cases, quick(epochs=2, size_anchors=3), tmp_path / "m")
+    with pytest.raises(ModelError, match="other settings.*band_width"):
+        train(cases, quick(epochs=2, band_width=3), tmp_path / "m")
     events = []
     train(cases, quick(epochs=2), tmp_path / "m", on_event=events.append)
     assert events[0]["first_epoch"] == 2

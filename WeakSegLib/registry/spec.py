@@ -1,12 +1,11 @@
-"""The recipe registry: one :class:`RecipeSpec` line per recipe, importable without torch.
+"""The recipe table's mechanics: :class:`RecipeSpec` (one per recipe), :class:`RecipeSettings` (the
+base of a recipe family's settings), :func:`register` and the look-ups every other layer uses.
 
 A spec says what a user must know before training — the inputs each case gives, the dimensions the
-recipe works in, its optimiser defaults, the pip extras it needs, whether the Slicer panel offers it —
-and names the class that implements it (``"module:Class"``, a subclass of
-:class:`WeakSegLib.engine.train.recipe.Recipe`, imported only when training starts). The training engine,
-the command line's choices, the Slicer panel's list and the dependency check all read this table;
-adding a recipe is one module with its class and one :func:`register` line (docs/architecture.md,
-CONTRIBUTING.md).
+recipe works in, its optimiser defaults, its settings with their defaults, the pip extras it needs,
+whether the Slicer panel offers it — and names the class that implements it (``"module:Class"``, a
+subclass of :class:`WeakSegLib.engine.train.recipe.Recipe`, imported only when training starts). The
+specs themselves are registered by the family modules of this package, each beside its settings class.
 
 Inputs a case may give (the fields of :class:`WeakSegLib.config.TrainCase`): ``boxes``, ``mask``,
 ``sizes``, ``partial``, ``reference`` (and ``eval_mask``, which any recipe accepts for Dice per epoch).
@@ -14,15 +13,34 @@ Inputs a case may give (the fields of :class:`WeakSegLib.config.TrainCase`): ``b
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, ClassVar, Iterable, Sequence
 
 from WeakSegLib.errors import InputError
+from WeakSegLib.options import from_dict
 
 #: what each input is, in messages
 INPUT_NAMES = {"boxes": "boxes", "mask": "masks", "sizes": "size labels", "partial": "partial labels",
                "reference": "reference masks"}
+
+
+@dataclass(frozen=True)
+class RecipeSettings:
+    """Base of a recipe family's settings (torch-free, frozen; fields made with
+    :func:`WeakSegLib.options.option`, which the command line turns into options grouped by family).
+
+    A spec holds an instance: the recipe's defaults. Field names are unique over every family and
+    :class:`WeakSegLib.config.TrainConfig` (one ``--flag`` each); a family that shares fields with another
+    inherits them.
+    """
+
+    #: fields that change only speed, not results: left out of the resume fingerprint
+    speed_only: ClassVar[tuple[str, ...]] = ()
+
+    def validate(self) -> None:
+        """Raise :class:`InputError` naming the first bad setting (default: every value is fine)."""
 
 
 @dataclass(frozen=True)
@@ -45,8 +63,9 @@ class RecipeSpec:
         dims_reason: why, when it is 2D only (shown in the error).
         lr, betas, decay_from: Adam's learning rate and betas, and the fraction of the epochs after
             which the learning rates decay linearly towards 0 (1 = constant).
-        tightness_weight, bounds_weight: the weights of the tightness prior and of the box-size bounds
-            (the reference code's per recipe; docs/methods.md §1 "Weights").
+        settings: the recipe's settings with its defaults (None: it has none).
+        in_memory: keeps every training sample in memory (label revisions over the whole set, reference
+            masks beside the samples), whatever ``--cache-gb`` says.
         extras: pip extras of the ``weakseg`` package it needs beyond the core (``crf``).
         panel: offered in the Slicer training panel (recipes trained from boxes or a mask).
         default_for: the inputs for which the command line picks it when no recipe is given.
@@ -66,8 +85,8 @@ class RecipeSpec:
     lr: float = 5e-4
     betas: tuple[float, float] = (0.9, 0.99)
     decay_from: float = 1.0
-    tightness_weight: float = 1e-4
-    bounds_weight: float = 1.0
+    settings: RecipeSettings | None = None
+    in_memory: bool = False
     extras: tuple[str, ...] = ()
     panel: bool = False
     default_for: str | None = None
@@ -95,6 +114,21 @@ class RecipeSpec:
         what = " or ".join(INPUT_NAMES[i] for i in labels)
         return f"recipe {self.name!r} trains on {what}: give {sep.join('--' + i for i in labels)} for {image}"
 
+    def settings_for(self, overrides: dict[str, Any]) -> RecipeSettings | None:
+        """:attr:`settings` with the values ``overrides`` (field → value, as in a job file) in place,
+        type-checked and validated; a name the recipe does not have is an :class:`InputError`."""
+        known = [f.name for f in dataclasses.fields(self.settings)] if self.settings is not None else []
+        unknown = sorted(set(overrides) - set(known))
+        if unknown:
+            raise InputError(f"recipe {self.name!r} has no setting {', '.join(unknown)} (its settings: "
+                             f"{', '.join(known) or 'none'})")
+        if self.settings is None:
+            return None
+        settings = from_dict(type(self.settings), {**dataclasses.asdict(self.settings), **overrides},
+                             f"recipe {self.name!r} settings")
+        settings.validate()
+        return settings
+
     def load(self) -> type:
         """The implementing class (imports it: torch and the recipe's own dependencies)."""
         module, _, cls = self.impl.partition(":")
@@ -102,12 +136,6 @@ class RecipeSpec:
 
 
 _REGISTRY: dict[str, RecipeSpec] = {}
-_ACCL = {"lr": 2e-4, "betas": (0.5, 0.999), "decay_from": 0.5}
-_SLICES = {"dims": (2,), "dims_reason": "learns from per-slice labels"}
-#: the MIL recipes: the authors' Adam lr, decaying over the second half (without the decay the objects
-#: erode late in training: vertebral bodies MR 0.895 at epoch 60 → 0.865 at 100; with it 0.892)
-_MIL = {"lr": 1e-4, "decay_from": 0.5, "panel": True}
-_REVISED = {"dims": (2,), "dims_reason": "revises 2D slice labels", "panel": True}
 
 
 def register(spec: RecipeSpec) -> RecipeSpec:
@@ -117,11 +145,26 @@ def register(spec: RecipeSpec) -> RecipeSpec:
     unknown = set(spec.inputs()) - set(INPUT_NAMES)
     if unknown or spec.reference not in (None, "any", "paired") or not set(spec.dims) <= {2, 3}:
         raise ValueError(f"recipe {spec.name!r}: bad inputs {sorted(unknown)}, reference or dims")
+    if spec.settings is not None:
+        known = {f.name: f for s in _REGISTRY.values() if s.settings is not None for f in dataclasses.fields(s.settings)}
+        clash = [f.name for f in dataclasses.fields(spec.settings) if known.get(f.name, f) is not f]
+        if clash:
+            raise ValueError(f"recipe {spec.name!r}: settings {clash} are another family's (inherit them instead)")
     _REGISTRY[spec.name] = spec
     return spec
 
 
-# ---- the registry (named as in Kervadec et al.'s table; docs/methods.md) -----------------------------
+def settings_fields() -> dict[str, tuple[dataclasses.Field, tuple[tuple[str, Any], ...]]]:
+    """Every recipe setting: field name → (its field, the (recipe, default) of every recipe that has
+    it), in registry order — what the command line's per-family options are made from."""
+    out: dict[str, tuple[dataclasses.Field, tuple[tuple[str, Any], ...]]] = {}
+    for spec in _REGISTRY.values():
+        for f in dataclasses.fields(spec.settings) if spec.settings is not None else ():
+            field, users = out.get(f.name, (f, ()))
+            out[f.name] = (field, users + ((spec.name, getattr(spec.settings, f.name)),))
+    return out
+
+
 #: the box recipe for 3D boxes (loose per slice), 3D networks and cohorts too large for BoxSup
 DEFAULT_RECIPE = "tightness+size+emptiness"
 #: the box recipe for tight per-slice boxes on a 2D network: the most stable box recipe of the
@@ -132,42 +175,6 @@ AUTO_RECIPE = "auto"
 #: BoxSup re-predicts every boxed slice before each epoch: ``auto`` picks it while the boxed slices
 #: number at most this many times the slices an epoch trains on
 BOXSUP_SLICES_PER_EPOCH = 4
-register(RecipeSpec("tightness+size+emptiness", "tightness prior + box-size bounds + background emptiness",
-                    "WeakSegLib.recipes.box_constraints:TightnessSizeEmptiness", panel=True))
-register(RecipeSpec("tightness+emptiness",
-                    "tightness prior + background emptiness (no size bounds: may end diffuse, methods §1)",
-                    "WeakSegLib.recipes.box_constraints:TightnessEmptiness", panel=True, tightness_weight=5e-3))
-register(RecipeSpec("tightness+size+masked-ce", "tightness prior + box-size bounds + masked CE outside the boxes",
-                    "WeakSegLib.recipes.box_constraints:TightnessSizeMaskedCE", panel=True, bounds_weight=1e-2))
-register(RecipeSpec("box-mask", "cross-entropy on the filled boxes (baseline)",
-                    "WeakSegLib.recipes.label_map:CrossEntropy", panel=True))
-register(RecipeSpec("full", "cross-entropy on the reference masks (upper bound)",
-                    "WeakSegLib.recipes.label_map:CrossEntropy", labels=("mask",), panel=True, default_for="mask"))
-register(RecipeSpec("gmil", "generalised MIL: lines crossing tight boxes at several angles + pairwise smoothness",
-                    "WeakSegLib.recipes.mil:GeneralizedMIL", **_MIL, dims=(2,),
-                    dims_reason="learns from lines in slices", tight_boxes=True))
-register(RecipeSpec("polar-mil", "polar MIL: rays from inside the object to the sides of loose boxes (3D boxes)",
-                    "WeakSegLib.recipes.mil:PolarMIL", **_MIL, dims=(2,),
-                    dims_reason="learns from rays in slices"))
-register(RecipeSpec("deepcut", "cross-entropy on filled boxes revised by a dense CRF every k epochs",
-                    "WeakSegLib.recipes.proposals:DeepCut", extras=("crf",), **_REVISED))
-register(RecipeSpec("boxsup", "cross-entropy on region-proposal candidates chosen every epoch",
-                    "WeakSegLib.recipes.proposals:BoxSup", labels=("boxes", "mask"), **_REVISED))
-register(RecipeSpec("size", "CE on the mask slices + expected size loss on the size-labelled ones",
-                    "WeakSegLib.recipes.size:Size", labels=("sizes", "mask"), extra=("mask", "boxes"),
-                    needs=("sizes",), default_for="sizes", **_SLICES))
-register(RecipeSpec("partial-ce", "cross-entropy on the labelled pixels of partial labels (scribbles)",
-                    "WeakSegLib.recipes.label_map:CrossEntropy", labels=("partial",), default_for="partial",
-                    **_SLICES))
-register(RecipeSpec("sccl", "partial CE + soft size penalty outside [a, b]", "WeakSegLib.recipes.partial:SCCL",
-                    labels=("partial",), reference="any", **_SLICES))
-register(RecipeSpec("accl-partial", "partial CE + adversarial loss against the partial labels",
-                    "WeakSegLib.recipes.partial:ACCL", labels=("partial",), **_ACCL, **_SLICES))
-register(RecipeSpec("accl-unpaired", "partial CE + adversarial loss against unpaired reference masks",
-                    "WeakSegLib.recipes.partial:ACCL", labels=("partial",), reference="any", needs=("reference",),
-                    **_ACCL, **_SLICES))
-register(RecipeSpec("accl-paired", "partial CE + adversarial loss against the image's own mask (upper bound)",
-                    "WeakSegLib.recipes.partial:ACCL", labels=("partial",), reference="paired", **_ACCL, **_SLICES))
 
 
 def recipe_spec(name: str) -> RecipeSpec:
