@@ -6,6 +6,7 @@ panel to it. torch and MONAI are imported only by the worker process.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -22,7 +23,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from WeakSegLib import mrml
-from WeakSegLib.config import DEFAULT_DEVICE, DEVICES
+from WeakSegLib.config import DEVICES, PredictOptions
 from WeakSegLib.errors import WeakSegError
 from WeakSegLib.io.fields import read_json
 from WeakSegLib.io.volume import read_volume
@@ -37,6 +38,12 @@ from WeakSegPanelLib.selftest import trainSelfTestModel
 SPLIT_CHOICES = {"test cases": "test", "training cases": "training", "all cases": None}
 
 
+def predictOptions(parameters) -> PredictOptions:
+    """How to predict, from the parameter node: it has one field per :class:`~WeakSegLib.config.PredictOptions`
+    field, of the same name."""
+    return PredictOptions(**{f.name: getattr(parameters, f.name) for f in dataclasses.fields(PredictOptions)})
+
+
 @parameterNodeWrapper
 class WeakSegInferParameterNode:
     """The panel's settings, kept in the module's parameter node (saved with the scene). The widgets whose
@@ -46,8 +53,8 @@ class WeakSegInferParameterNode:
     modelFolder: str = ""
     inputVolume: slicer.vtkMRMLScalarVolumeNode
     outputSegmentation: slicer.vtkMRMLSegmentationNode
-    device: Annotated[str, Choice(list(DEVICES))] = DEFAULT_DEVICE
-    postprocess: bool = True
+    device: Annotated[str, Choice(list(DEVICES))] = PredictOptions.device
+    postprocess: bool = PredictOptions.postprocess
     dataset: str = ""
     cases: Annotated[str, Choice(list(SPLIT_CHOICES))] = next(iter(SPLIT_CHOICES))
     outputFolder: str = ""
@@ -134,7 +141,7 @@ class WeakSegInferWidget(ParameterNodePanel, ScriptedLoadableModuleWidget, VTKOb
             self.pathFields.remember()
             parameters = self.parameters
             job = self.logic.predict(parameters.modelFolder, parameters.inputVolume, parameters.outputSegmentation,
-                                     device=parameters.device, postprocess=parameters.postprocess)
+                                     options=predictOptions(parameters))
             self.ui.statusLabel.setText(_("Predicting…"))
             self.watcher.watch(job, onEnd=self.onPredicted)
             self.updateApply()
@@ -159,8 +166,7 @@ class WeakSegInferWidget(ParameterNodePanel, ScriptedLoadableModuleWidget, VTKOb
             self.pathFields.remember()
             parameters = self.parameters
             job = self.logic.predictDataset(parameters.modelFolder, parameters.dataset, parameters.outputFolder,
-                                            split=SPLIT_CHOICES[parameters.cases], device=parameters.device,
-                                            postprocess=parameters.postprocess)
+                                            split=SPLIT_CHOICES[parameters.cases], options=predictOptions(parameters))
             self.datasetResult, self.resultNames = None, []
             self.ui.datasetResultsTable.setRowCount(0)
             self.ui.statusLabel.setText(_("Predicting the cases…"))
@@ -228,35 +234,35 @@ class WeakSegInferLogic(ScriptedLoadableModuleLogic):
         except WeakSegError as exc:
             return str(exc), False
 
-    def predict(self, folder, volumeNode, segmentationNode=None, device: str = DEFAULT_DEVICE, wait: bool = False,
-                postprocess: bool = True):
+    def predict(self, folder, volumeNode, segmentationNode=None, options: PredictOptions | None = None,
+                wait: bool = False):
         """Segment ``volumeNode`` with the model in ``folder`` into ``segmentationNode`` (new when None).
 
-        Segments are named and coloured from the model card and reference the volume's geometry; the
-        card's post-processing is applied unless ``postprocess`` is False. Returns a
-        :class:`~WeakSegLib.mrml.tasks.NodeJob`, or with ``wait=True`` the segmentation node.
+        Segments are named and coloured from the model card and reference the volume's geometry;
+        ``options`` (default: :class:`~WeakSegLib.config.PredictOptions`' defaults) say how to predict, e.g.
+        ``PredictOptions(device="cpu", postprocess=False)``. Returns a :class:`~WeakSegLib.mrml.tasks.NodeJob`,
+        or with ``wait=True`` the segmentation node.
         """
         if volumeNode is None:
             raise WeakSegError("select an input volume")
-        job = tasks.start_prediction(folder, volumeNode, segmentationNode, device=device, python=self.python,
-                                     postprocess=postprocess)
+        job = tasks.start_prediction(folder, volumeNode, segmentationNode, options, python=self.python)
         return job.wait() if wait else job
 
     # --- a dataset or a folder ------------------------------------------------------------------------
-    def predictDataset(self, folder, dataset, outFolder, split: str | None = "test", device: str = DEFAULT_DEVICE,
-                       wait: bool = False, postprocess: bool = True):
+    def predictDataset(self, folder, dataset, outFolder, split: str | None = "test",
+                       options: PredictOptions | None = None, wait: bool = False):
         """Segment the cases of ``split`` (None: every case) of a dataset file, or of a folder of images,
         in the background: one ``<case>.seg.nrrd`` per case in ``outFolder`` (segments named and coloured
         from the card; a case that fails is skipped), scored against the cases' reference masks as
-        ``weakseg evaluate`` scores them. The job's result (``wait=True``: returned) is the worker's
-        summary: ``predictions``, ``failed`` and, with references, ``scores`` (see :meth:`scores`)."""
+        ``weakseg evaluate`` scores them; ``options`` as for :meth:`predict`. The job's result (``wait=True``:
+        returned) is the worker's summary: ``predictions``, ``failed`` and, with references, ``scores`` (see
+        :meth:`scores`)."""
         worklist = Worklist.open(dataset)
         cases = [(c.name, c.image, c.files.get("mask")) for c in worklist.cases if split is None or c.split == split]
         if not cases:
             raise WeakSegError(f"{worklist.path} has no {split} case")
         self.lastDataset = worklist
-        job = tasks.start_dataset_prediction(folder, cases, outFolder, device=device, python=self.python,
-                                             postprocess=postprocess)
+        job = tasks.start_dataset_prediction(folder, cases, outFolder, options, python=self.python)
         return job.wait() if wait else job
 
     def scores(self, result) -> list[dict]:

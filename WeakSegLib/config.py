@@ -18,11 +18,11 @@ import dataclasses
 from dataclasses import dataclass
 
 from WeakSegLib.errors import InputError
-from WeakSegLib.options import check_choice, fingerprint, option
+from WeakSegLib.options import AUTO, check_choice, fingerprint, option
 from WeakSegLib.registry import AUTO_RECIPE, DEFAULT_RECIPE, RecipeSettings, auto_choices, recipe_spec
 
 #: compute devices: ``auto`` takes a CUDA GPU when present, else an Apple GPU (``mps``), else the CPU
-DEVICES = ("auto", "cpu", "cuda", "mps")
+DEVICES = (AUTO, "cpu", "cuda", "mps")
 #: the device every job takes unless told otherwise
 DEFAULT_DEVICE = DEVICES[0]
 #: connected-component post-processing of a label (:mod:`WeakSegLib.engine.predict.postprocess`), mildest first
@@ -31,17 +31,17 @@ POSTPROCESS_STEPS = ("none", "drop-small", "largest")
 NORMALIZATIONS = ("percentile", "minmax", "ct-window", "none")
 #: normalisations of a training cohort (:mod:`WeakSegLib.engine.samples.preprocess`): ``ct`` maps every case
 #: with statistics of the whole cohort, ``auto`` picks ``ct`` for CT and ``percentile`` otherwise
-COHORT_NORMALIZATIONS = ("auto", "ct") + NORMALIZATIONS
+COHORT_NORMALIZATIONS = (AUTO, "ct") + NORMALIZATIONS
 #: imaging modalities of a cohort: ``auto`` calls a cohort CT when its first image has voxels below −500
-MODALITIES = ("auto", "ct", "mr")
+MODALITIES = (AUTO, "ct", "mr")
 #: the 3D training patch (voxels z, y, x; multiples of 16, as the networks need)
 DEFAULT_PATCH = (128, 128, 128)
 #: the lists of cases in a dataset file (:mod:`WeakSegLib.io.dataset`)
 SPLITS = ("training", "test")
 #: arithmetic of training: ``auto`` is bf16 mixed precision on CUDA where supported, else 32-bit
-PRECISIONS = ("auto", "32", "bf16", "16")
+PRECISIONS = (AUTO, "32", "bf16", "16")
 #: process-group backends of distributed training: ``auto`` = NCCL on CUDA GPUs, gloo on the CPU
-DIST_BACKENDS = ("auto", "nccl", "gloo")
+DIST_BACKENDS = (AUTO, "nccl", "gloo")
 #: seconds a rank waits in a collective for the others before it gives up (a rank that died)
 DIST_TIMEOUT_S = 600
 DEFAULT_NORMALIZATION = "percentile"
@@ -56,6 +56,22 @@ DEFAULT_CHANNELS = (16, 32, 64, 128, 256)
 CLASSIFIERS = ("light", "vgg16")
 #: how the tightener's probability threshold is chosen on held-out slices
 THRESHOLD_RULES = ("balanced", "accuracy")
+
+
+@dataclass(kw_only=True)
+class DeviceOption:
+    """Where a job computes (a field of every job that runs a network)."""
+
+    device: str = option(DEFAULT_DEVICE, "compute device", choices=DEVICES)
+
+
+@dataclass(kw_only=True)
+class PredictOptions(DeviceOption):
+    """How a model predicts: the options of ``weakseg predict``, the fields of the predict jobs and the
+    Infer panel's settings (a new one is a field here, read where the prediction uses it)."""
+
+    postprocess: bool = option(True, "apply the connected-component post-processing the model card holds (else: "
+                                     "the network's own labels)")
 
 
 @dataclass
@@ -107,7 +123,7 @@ class TrainConfig:
                                  "t reaches 7e4 in 800 steps and the barriers' slopes swamp every other term)")
     seed: int = option(0, "random seed")
     device: str = option(DEFAULT_DEVICE, "compute device", choices=DEVICES)
-    precision: str = option("auto", "arithmetic of training (auto: bf16 mixed precision on a CUDA GPU that "
+    precision: str = option(AUTO, "arithmetic of training (auto: bf16 mixed precision on a CUDA GPU that "
                                     "supports it, else 32-bit; 16: float16 with a gradient scaler)",
                             choices=PRECISIONS)
     boxed_fraction: float = option(0.75, "at least this fraction of every batch holds a box (boxed slices "
@@ -122,12 +138,12 @@ class TrainConfig:
                                                              "trained whole", metavar=("Z", "Y", "X"))
     foreground_ratio: float = option(1 / 3, "3D: share of the patches placed to hold a box (or, without boxes, "
                                             "centred on the object)")
-    modality: str = option("auto", "ct or mr, for the automatic normalisation (auto: from the intensities)",
+    modality: str = option(AUTO, "ct or mr, for the automatic normalisation (auto: from the intensities)",
                            choices=MODALITIES)
     cache_gb: float = option(2.0, "keep the training samples in memory when they take at most this many GB, "
                                   "else read them from disk per batch")
     workers: int = option(-1, "processes reading batches from disk (-1: 2 on a GPU, none on the CPU)")
-    normalization: str = option("auto", "intensity normalisation (auto: cohort statistics for CT, per-case "
+    normalization: str = option(AUTO, "intensity normalisation (auto: cohort statistics for CT, per-case "
                                         "percentiles otherwise)", choices=COHORT_NORMALIZATIONS)
     percentiles: tuple[float, float] = option(DEFAULT_PERCENTILES, "percentile normalisation: clip percentiles",
                                               metavar=("LOW", "HIGH"))

@@ -13,6 +13,10 @@ from typing import Any
 
 from WeakSegLib.errors import InputError
 
+#: the value of a choice the tool makes itself (device, recipe, normalisation, modality, precision,
+#: process-group backend, slice axis): every such option's default
+AUTO = "auto"
+
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING,
            choices: tuple | None = None, flag: str | None = None, metavar: Any = None, cli: bool = True,

@@ -14,6 +14,7 @@ import slicer
 
 from WeakSegInfer import WeakSegInferLogic
 from WeakSegLib import mrml
+from WeakSegLib.config import PredictOptions
 from WeakSegLib.errors import InputError
 from WeakSegLib.io.boxes import load_boxes
 from WeakSegLib.io.card import read_card
@@ -98,7 +99,7 @@ def test_train_on_the_boxed_cases_predict_the_dataset_and_score_it_as_evaluate_d
 
     infer = WeakSegInferLogic()
     result = infer.predictDataset(tmp_path / "model", folder / "dataset.json", tmp_path / "out", split=None,
-                                  device="cpu", wait=True)
+                                  options=PredictOptions(device="cpu"), wait=True)
     assert sorted(result["predictions"]) == ["bodies", "brain", "spine"] and not result["failed"]
     for name in ("spine", "brain"):
         segmentation = infer.loadPrediction(result, name)

@@ -12,6 +12,7 @@ import slicer
 
 from WeakSegInfer import WeakSegInferLogic
 from WeakSegLib import mrml
+from WeakSegLib.config import PredictOptions
 from WeakSegLib.engine.predict.inference import predict_file
 from WeakSegLib.engine.samples.preprocess import AXIAL
 from WeakSegLib.errors import InputError, ModelError, WeakSegError
@@ -307,6 +308,6 @@ def test_the_infer_panels_post_processing_switch_reaches_the_worker(wired, spine
     worker job says which, for one volume and for a dataset."""
     infer = WeakSegInferLogic()
     for postprocess in (True, False):
-        job = infer.predict(tiny_model, spine_nodes[0], postprocess=postprocess)
+        job = infer.predict(tiny_model, spine_nodes[0], options=PredictOptions(postprocess=postprocess))
         assert json.loads(job.handle.job_path.read_text())["postprocess"] is postprocess
         assert job.wait(timeout=120).GetSegmentation().GetNumberOfSegments() == 1

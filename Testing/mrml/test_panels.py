@@ -27,7 +27,7 @@ from slicer_conformance import (
 )
 from slicer_widgets import application, child_widget_variables, ctkPathLineEdit, install_qt, load_ui, qMRMLNodeComboBox
 
-from WeakSegLib.config import DEVICES, NETWORKS
+from WeakSegLib.config import DEVICES, NETWORKS, PredictOptions
 from WeakSegLib.errors import InputError
 from WeakSegLib.io.boxes import boxes_from_mask
 from WeakSegLib.io.volume import MAX_LABEL
@@ -324,6 +324,19 @@ def test_entering_exiting_and_closing_the_scene_keep_the_panel_bound(wired, app,
     wired.scene.Clear(False)
     panel.onSceneEndClose(None, None)
     assert panel.parameters is not None and panel.parameters.device == DEVICES[0]  # a fresh parameter node
+
+
+def test_the_infer_panels_widgets_give_the_prediction_options(wired, panels):
+    """The Infer panel's parameter node has one field per prediction option, with the option's default;
+    its device combo box and post-processing check box set the options every prediction it starts takes."""
+    import WeakSegInfer
+
+    panel = panels("WeakSegInfer")
+    panel.enter()
+    assert WeakSegInfer.predictOptions(panel.parameters) == PredictOptions()
+    panel.ui.deviceComboBox.setCurrentIndex(_choices(panel.ui.deviceComboBox).index("cpu"))
+    panel.ui.postprocessCheckBox.setChecked(False)
+    assert WeakSegInfer.predictOptions(panel.parameters) == PredictOptions(device="cpu", postprocess=False)
 
 
 def test_a_scene_saved_with_a_choice_that_no_longer_exists_opens_with_the_default(wired, app, panels):

@@ -19,14 +19,23 @@ import sys
 import typing
 from typing import Any, Sequence
 
-from WeakSegLib import __version__
+from WeakSegLib import __version__, events
+from WeakSegLib.app.job_types import (
+    PredictCase,
+    PredictCasesJob,
+    PredictJob,
+    RankJob,
+    TightenJob,
+    TightenTrainJob,
+    TrainJob,
+)
 from WeakSegLib.app.jobs import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_OK
 from WeakSegLib.app.progress import ProgressPrinter
 from WeakSegLib.config import (
-    DEFAULT_DEVICE,
-    DEVICES,
     DIST_BACKENDS,
     SPLITS,
+    DeviceOption,
+    PredictOptions,
     TightenerCase,
     TightenerConfig,
     TightenSettings,
@@ -34,6 +43,7 @@ from WeakSegLib.config import (
     TrainConfig,
 )
 from WeakSegLib.errors import CancelledError, WeakSegError
+from WeakSegLib.options import AUTO
 from WeakSegLib.registry import (
     AUTO_RECIPE,
     BOXSUP_SLICES_PER_EPOCH,
@@ -50,7 +60,7 @@ CASE_FILES = ("boxes", "mask", "eval_mask", "sizes", "partial", "reference")
 
 
 def _axis(value: str) -> int | str:
-    if value == "auto":
+    if value == AUTO:
         return value
     if value not in ("0", "1", "2"):
         raise argparse.ArgumentTypeError("axis must be 0, 1, 2 (array order z, y, x) or 'auto' (axial)")
@@ -68,7 +78,7 @@ def _setting(value: str) -> tuple[str, float]:
 def _resolve_axis(axis: int | str, direction) -> int:
     """``--axis`` as given, or for ``auto`` the axial axis of ``direction`` (a callable returning
     the direction cosines, so that they are only looked up when needed)."""
-    if axis != "auto":
+    if axis != AUTO:
         return int(axis)
     from WeakSegLib.io.volume import axial_axis
 
@@ -274,11 +284,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from WeakSegLib.engine.samples.cohort import as_trained, recipe_for
     from WeakSegLib.engine.samples.preprocess import AXIAL
     from WeakSegLib.engine.train.distributed import env_rank
-    from WeakSegLib.engine.train.training import train
 
     cases, dataset = _training_cases(args)
     config = settings_from(args, TrainConfig, recipe=args.recipe, spatial_dims=3 if args.dims == "3d" else 2,
-                           axis=AXIAL if args.axis == "auto" else args.axis,
+                           axis=AXIAL if args.axis == AUTO else args.axis,
                            recipe_settings=recipe_settings_from(args))
     picked = config.validate().picking(recipe_for(cases, config))
     unused = [_flag(f) for name, (f, _, _) in _recipe_settings().items()
@@ -300,14 +309,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         stop["requested"] = True
 
     previous = signal.signal(signal.SIGTERM, on_term)
+    job = TrainJob(args.out, cases, config, resume=not args.no_resume, gpus=args.gpus, backend=args.backend)
     try:
-        card = train(cases, config, args.out, on_event=printer, resume=not args.no_resume,
-                     should_stop=lambda: stop["requested"], backend=args.backend)
+        result = job.run(printer, lambda: stop["requested"])
     finally:
         signal.signal(signal.SIGTERM, previous)
         printer.close()
     if main:
-        print(f"model → {args.out}  metrics {json.dumps(card.metrics)}")
+        print(f"model → {args.out}  metrics {json.dumps(result['metrics'])}")
     return EXIT_OK
 
 
@@ -326,17 +335,14 @@ def _prediction_cases(args: argparse.Namespace) -> list[tuple[str, str]]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from WeakSegLib.engine.predict.inference import predict_cases, predict_file
-
     single, many = args.image is not None, bool(args.images or args.dataset)
     if single == many or (args.images and args.dataset):
         raise WeakSegError("give one of --image (one scan, with --out), --images or --dataset (with --out-dir)")
     if single:
         if not args.out:
             raise WeakSegError("give --out: the label volume to write")
-        printer = ProgressPrinter(None, args.quiet)
-        result = predict_file(args.model, args.image, args.out, prob_out=args.prob, device=args.device,
-                              on_event=printer, postprocess=args.postprocess)
+        job = settings_from(args, PredictJob, model=args.model, image=args.image, out=args.out, prob_out=args.prob)
+        result = job.run(ProgressPrinter(None, args.quiet))
         print(f"prediction → {result['prediction']}" + (f", probability → {result['probability']}" if args.prob else ""))
         return EXIT_OK
     if not args.out_dir or args.out or args.prob:
@@ -348,14 +354,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
             what = f"→ {event['prediction']}" if "prediction" in event else f"skipped: {event['error']}"
             print(f"[{event['done']}/{event['of']}] {event['name']} {what}", flush=True)
 
-    results = predict_cases(args.model, _prediction_cases(args), args.out_dir, device=args.device, on_event=report,
-                            postprocess=args.postprocess)
-    failed = [r.name for r in results if r.error]
+    cases = [PredictCase(name, image) for name, image in _prediction_cases(args)]
+    result = settings_from(args, PredictCasesJob, model=args.model, cases=cases, out_dir=args.out_dir).run(report)
+    failed = list(result["failed"])
     if failed:
-        print(f"weakseg: error: {len(failed)} of {len(results)} cases failed ({', '.join(failed)}); the others "
+        print(f"weakseg: error: {len(failed)} of {len(cases)} cases failed ({', '.join(failed)}); the others "
               f"are in {args.out_dir}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    print(f"{len(results)} predictions → {args.out_dir}")
+    print(f"{len(cases)} predictions → {args.out_dir}")
     return EXIT_OK
 
 
@@ -513,24 +519,20 @@ def cmd_dataset_check(args: argparse.Namespace) -> int:
 
 
 def cmd_rank(args: argparse.Namespace) -> int:
-    from WeakSegLib.engine.predict.ranking import rank_dataset, ranking_file
-    from WeakSegLib.io.dataset import load_dataset
-
-    dataset = load_dataset(args.dataset)
-    out = ranking_file(dataset, args.out)
-
     def report(event: dict) -> None:
         if event["event"] == "case" and not args.quiet:
             what = "predicted" if "prediction" in event else f"skipped: {event['error']}"
             print(f"[{event['done']}/{event['of']}] {event['name']} {what}", flush=True)
 
-    ranked, failed = rank_dataset(args.model, dataset, out, args.pred_dir, split=args.split, device=args.device,
-                                  on_event=report)
-    for r in ranked[:args.show]:
-        print(f"{r.score:.3f}  {r.name}  ({sum(r.volume_mm3) / 1000:.1f} ml)")
-    print(f"{len(ranked)} cases ranked, most uncertain first → {out}")
+    job = settings_from(args, RankJob, model=args.model, dataset=args.dataset, out=args.out, pred_dir=args.pred_dir,
+                        split=args.split)
+    result = job.run(report)
+    for name, score in result["ranked"][:args.show]:
+        print(f"{score:.3f}  {name}  ({result['volumes_mm3'][name] / 1000:.1f} ml)")
+    print(f"{len(result['ranked'])} cases ranked, most uncertain first → {result['ranking']}")
+    failed = result["failed"]
     if failed:
-        print(f"weakseg: error: {len(failed)} cases failed ({', '.join(n for n, _ in failed)})", file=sys.stderr)
+        print(f"weakseg: error: {len(failed)} cases failed ({', '.join(failed)})", file=sys.stderr)
         return EXIT_BAD_INPUT
     return EXIT_OK
 
@@ -557,26 +559,25 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 def cmd_tighten_train(args: argparse.Namespace) -> int:
     from WeakSegLib.io.volume import read_direction
-    from WeakSegLib.tightener.training import train_tightener
 
     if len(args.mask) != len(args.image):
         raise WeakSegError(f"give one --mask per --image ({len(args.image)} images, {len(args.mask)} masks)")
     config = settings_from(args, TightenerConfig, axis=_resolve_axis(args.axis, lambda: read_direction(args.image[0])))
     printer = ProgressPrinter(args.events, args.quiet)
+    job = TightenTrainJob(args.out, [TightenerCase(i, m) for i, m in zip(args.image, args.mask)], config,
+                          resume=not args.no_resume)
     try:
-        card = train_tightener([TightenerCase(i, m) for i, m in zip(args.image, args.mask)], config, args.out,
-                               on_event=printer, resume=not args.no_resume)
+        result = job.run(printer)
     finally:
         printer.close()
-    print(f"tightener → {args.out}  {card.training['patches']['total']} patches, metrics {json.dumps(card.metrics)}")
+    print(f"tightener → {args.out}  {result['patches']} patches, metrics {json.dumps(result['metrics'])}")
     return EXIT_OK
 
 
 def cmd_tighten(args: argparse.Namespace) -> int:
-    from WeakSegLib.tightener.tighten import tighten_file
-
-    report = tighten_file(args.model, args.image, args.boxes, args.out, settings_from(args, TightenSettings),
-                          device=args.device, report_out=args.report)
+    job = settings_from(args, TightenJob, model=args.model, image=args.image, boxes=args.boxes, out=args.out,
+                        settings=settings_from(args, TightenSettings), report_out=args.report)
+    report = job.run(events.ignore)
     for w in report["warnings"]:
         print(f"weakseg: warning: {w}", file=sys.stderr)
     for b in report["boxes"]:
@@ -612,7 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("mask")
     b.add_argument("--out", required=True, help="box JSON file to write")
     b.add_argument("--mode", choices=("slice", "3d"), default="slice")
-    b.add_argument("--axis", type=_axis, default="auto", help=axis_help)
+    b.add_argument("--axis", type=_axis, default=AUTO, help=axis_help)
     b.add_argument("--margin", type=int, default=0, help="voxels added on each side")
     b.add_argument("--label", type=int, action="append", help="label value(s) to box (default: all)")
     b.add_argument("--per-label", action="store_true", help="one box per label and slice, not per connected component")
@@ -655,14 +656,14 @@ def build_parser() -> argparse.ArgumentParser:
                         f"up to {BOXSUP_SLICES_PER_EPOCH}× the slices of an epoch), {DEFAULT_RECIPE} for 3D boxes, "
                         f"3D networks or larger cohorts; {by_input}")
     t.add_argument("--dims", choices=("2d", "3d"), default="2d")
-    t.add_argument("--axis", type=_axis, default="auto",
+    t.add_argument("--axis", type=_axis, default=AUTO,
                    help="slice axis of the images once reoriented to RAS: 0 axial (auto), 1 coronal, 2 sagittal")
     add_options(t, TrainConfig)
     add_recipe_options(t)
     t.add_argument("--gpus", type=int, default=1,
                    help="train in N processes on this machine, one CUDA GPU each (with --device cpu: N CPU "
                         "processes); started as torchrun --standalone --nproc_per_node N would")
-    t.add_argument("--backend", choices=DIST_BACKENDS, default="auto",
+    t.add_argument("--backend", choices=DIST_BACKENDS, default=TrainJob.backend,
                    help="process-group backend under torchrun / --gpus: NCCL on CUDA GPUs, gloo on the CPU")
     _run_options(t)
     t.set_defaults(func=cmd_train)
@@ -670,7 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
     sz = sub.add_parser("sizes-from-mask", help="per-slice object size labels from a label mask")
     sz.add_argument("mask")
     sz.add_argument("--out", required=True, help="size JSON file to write")
-    sz.add_argument("--axis", type=_axis, default="auto", help=axis_help)
+    sz.add_argument("--axis", type=_axis, default=AUTO, help=axis_help)
     sz.add_argument("--label", type=int, action="append", help="label value(s) to measure (default: all)")
     sz.add_argument("--slices", type=int, nargs="+", help="only these slice indices (default: all)")
     sz.add_argument("--name", help="name of the object (stored in the size file)")
@@ -679,7 +680,7 @@ def build_parser() -> argparse.ArgumentParser:
     pm = sub.add_parser("partial-from-mask", help="partial labels (scribbles) made by shrinking a label mask")
     pm.add_argument("mask")
     pm.add_argument("--out", required=True, help="partial label volume to write (0 unknown, 255 background)")
-    pm.add_argument("--axis", type=_axis, default="auto", help=axis_help)
+    pm.add_argument("--axis", type=_axis, default=AUTO, help=axis_help)
     pm.add_argument("--erode", type=float, default=3.0, help="object voxels within this distance of its edge become unknown")
     pm.add_argument("--background-margin", type=float, default=10.0,
                     help="background voxels within this distance of an object become unknown")
@@ -695,9 +696,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dataset", help="dataset file: predict the cases of --split (with --out-dir)")
     r.add_argument("--split", choices=SPLITS, default="test", help="cases of --dataset to predict (default: test)")
     r.add_argument("--out-dir", help="folder of the predictions of --images or --dataset (<case>.nii.gz)")
-    r.add_argument("--device", choices=DEVICES, default=DEFAULT_DEVICE)
-    r.add_argument("--no-postprocess", dest="postprocess", action="store_false",
-                   help="skip the connected-component post-processing the model card holds (the network's labels)")
+    add_options(r, PredictOptions)
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=cmd_predict)
 
@@ -708,7 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
     rk.add_argument("--split", choices=SPLITS, help="rank only the cases of this split (default: every case)")
     rk.add_argument("--out", help="ranking table (CSV) to write (default: ranking.csv beside the dataset file)")
     rk.add_argument("--pred-dir", help="folder of the predictions (default: predictions/ beside the dataset file)")
-    rk.add_argument("--device", choices=DEVICES, default=DEFAULT_DEVICE)
+    add_options(rk, DeviceOption)
     rk.add_argument("--show", type=int, default=10, help="print the first N of the ranking")
     rk.add_argument("--quiet", action="store_true")
     rk.set_defaults(func=cmd_rank)
@@ -745,7 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--image", action="append", required=True, help="labelled training image (repeat for several)")
     tt.add_argument("--mask", action="append", required=True, help="its label mask, one per --image")
     tt.add_argument("--out", required=True, help="tightener folder to write (resumes when it holds a checkpoint)")
-    tt.add_argument("--axis", type=_axis, default="auto", help=axis_help)
+    tt.add_argument("--axis", type=_axis, default=AUTO, help=axis_help)
     add_options(tt, TightenerConfig)
     _run_options(tt)
     tt.set_defaults(func=cmd_tighten_train)
@@ -756,7 +755,7 @@ def build_parser() -> argparse.ArgumentParser:
     ti.add_argument("--boxes", required=True, help="box JSON file (3D boxes, or slice boxes on the tightener's axis)")
     ti.add_argument("--out", required=True, help="box JSON file of the tightened slice boxes")
     add_options(ti, TightenSettings)
-    ti.add_argument("--device", choices=DEVICES, default="auto")
+    add_options(ti, DeviceOption)
     ti.add_argument("--report", help="write the per-box report (JSON) here")
     ti.set_defaults(func=cmd_tighten)
 
@@ -764,7 +763,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="weakseg-demo")
     d.add_argument("--case", default="vertebral-body-ct")
     d.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    d.add_argument("--device", choices=DEVICES, default="auto")
+    add_options(d, DeviceOption)
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
     return p

@@ -25,7 +25,7 @@ import numpy as np
 
 from WeakSegLib.app.figures import case_figure, plot_curves
 from WeakSegLib.app.progress import ProgressPrinter
-from WeakSegLib.config import TrainCase, TrainConfig
+from WeakSegLib.config import DEFAULT_DEVICE, TrainCase, TrainConfig
 from WeakSegLib.engine.predict.evaluation import evaluate_cases
 from WeakSegLib.engine.predict.inference import predict_cases, predict_file
 from WeakSegLib.engine.predict.metrics import evaluate
@@ -53,7 +53,7 @@ def training_case(recipe: str, image: str, boxes: str, mask: str, eval_mask: str
 
 
 def compare_recipes(case: str, recipes: Sequence[str], out: str | os.PathLike, *, epochs: int = 100,
-                    margin: int = 0, seed: int = 0, device: str = "auto", eval_every: int = 1,
+                    margin: int = 0, seed: int = 0, device: str = DEFAULT_DEVICE, eval_every: int = 1,
                     quiet: bool = True, epoch_batches: int = TrainConfig.epoch_batches) -> dict:
     """Train each recipe on sample ``case`` from its per-slice (axial) boxes and score it.
 
@@ -96,7 +96,7 @@ CROSS_SUBJECT = ("spine-ct", "chest-ct-spine")
 
 
 def cross_subject(out: str | os.PathLike, recipes: Sequence[str] = (AUTO_RECIPE, "full"), *,
-                  subjects: tuple[str, str] = CROSS_SUBJECT, epochs: int = 100, device: str = "auto",
+                  subjects: tuple[str, str] = CROSS_SUBJECT, epochs: int = 100, device: str = DEFAULT_DEVICE,
                   quiet: bool = True) -> dict:
     """Train each recipe on subject ``subjects[0]`` (its tight axial slice boxes, or its mask for
     ``full``), predict the scan of subject ``subjects[1]`` it never saw — with the post-processing the
@@ -163,7 +163,7 @@ def _score_row(name: str, r: dict, seconds: str = "") -> str:
 
 
 def run_demo(out: str | os.PathLike = "weakseg-demo", case: str = "vertebral-body-ct", epochs: int = 100,
-             device: str = "auto", quiet: bool = False) -> Path:
+             device: str = DEFAULT_DEVICE, quiet: bool = False) -> Path:
     """Run the demo (module docstring) and return the path of its markdown report."""
     out = Path(out)
     run = compare_recipes(case, DEMO_RECIPES, out, epochs=epochs, device=device, quiet=quiet)

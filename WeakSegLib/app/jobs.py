@@ -1,21 +1,26 @@
-"""Run training and inference jobs in a background worker process, and watch them.
+"""Run jobs in a background worker process, and watch them.
 
-A job is a JSON file (:func:`write_job`)::
+A job (:mod:`WeakSegLib.app.job_types`: one typed class per kind) is written as a JSON file
+(:func:`write_job`)::
 
-    {"kind": "train", "out": "MODEL_DIR", "resume": true,
+    {"kind": "train", "out": "MODEL_DIR", "resume": true, "gpus": 1, "backend": "auto",
      "cases": [{"image": "img.nrrd", "boxes": "boxes.json", "mask": null, "eval_mask": null}],
-     "config": {"recipe": "tightness+size+emptiness", "epochs": 50, ...},       # TrainConfig fields
-     "gpus": 1}                      # > 1: that many processes under PyTorch's launcher (WeakSegLib.app.launch)
+     "config": {"recipe": "tightness+size+emptiness", "epochs": 50, ...}}       # TrainConfig fields
+        # gpus > 1: that many processes under PyTorch's launcher (WeakSegLib.app.launch)
     {"kind": "predict", "model": "MODEL_DIR", "image": "img.nrrd", "out": "pred.nrrd",
-     "prob_out": null, "device": "auto", "postprocess": true}    # false: skip the card's post-processing
-    {"kind": "tighten-train", "out": "TIGHTENER_DIR", "resume": true,
-     "cases": [{"image": "img.nrrd", "mask": "labels.nrrd"}], "config": {...}}     # TightenerConfig fields
-    {"kind": "tighten", "model": "TIGHTENER_DIR", "image": "img.nrrd", "boxes": "boxes3d.json",
-     "out": "boxes2d.json", "settings": {...}, "device": "auto"}                   # TightenSettings fields
+     "prob_out": null, "device": "auto", "postprocess": true}    # PredictOptions fields besides
     {"kind": "predict-cases", "model": "MODEL_DIR", "out_dir": "PREDICTIONS/", "suffix": ".seg.nrrd",
      "cases": [{"name": "case01", "image": "case01.nrrd", "mask": "case01_mask.nrrd"}], "device": "auto"}
         # one prediction per case (a failing case is reported and skipped); with masks, the scores of
         # `weakseg evaluate` in OUT_DIR/scores.json
+    {"kind": "rank", "model": "MODEL_DIR", "dataset": "dataset.json", "device": "auto"}
+    {"kind": "tighten-train", "out": "TIGHTENER_DIR", "resume": true,
+     "cases": [{"image": "img.nrrd", "mask": "labels.nrrd"}], "config": {...}}     # TightenerConfig fields
+    {"kind": "tighten", "model": "TIGHTENER_DIR", "image": "img.nrrd", "boxes": "boxes3d.json",
+     "out": "boxes2d.json", "settings": {...}, "device": "auto"}                   # TightenSettings fields
+
+A field left out takes its default; a job's shape (kind, fields, their JSON types) is checked when it
+is written and read, its settings and cases when the worker builds the typed job.
 
 ``python -m WeakSegLib.app.worker JOB.json`` runs it, prints one JSON event per line on stdout
 (:mod:`WeakSegLib.events`), logs to stderr, and exits with one of the codes below. SIGTERM
@@ -41,7 +46,7 @@ from pathlib import Path
 from typing import NoReturn, Sequence
 
 from WeakSegLib import events
-from WeakSegLib.errors import WeakSegError
+from WeakSegLib.app.job_types import Job, check_job
 from WeakSegLib.io.atomic import atomic_write_json
 
 EXIT_OK = 0
@@ -51,52 +56,9 @@ EXIT_CANCELLED = 3       # SIGTERM / cancel(): stopped at a batch boundary, chec
 EXIT_BAD_JOB = 4         # the job file is missing, unreadable or incomplete
 EXIT_CODES = {EXIT_OK: "finished", EXIT_INTERNAL_ERROR: "internal error", EXIT_BAD_INPUT: "bad input",
               EXIT_CANCELLED: "cancelled", EXIT_BAD_JOB: "bad job file"}
-#: the fields of each job kind: name → (type, required); ``cases`` are checked against the case class
-JOB_FIELDS = {
-    "train": {"out": (str, True), "cases": (list, True), "config": (dict, False), "resume": (bool, False),
-              "gpus": (int, False)},
-    "tighten-train": {"out": (str, True), "cases": (list, True), "config": (dict, False), "resume": (bool, False)},
-    "predict": {"model": (str, True), "image": (str, True), "out": (str, True), "prob_out": (str, False),
-                "device": (str, False), "postprocess": (bool, False)},
-    "tighten": {"model": (str, True), "image": (str, True), "boxes": (str, True), "out": (str, True),
-                "settings": (dict, False), "device": (str, False)},
-    "predict-cases": {"model": (str, True), "cases": (list, True), "out_dir": (str, True), "suffix": (str, False),
-                      "device": (str, False), "postprocess": (bool, False)},
-    "rank": {"model": (str, True), "dataset": (str, True), "out": (str, False), "pred_dir": (str, False),
-             "split": (str, False), "device": (str, False)},
-}
-JOB_KINDS = tuple(JOB_FIELDS)
-
-
-class JobFileError(WeakSegError):
-    """A job file that is missing, not JSON, or not shaped as its kind requires (exit code 4)."""
-
-
-def check_job(job: object, where: str = "job") -> dict:
-    """Raise :class:`JobFileError` unless ``job`` has a known kind and exactly the fields of that kind,
-    each of the right type (``None`` stands for an absent optional field); returns the job."""
-    if not isinstance(job, dict) or job.get("kind") not in JOB_KINDS:
-        kind = job.get("kind") if isinstance(job, dict) else None
-        raise JobFileError(f"{where}: 'kind' must be one of {', '.join(JOB_KINDS)}, got {kind!r}")
-    fields = JOB_FIELDS[job["kind"]]
-    unknown = sorted(set(job) - set(fields) - {"kind"})
-    if unknown:
-        raise JobFileError(f"{where}: unknown field(s) {', '.join(unknown)} for a {job['kind']} job")
-    for name, (kind, required) in fields.items():
-        value = job.get(name)
-        if value is None:
-            if required:
-                raise JobFileError(f"{where}: a {job['kind']} job needs {name!r}")
-        elif not isinstance(value, kind):
-            raise JobFileError(f"{where}: {name!r} is {value!r}, not {kind.__name__}")
-    if "cases" in fields and not job["cases"]:
-        raise JobFileError(f"{where}: 'cases' is empty")
-    return job
-
-
-def write_job(job: dict, path: str | os.PathLike) -> Path:
-    """Check the job (:func:`check_job`) and write it atomically."""
-    return atomic_write_json(path, check_job(job))
+def write_job(job: Job | dict, path: str | os.PathLike) -> Path:
+    """Write ``job`` (a typed job, or its JSON object with the shape checked: :func:`check_job`) atomically."""
+    return atomic_write_json(path, job.to_dict() if isinstance(job, Job) else check_job(job))
 
 
 class GpuProbe:
@@ -289,11 +251,11 @@ class JobHandle:
         return "running" if code is None else EXIT_CODES.get(code, f"exit code {code}")
 
 
-def start_job(job: dict, workdir: str | os.PathLike, python: str | Sequence[str] | None = None) -> JobHandle:
+def start_job(job: Job | dict, workdir: str | os.PathLike, python: str | Sequence[str] | None = None) -> JobHandle:
     """Write ``job`` to ``workdir/job.json`` and start a worker on it.
 
     Args:
-        job: see the module docstring.
+        job: a typed job, or its JSON object (the module docstring).
         workdir: folder for the job file and the worker's log (``worker.log``).
         python: interpreter command (default: this one; inside Slicer pass ``PythonSlicer``).
     """

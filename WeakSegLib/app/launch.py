@@ -17,6 +17,7 @@ import torch
 from WeakSegLib.app.jobs import EXIT_CANCELLED, EXIT_INTERNAL_ERROR, EXIT_OK
 from WeakSegLib.engine.train.distributed import check_batch_split
 from WeakSegLib.errors import InputError
+from WeakSegLib.options import AUTO
 
 
 def check_processes(n: int, device: str, batch_size: int) -> None:
@@ -28,7 +29,7 @@ def check_processes(n: int, device: str, batch_size: int) -> None:
     check_batch_split(batch_size, n)
     if device == "cpu":
         return
-    if device not in ("auto", "cuda"):
+    if device not in (AUTO, "cuda"):
         raise InputError(f"--gpus runs one process per CUDA GPU; device {device!r} cannot (use --device cpu for "
                          "CPU processes)")
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0

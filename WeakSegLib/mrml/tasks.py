@@ -12,7 +12,6 @@ removed when they succeed.
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import tempfile
 import time
@@ -23,9 +22,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from WeakSegLib import config as cfg
 from WeakSegLib import events
+from WeakSegLib.app import job_types
 from WeakSegLib.app.jobs import EXIT_CANCELLED, EXIT_CODES, EXIT_OK, JobHandle, start_job
-from WeakSegLib.config import TightenerConfig, TrainCase, TrainConfig
 from WeakSegLib.errors import InputError, WeakSegError
 from WeakSegLib.io.boxes import BoxSet, load_boxes, save_boxes
 from WeakSegLib.io.card import TightenerCard, read_card
@@ -232,36 +232,33 @@ def start_training(volume_node: Any, boxset: BoxSet, out_folder: str | Path, con
     before any file is written. ``reference_node`` (a label volume or segmentation node, optional) is only
     used to report Dice per epoch.
     """
-    from_dict(TrainConfig, config, "training settings").validate()
+    settings = from_dict(cfg.TrainConfig, config, "training settings").validate()
     out = chosen_folder(out_folder, "output model folder")
     folder = _job_folder(workdir, out)
-    case = {"image": _write_volume(volume_node, folder / "image.nrrd"),
-            "boxes": str(save_boxes(boxset, folder / "boxes.json")), "mask": None, "eval_mask": None}
+    case = cfg.TrainCase(_write_volume(volume_node, folder / "image.nrrd"),
+                     boxes=str(save_boxes(boxset, folder / "boxes.json")))
     if reference_node is not None:
-        case["eval_mask"] = _write_labels(reference_node, volume_node, folder / "reference.nrrd")
-    job = {"kind": "train", "out": str(out), "resume": bool(resume), "cases": [case], "config": dict(config or {}),
-           "gpus": int(gpus)}
+        case.eval_mask = _write_labels(reference_node, volume_node, folder / "reference.nrrd")
+    job = job_types.TrainJob(str(out), [case], settings, resume=bool(resume), gpus=int(gpus))
     return NodeJob("train", start_job(job, folder, python), folder, lambda: out, scene=volume_node.GetScene(),
                    on_scene_close="detach")
 
 
-def start_dataset_training(cases: Sequence[TrainCase], out_folder: str | Path, config: dict | None = None,
+def start_dataset_training(cases: Sequence[cfg.TrainCase], out_folder: str | Path, config: dict | None = None,
                            resume: bool = True, python: str | Sequence[str] | None = None,
                            workdir: str | Path | None = None, gpus: int = 1) -> NodeJob:
     """Train one model on the files of several cases (a worklist's boxed cases); the result is the model
     folder (Path). ``config``: :class:`~WeakSegLib.config.TrainConfig` fields, checked first."""
-    from_dict(TrainConfig, config, "training settings").validate()
+    settings = from_dict(cfg.TrainConfig, config, "training settings").validate()
     if not cases:
         raise WeakSegError("no case has a box yet: box at least one case to train")
     out = chosen_folder(out_folder, "output model folder")
     folder = _job_folder(workdir, out)
-    job = {"kind": "train", "out": str(out), "resume": bool(resume), "gpus": int(gpus),
-           "cases": [{k: v for k, v in dataclasses.asdict(c).items() if v is not None} for c in cases],
-           "config": dict(config or {})}
+    job = job_types.TrainJob(str(out), list(cases), settings, resume=bool(resume), gpus=int(gpus))
     return NodeJob("train", start_job(job, folder, python), folder, lambda: out)
 
 
-def _payload_job(kind: str, job: dict, python: str | Sequence[str] | None) -> NodeJob:
+def _payload_job(kind: str, job: job_types.Job, python: str | Sequence[str] | None) -> NodeJob:
     """Start ``job`` in a temporary folder (removed afterwards); its result is the worker's ``done`` event."""
     folder = Path(tempfile.mkdtemp(prefix="weakseg-"))
     handle = start_job(job, folder, python)
@@ -273,29 +270,29 @@ def _payload_job(kind: str, job: dict, python: str | Sequence[str] | None) -> No
 
 
 def start_dataset_prediction(model_folder: str | Path, cases: Sequence[tuple[str, str, str | None]],
-                             out_dir: str | Path, device: str = "auto", python: str | Sequence[str] | None = None,
-                             suffix: str = SEGMENTATION_SUFFIX, postprocess: bool = True) -> NodeJob:
+                             out_dir: str | Path, options: cfg.PredictOptions | None = None,
+                             python: str | Sequence[str] | None = None, suffix: str = SEGMENTATION_SUFFIX) -> NodeJob:
     """Predict every ``(name, image, reference mask or None)`` into ``out_dir/<name>.seg.nrrd`` (Slicer
     segmentation files, segments named and coloured from the card; a failing case is skipped). The
     result is the worker's ``done`` payload: ``predictions`` (name → file or None), ``failed``
     (name → message) and, when references were given, ``scores`` (the scores file of ``weakseg
-    evaluate``)."""
+    evaluate``). ``options``: how to predict (device, post-processing)."""
     read_card(chosen_folder(model_folder, "model folder"))  # a wrong folder fails here, not in the worker
     out = chosen_folder(out_dir, "output folder")
     out.mkdir(parents=True, exist_ok=True)
-    job = {"kind": "predict-cases", "model": str(model_folder), "out_dir": str(out), "suffix": suffix,
-           "device": device, "postprocess": bool(postprocess), "cases": [{"name": n, "image": str(i), **({"mask": str(m)} if m else {})}
-                                       for n, i, m in cases]}
+    named = [job_types.PredictCase(n, str(i), str(m) if m else None) for n, i, m in cases]
+    job = job_types.PredictCasesJob(str(model_folder), named, str(out), suffix=suffix,
+                                    **vars(options or cfg.PredictOptions()))
     return _payload_job("predict-cases", job, python)
 
 
-def start_ranking(model_folder: str | Path, dataset: str | Path, device: str = "auto",
+def start_ranking(model_folder: str | Path, dataset: str | Path, device: str = cfg.DEFAULT_DEVICE,
                   python: str | Sequence[str] | None = None) -> NodeJob:
     """Rank a dataset's cases for review (``weakseg rank``: predictions beside the dataset file, each
     prediction and score into it). The result is the worker's ``done`` payload: ``ranking`` (the table),
     ``ranked`` ([name, score], most uncertain first) and ``failed`` (name → message)."""
     read_card(chosen_folder(model_folder, "model folder"))  # a wrong folder fails here, not in the worker
-    job = {"kind": "rank", "model": str(model_folder), "dataset": str(dataset), "device": device}
+    job = job_types.RankJob(str(model_folder), str(dataset), device=device)
     return _payload_job("rank", job, python)
 
 
@@ -307,28 +304,30 @@ def start_tightener_training(cases: Sequence[tuple[Any, Any]], out_folder: str |
     ``config`` holds :class:`~WeakSegLib.config.TightenerConfig` fields, checked before any file is
     written. The result is the tightener folder (Path).
     """
-    from_dict(TightenerConfig, config, "tightener settings").validate()
+    settings = from_dict(cfg.TightenerConfig, config, "tightener settings").validate()
     out = chosen_folder(out_folder, "tightener folder")
     folder = _job_folder(workdir, out)
     files = []
     for index, (image_node, label_node) in enumerate(cases):
         image = _write_volume(image_node, folder / f"case{index}-image.nrrd")
-        files.append({"image": image, "mask": _write_labels(label_node, image_node, folder / f"case{index}-labels.nrrd")})
-    job = {"kind": "tighten-train", "out": str(out), "resume": bool(resume), "cases": files,
-           "config": dict(config or {})}
+        labels = _write_labels(label_node, image_node, folder / f"case{index}-labels.nrrd")
+        files.append(cfg.TightenerCase(image, labels))
+    job = job_types.TightenTrainJob(str(out), files, settings, resume=bool(resume))
     return NodeJob("tighten-train", start_job(job, folder, python), folder, lambda: out,
                    scene=cases[0][0].GetScene() if cases else None, on_scene_close="detach")
 
 
 def start_tightening(tightener_folder: str | Path, volume_node: Any, boxset: BoxSet, settings: dict | None = None,
-                     device: str = "auto", python: str | Sequence[str] | None = None) -> NodeJob:
-    """Tighten the per-slice boxes cut from ``boxset``'s 3D boxes; the result is ``(BoxSet, report)``."""
-    # a wrong folder fails here, not in the worker
+                     device: str = cfg.DEFAULT_DEVICE, python: str | Sequence[str] | None = None) -> NodeJob:
+    """Tighten the per-slice boxes cut from ``boxset``'s 3D boxes (``settings``: :class:`cfg.TightenSettings`
+    fields, checked first); the result is ``(BoxSet, report)``."""
+    # a wrong folder or setting fails here, not in the worker
     read_card(chosen_folder(tightener_folder, "tightener folder"), TightenerCard)
+    typed = from_dict(cfg.TightenSettings, settings, "tightening settings")
     folder = Path(tempfile.mkdtemp(prefix="weakseg-"))
-    job = {"kind": "tighten", "model": str(tightener_folder), "image": _write_volume(volume_node, folder / "image.nrrd"),
-           "boxes": str(save_boxes(boxset, folder / "boxes3d.json")), "out": str(folder / "boxes2d.json"),
-           "settings": dict(settings or {}), "device": device}
+    job = job_types.TightenJob(str(tightener_folder), _write_volume(volume_node, folder / "image.nrrd"),
+                     str(save_boxes(boxset, folder / "boxes3d.json")), str(folder / "boxes2d.json"), typed,
+                     device=device)
     handle = start_job(job, folder, python)
 
     def finish() -> tuple[BoxSet, dict]:
@@ -339,18 +338,17 @@ def start_tightening(tightener_folder: str | Path, volume_node: Any, boxset: Box
 
 
 def start_prediction(model_folder: str | Path, volume_node: Any, segmentation_node: Any = None,
-                     device: str = "auto", python: str | Sequence[str] | None = None,
-                     postprocess: bool = True) -> NodeJob:
+                     options: cfg.PredictOptions | None = None, python: str | Sequence[str] | None = None) -> NodeJob:
     """Predict a label map for ``volume_node`` and put it into a segmentation node (new when None).
 
     Segments are named and coloured from the model card; the segmentation references the input
-    volume's geometry; the card's post-processing is applied unless ``postprocess`` is False. The result
-    is the segmentation node.
+    volume's geometry; ``options``: how to predict (the card's post-processing is applied unless
+    ``options.postprocess`` is False). The result is the segmentation node.
     """
     card = read_card(chosen_folder(model_folder, "model folder"))
     folder = Path(tempfile.mkdtemp(prefix="weakseg-"))
-    job = {"kind": "predict", "model": str(model_folder), "image": _write_volume(volume_node, folder / "image.nrrd"),
-           "out": str(folder / "prediction.nrrd"), "device": device, "postprocess": bool(postprocess)}
+    job = job_types.PredictJob(str(model_folder), _write_volume(volume_node, folder / "image.nrrd"),
+                     str(folder / "prediction.nrrd"), **vars(options or cfg.PredictOptions()))
     handle = start_job(job, folder, python)
     scene = volume_node.GetScene()
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable, Sequence
 
 from WeakSegLib.errors import InputError
-from WeakSegLib.options import from_dict
+from WeakSegLib.options import AUTO, from_dict
 
 #: what each input is, in messages
 INPUT_NAMES = {"boxes": "boxes", "mask": "masks", "sizes": "size labels", "partial": "partial labels",
@@ -171,7 +171,7 @@ DEFAULT_RECIPE = "tightness+size+emptiness"
 #: stability benchmark (docs/results.md › Recipe stability)
 SLICE_BOX_RECIPE = "boxsup"
 #: what ``--recipe auto`` (the command line's and the panel's default) names: :func:`default_recipe`
-AUTO_RECIPE = "auto"
+AUTO_RECIPE = AUTO
 #: BoxSup re-predicts every boxed slice before each epoch: ``auto`` picks it while the boxed slices
 #: number at most this many times the slices an epoch trains on
 BOXSUP_SLICES_PER_EPOCH = 4

@@ -27,7 +27,7 @@ import torch
 from scipy import ndimage
 
 from WeakSegLib import events
-from WeakSegLib.config import TightenSettings, check_patch_geometry
+from WeakSegLib.config import DEFAULT_DEVICE, TightenSettings, check_patch_geometry
 from WeakSegLib.engine.predict.devices import resolve_device
 from WeakSegLib.errors import CancelledError, InputError
 from WeakSegLib.events import EventSink
@@ -94,7 +94,7 @@ def consistent_extents(extents: Sequence[Extent | None], max_gap: int = 2,
 
 
 def tighten(model: str | os.PathLike | tuple[torch.nn.Module, TightenerCard], volume: Volume, boxset: BoxSet,
-            settings: TightenSettings | None = None, *, device: str = "auto", on_event: EventSink | None = None,
+            settings: TightenSettings | None = None, *, device: str = DEFAULT_DEVICE, on_event: EventSink | None = None,
             should_stop: Callable[[], bool] | None = None) -> tuple[BoxSet, dict]:
     """Tightened slice boxes for the boxes of ``boxset`` on ``volume``.
 
@@ -174,7 +174,7 @@ def tighten(model: str | os.PathLike | tuple[torch.nn.Module, TightenerCard], vo
 
 
 def tighten_file(model_dir: str | os.PathLike, image: str | os.PathLike, boxes: str | os.PathLike,
-                 out: str | os.PathLike, settings: TightenSettings | None = None, *, device: str = "auto",
+                 out: str | os.PathLike, settings: TightenSettings | None = None, *, device: str = DEFAULT_DEVICE,
                  on_event: EventSink | None = None, should_stop: Callable[[], bool] | None = None,
                  report_out: str | os.PathLike | None = None) -> dict:
     """:func:`tighten` from and to files: the box file ``out`` and, with ``report_out``, the report as

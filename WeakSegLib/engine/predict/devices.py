@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import torch
 
-from WeakSegLib.config import DEVICES
+from WeakSegLib.config import DEFAULT_DEVICE, DEVICES
 from WeakSegLib.errors import InputError
+from WeakSegLib.options import AUTO
 
 
 def _mps() -> bool:
     return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+def resolve_device(name: str = DEFAULT_DEVICE) -> torch.device:
     """``"auto"`` → CUDA, else MPS, else CPU; a GPU asked for but absent is an error."""
-    if name == "auto":
+    if name == AUTO:
         return torch.device("cuda" if torch.cuda.is_available() else "mps" if _mps() else "cpu")
     if name == "cpu":
         return torch.device("cpu")
@@ -37,6 +38,6 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     through a gradient scaler)."""
     if precision == "32":
         return None
-    if precision == "auto":
+    if precision == AUTO:
         return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
     return torch.bfloat16 if precision == "bf16" else torch.float16

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from WeakSegLib import events
+from WeakSegLib.config import DEFAULT_DEVICE
 from WeakSegLib.engine.predict.devices import resolve_device
 from WeakSegLib.engine.predict.model import load_model
 from WeakSegLib.engine.predict.postprocess import apply as postprocessed
@@ -102,7 +103,7 @@ def window_probabilities(network: torch.nn.Module, volume: torch.Tensor, roi: Se
 
 
 def predict_volume(model: str | os.PathLike | tuple[torch.nn.Module, ModelCard], volume: Volume, *,
-                   device: str = "auto", probabilities: bool = False, on_event: EventSink | None = None,
+                   device: str = DEFAULT_DEVICE, probabilities: bool = False, on_event: EventSink | None = None,
                    should_stop: Callable[[], bool] | None = None, name: str = "image") -> tuple[Volume, Volume | None]:
     """Predict a label volume for ``volume``.
 
@@ -184,7 +185,7 @@ def label_volume(card: ModelCard, probs: torch.Tensor) -> np.ndarray:
 
 
 def predict_file(model_dir: str | os.PathLike | tuple[torch.nn.Module, ModelCard], image: str | os.PathLike,
-                 out: str | os.PathLike, *, prob_out: str | os.PathLike | None = None, device: str = "auto",
+                 out: str | os.PathLike, *, prob_out: str | os.PathLike | None = None, device: str = DEFAULT_DEVICE,
                  on_event: EventSink | None = None, should_stop: Callable[[], bool] | None = None,
                  postprocess: bool = True) -> dict:
     """Read ``image``, predict, write the label volume (and probability map). An ``out`` ending in
@@ -238,7 +239,7 @@ def prediction_path(out_dir: str | os.PathLike, name: str, suffix: str = PREDICT
 
 
 def predict_cases(model_dir: str | os.PathLike, cases: Sequence[tuple[str, str]], out_dir: str | os.PathLike, *,
-                  device: str = "auto", on_event: EventSink | None = None,
+                  device: str = DEFAULT_DEVICE, on_event: EventSink | None = None,
                   should_stop: Callable[[], bool] | None = None, suffix: str = PREDICTION_SUFFIX,
                   postprocess: bool = True) -> list[CaseResult]:
     """Predict every ``(name, image)`` of ``cases`` into ``out_dir/<name><suffix>`` (default ``.nii.gz``;

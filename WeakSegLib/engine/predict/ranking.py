@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from WeakSegLib import events
+from WeakSegLib.config import DEFAULT_DEVICE
 from WeakSegLib.engine.predict.devices import resolve_device
 from WeakSegLib.engine.predict.inference import input_probabilities, label_volume, prediction_path
 from WeakSegLib.engine.predict.model import load_model
@@ -137,7 +138,7 @@ def ranking_csv(ranked: Sequence[Ranked]) -> str:
 
 
 def rank_dataset(model_dir: str | os.PathLike, dataset: Dataset, out_csv: str | os.PathLike,
-                 pred_dir: str | os.PathLike | None = None, *, split: str | None = None, device: str = "auto",
+                 pred_dir: str | os.PathLike | None = None, *, split: str | None = None, device: str = DEFAULT_DEVICE,
                  on_event: EventSink | None = None,
                  should_stop: Callable[[], bool] | None = None) -> tuple[list[Ranked], list[tuple[str, str]]]:
     """Rank the cases of ``dataset`` that need one (:func:`ranked_cases`): predictions into ``pred_dir``

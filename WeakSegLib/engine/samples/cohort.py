@@ -49,6 +49,7 @@ from WeakSegLib.io.volume import (
     read_label_volume,
     read_volume,
 )
+from WeakSegLib.options import AUTO
 from WeakSegLib.registry import AUTO_RECIPE, INPUT_NAMES, RecipeSpec, default_recipe, recipe_spec
 
 
@@ -190,7 +191,7 @@ def _estimate_bytes(headers: Sequence[Volume], plan: Plan, context: int) -> floa
 
 
 def _modality(config: TrainConfig, first: np.ndarray) -> str:
-    if config.modality != "auto":
+    if config.modality != AUTO:
         return config.modality
     return "ct" if looks_like_ct(first) else "mr"
 
@@ -243,11 +244,11 @@ def read_cohort(cases: Sequence[TrainCase], config: TrainConfig, store_folder: P
             plan.modality = _modality(config, image.array)
         case, sample, boxes_everywhere = _read_case(tc, read, image, spec, config, plan)
         covered.append(boxes_everywhere or "boxes" not in read)
-        if plan.modality == "ct" and config.normalization in ("auto", "ct"):
+        if plan.modality == "ct" and config.normalization in (AUTO, "ct"):
             ct_samples.append(sample)
             maps.append(IntensityMap())  # the cohort's, below
         else:
-            method = "percentile" if config.normalization == "auto" else config.normalization
+            method = "percentile" if config.normalization == AUTO else config.normalization
             maps.append(intensity_map(case.image, method, percentiles=tuple(config.percentiles),
                                       window=tuple(config.window)))
         if isinstance(sink, list):
@@ -262,7 +263,7 @@ def read_cohort(cases: Sequence[TrainCase], config: TrainConfig, store_folder: P
         cohort_map = IntensityMap(*plan.normalization["clip"], plan.normalization["mean"], plan.normalization["std"])
         maps = [cohort_map] * len(maps)
     else:
-        method = "percentile" if config.normalization == "auto" else config.normalization
+        method = "percentile" if config.normalization == AUTO else config.normalization
         plan.normalization = {"method": method, "percentiles": list(config.percentiles), "window": list(config.window)}
     if isinstance(sink, list):
         for case, mapping in zip(sink, maps):

@@ -29,9 +29,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from WeakSegLib.config import DIST_BACKENDS, DIST_TIMEOUT_S
+from WeakSegLib.config import DEFAULT_DEVICE, DIST_BACKENDS, DIST_TIMEOUT_S
 from WeakSegLib.engine.predict.devices import resolve_device
 from WeakSegLib.errors import InputError
+from WeakSegLib.options import AUTO
 
 
 def launched() -> bool:
@@ -141,7 +142,7 @@ class Distributed:
 SINGLE = Distributed()
 
 
-def join(device: str = "auto", backend: str = "auto") -> tuple[Distributed, torch.device]:
+def join(device: str = DEFAULT_DEVICE, backend: str = AUTO) -> tuple[Distributed, torch.device]:
     """This process's :class:`Distributed` and training device: a single process unless a launcher
     started several (``WORLD_SIZE`` > 1), in which case the process group is joined (or the one the
     calling script already joined is used).
@@ -169,7 +170,7 @@ def join(device: str = "auto", backend: str = "auto") -> tuple[Distributed, torc
                              f"start at most {gpus} (--nproc_per_node / --gpus)")
         chosen = torch.device("cuda", local_rank)
         torch.cuda.set_device(chosen)
-    name = ("nccl" if chosen.type == "cuda" else "gloo") if backend == "auto" else backend
+    name = ("nccl" if chosen.type == "cuda" else "gloo") if backend == AUTO else backend
     owns = not dist.is_initialized()
     if owns:
         dist.init_process_group(name, timeout=datetime.timedelta(seconds=DIST_TIMEOUT_S),

@@ -48,6 +48,7 @@ from WeakSegLib.io.card import CARD, InputSpec, LabelSpec, ModelCard, NetworkSpe
 from WeakSegLib.io.labels import IGNORE
 from WeakSegLib.io.lock import FolderLock
 from WeakSegLib.io.volume import Normalization, read_label_volume, read_volume
+from WeakSegLib.options import AUTO
 from WeakSegLib.registry import recipe_spec
 
 CHECKPOINT = "checkpoint.pt"
@@ -128,7 +129,7 @@ def start_recipe(config: TrainConfig, samples: SampleSet, network: torch.nn.Modu
 
 def train(cases: Sequence[TrainCase], config: TrainConfig, out_dir: str | os.PathLike, *,
           on_event: EventSink | None = None, should_stop: Callable[[], bool] | None = None,
-          resume: bool = True, backend: str = "auto") -> ModelCard:
+          resume: bool = True, backend: str = AUTO) -> ModelCard:
     """Train a model and write its folder (see module docstring).
 
     Started by ``torchrun`` with several processes, every process calls this and they train one
