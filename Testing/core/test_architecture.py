@@ -22,7 +22,8 @@ LAYERS = {"WeakSegLib": 0, "WeakSegLib.errors": 1.0, "WeakSegLib.events": 1.0, "
 #: what must import without torch (Slicer's own process, `weakseg --help`)
 TORCH_FREE = ("WeakSegLib", "WeakSegLib.config", "WeakSegLib.events", "WeakSegLib.errors", "WeakSegLib.options",
               "WeakSegLib.registry", "WeakSegLib.io.card", "WeakSegLib.io.boxes", "WeakSegLib.io.volume",
-              "WeakSegLib.io.sizes", "WeakSegLib.app.cli", "WeakSegLib.app.jobs", "WeakSegLib.app.job_types", "WeakSegLib.app.dependencies",
+              "WeakSegLib.io.sizes", "WeakSegLib.io.canonical", "WeakSegLib.app.cli", "WeakSegLib.app.jobs",
+              "WeakSegLib.app.job_types", "WeakSegLib.app.dependencies",
               "WeakSegLib.app.progress", "WeakSegLib.mrml.tasks", "WeakSegLib.mrml.nodes")
 
 

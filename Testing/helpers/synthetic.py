@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from WeakSegLib.io.canonical import STORED, IntensityMapping, Plan
 from WeakSegLib.io.card import InputSpec, LabelSpec, ModelCard, NetworkSpec
-from WeakSegLib.io.volume import Normalization, Volume
+from WeakSegLib.io.volume import Volume
 
 
 def oblique_volume(array: np.ndarray) -> Volume:
@@ -51,10 +52,12 @@ def resampled(volume: Volume, spacing: tuple[float, float, float], labels: bool 
 
 def plain_card(dims: int, axis: int, context: int, values: list[int], patch: list[int] | None = None,
                network: str = "probe", spacing: list[float] | None = None) -> ModelCard:
-    """A model card without a plan (the image taken as it is, intensities unchanged): ``network`` of
-    ``dims`` dimensions over ``context`` slices along ``axis``, one class per label of ``values``."""
+    """A model card whose plan takes the image as it is stored, intensities unchanged (trained at
+    ``spacing``, if given): ``network`` of ``dims`` dimensions over ``context`` slices along ``axis``, one
+    class per label of ``values``."""
     mode = "3d" if dims == 3 else ("2.5d" if context > 1 else "2d")
+    plan = Plan(list(spacing) if spacing else None, "mr", IntensityMapping("none"), STORED)
     return ModelCard(NetworkSpec(network, dims, context, len(values) + 1, (4, 8, 16, 32, 64)),
-                     InputSpec(mode, axis, context, list(spacing or []), Normalization("none"), patch_size=patch),
+                     InputSpec(mode, axis, context, patch, plan),
                      [LabelSpec(v, f"l{v}", [1.0, 0.0, 0.0]) for v in values], "full")
 

@@ -82,7 +82,8 @@ def case_figure(image: Volume, reference: np.ndarray | None, prediction: np.ndar
         boxes: boxes on ``image``'s grid, or None.
         title: the picture's title (the case's name and Dice).
     """
-    from WeakSegLib.engine.samples.preprocess import Plan, canonicalize
+    from WeakSegLib.engine.samples.preprocess import canonicalize
+    from WeakSegLib.io.canonical import Plan
 
     labels = {k: (v > 0).astype(np.uint8) for k, v in (("reference", reference), ("prediction", prediction))
               if v is not None}

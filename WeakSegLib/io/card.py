@@ -9,9 +9,9 @@ Two card formats share the layout:
     {"format": "weakseg-model", "version": 1,
      "network": {"name": "unet", "spatial_dims": 2, "in_channels": 3, "out_channels": 2,
                  "channels": [16, 32, 64, 128, 256]},
-     "input": {"mode": "2.5d", "axis": 0, "context": 3, "spacing": [sx, sy, sz],
-               "normalization": {"method": "percentile", "percentiles": [0.5, 99.5], "window": [-1000, 1000]},
-               "patch_size": [64, 64]},
+     "input": {"mode": "2.5d", "axis": 0, "context": 3, "patch_size": [64, 64],
+               "preprocessing": {"spacing": [sx, sy, sz], "modality": "ct", "orientation": "RAS",
+                                 "normalization": {"method": "ct", "clip": [lo, hi], "mean": m, "std": s}}},
      "labels": [{"value": 1, "name": "vertebra", "color": [0.9, 0.35, 0.25]}],
      "recipe": "tightness+size+emptiness",
      "training": {... the TrainConfig, "cases": [...] ...},
@@ -24,6 +24,9 @@ Two card formats share the layout:
   grid, threshold, the intensity profile of its training images; :mod:`WeakSegLib.tightener`).
 
 Spacing is ITK order (x, y, z) in mm; ``axis`` is the slice axis in array order (z, y, x).
+``input.preprocessing`` is the canonical space (:class:`~WeakSegLib.io.canonical.Plan`); a card written
+before it (``input.spacing`` and ``input.normalization``, no ``preprocessing``) is read as the plan that
+takes images as they are stored (:func:`~WeakSegLib.io.canonical.plan_before_plans`).
 Reading checks every field a user of the card relies on and names the first one missing or wrong.
 """
 
@@ -35,9 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from WeakSegLib.config import DEFAULT_CHANNELS, POSTPROCESS_STEPS
-from WeakSegLib.errors import ModelError
+from WeakSegLib.errors import InputError, ModelError
+from WeakSegLib.io.canonical import IntensityMapping, Plan, plan_before_plans
 from WeakSegLib.io.fields import Fields, read_versioned
-from WeakSegLib.io.volume import MAX_LABEL, Normalization
+from WeakSegLib.io.volume import MAX_LABEL
 
 MODEL_FORMAT = "weakseg-model"
 TIGHTENER_FORMAT = "weakseg-tightener"
@@ -55,12 +59,6 @@ def default_color(index: int) -> list[float]:
     return list(PALETTE[index % len(PALETTE)])
 
 
-def _normalization(f: Fields) -> Normalization:
-    default = Normalization()
-    return Normalization(f.text("method", default.method), tuple(f.numbers("percentiles", 2, default.percentiles)),
-                         tuple(f.numbers("window", 2, default.window)))
-
-
 @dataclass
 class NetworkSpec:
     """The segmentation network: name, 2 or 3 spatial dimensions, input channels (slices of 2.5D
@@ -76,18 +74,14 @@ class NetworkSpec:
 @dataclass
 class InputSpec:
     """What the network expects: ``mode`` (2d, 2.5d, 3d), slice ``axis`` (array order), ``context``
-    slices per input, training ``spacing`` (mm, ITK order), ``normalization``, the training
-    ``patch_size`` (3D sliding-window inference), and ``preprocessing``: the canonical space images are
-    moved to first (:class:`WeakSegLib.engine.samples.preprocess.Plan` as a dict; absent in cards of models
-    trained before it existed, which take images as they are)."""
+    slices per input, the training ``patch_size`` (3D sliding-window inference), and ``preprocessing``:
+    the canonical space images are moved to first (spacing, orientation, intensities)."""
 
     mode: str
     axis: int
     context: int = 1
-    spacing: list[float] = field(default_factory=list)
-    normalization: Normalization = field(default_factory=Normalization)
     patch_size: list[int] | None = None
-    preprocessing: dict | None = None
+    preprocessing: Plan = field(default_factory=lambda: Plan(None, "mr"))
 
 
 @dataclass
@@ -125,7 +119,9 @@ class ModelCard:
         return {entry.value: {"name": entry.name, "color": list(entry.color)} for entry in self.labels}
 
     def to_dict(self) -> dict:
-        return {"format": MODEL_FORMAT, "version": CARD_VERSION, **asdict(self)}
+        d = asdict(self)
+        d["input"]["preprocessing"] = self.input.preprocessing.to_dict()
+        return {"format": MODEL_FORMAT, "version": CARD_VERSION, **d}
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "model card") -> "ModelCard":
@@ -141,10 +137,14 @@ class ModelCard:
         network = NetworkSpec(net.text("name"), net.whole("spatial_dims", low=2, high=3), net.whole("in_channels", low=1),
                               net.whole("out_channels", low=2),
                               tuple(net.wholes("channels", None, low=1, default=list(DEFAULT_CHANNELS))))
+        preprocessing = inp.mapping("preprocessing", None)
+        try:
+            plan = (plan_before_plans(inp) if preprocessing is None
+                    else Plan.from_dict(preprocessing, "input.preprocessing"))
+        except InputError as exc:
+            raise ModelError(f"{where}: {exc}") from exc
         spec = InputSpec(inp.text("mode", "3d" if network.spatial_dims == 3 else "2d"), inp.whole("axis", low=0, high=2),
-                         inp.whole("context", 1, low=1), inp.numbers("spacing", 3, [], positive=True),
-                         _normalization(inp.sub("normalization", {})), inp.items("patch_size", None),
-                         inp.mapping("preprocessing", None))
+                         inp.whole("context", 1, low=1), inp.items("patch_size", None), plan)
         if network.out_channels != len(labels) + 1:
             raise ModelError(f"{where}: {len(labels)} labels but {network.out_channels} network outputs "
                              "(one per label and the background)")
@@ -188,7 +188,7 @@ class TightenerInput:
     axis: int
     spacing: list[float]
     intensity: dict = field(default_factory=dict)
-    normalization: Normalization = field(default_factory=Normalization)
+    normalization: IntensityMapping = field(default_factory=IntensityMapping)
 
 
 @dataclass
@@ -206,7 +206,9 @@ class TightenerCard:
     FORMAT = TIGHTENER_FORMAT
 
     def to_dict(self) -> dict:
-        return {"format": TIGHTENER_FORMAT, "version": CARD_VERSION, **asdict(self)}
+        d = asdict(self)
+        d["input"]["normalization"] = self.input.normalization.to_dict()
+        return {"format": TIGHTENER_FORMAT, "version": CARD_VERSION, **d}
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "tightener card") -> "TightenerCard":
@@ -218,7 +220,8 @@ class TightenerCard:
                              patch.text("extent", "cells"), patch.text("rule", PatchSpec.rule),
                              patch.number("threshold", 0.5)),
                    TightenerInput(inp.whole("axis", low=0, high=2), inp.numbers("spacing", 3, positive=True),
-                                  inp.mapping("intensity", {}), _normalization(inp.sub("normalization", {}))),
+                                  inp.mapping("intensity", {}),
+                                  IntensityMapping.read(inp.sub("normalization", {}), f"{where}.input")),
                    card.mapping("training", {}), card.mapping("metrics", {}), card.items("history", []),
                    card.mapping("versions", {}))
 

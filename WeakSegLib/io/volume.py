@@ -383,25 +383,6 @@ def normalize(
     return intensity_map(array, method, percentiles=percentiles, window=window, mask=mask).apply(array)
 
 
-@dataclass
-class Normalization:
-    """A normalisation as settings and cards record it: method, clip percentiles, CT window (HU)."""
-
-    method: str = DEFAULT_NORMALIZATION
-    percentiles: tuple[float, float] = DEFAULT_PERCENTILES
-    window: tuple[float, float] = DEFAULT_WINDOW
-
-    @classmethod
-    def of(cls, config: Any) -> "Normalization":
-        """The normalisation of a training configuration (its ``normalization``, ``percentiles`` and
-        ``window`` settings)."""
-        return cls(config.normalization, tuple(config.percentiles), tuple(config.window))
-
-    def apply(self, array: np.ndarray) -> np.ndarray:
-        """:func:`normalize` ``array`` with these settings."""
-        return normalize(array, self.method, percentiles=tuple(self.percentiles), window=tuple(self.window))
-
-
 def format_numbers(values: Sequence[float]) -> str:
     """``(1, 0.5, 2.25)``: numbers as a user reads them (4 significant decimals, no numpy types)."""
     return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"

@@ -365,7 +365,7 @@ def model_summary(folder: str | Path) -> str:
     card = read_card(folder)
     labels = ", ".join(f"{e.value}: {e.name}" for e in card.labels)
     metrics = ", ".join(f"{k} {v:.3f}" for k, v in card.metrics.items() if isinstance(v, (int, float)))
-    spacing = " × ".join(f"{s:.2f}" for s in card.input.spacing)
+    spacing = " × ".join(f"{s:.2f}" for s in card.input.preprocessing.spacing or [])
     steps = ", ".join(f"{value}: {step}" for value, step in card.postprocess_steps().items() if step != "none")
     return "\n".join(line for line in (
         f"recipe: {card.recipe}    network: {card.network.name} ({card.input.mode})",

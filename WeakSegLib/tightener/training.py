@@ -32,9 +32,10 @@ from WeakSegLib.errors import InputError
 from WeakSegLib.events import EventSink
 from WeakSegLib.io.atomic import check_output_folder
 from WeakSegLib.io.boxes import boxes_from_mask, split_box
+from WeakSegLib.io.canonical import IntensityMapping
 from WeakSegLib.io.card import CARD, ClassifierSpec, PatchSpec, TightenerCard, TightenerInput
 from WeakSegLib.io.lock import FolderLock
-from WeakSegLib.io.volume import Normalization, check_same_grid, read_label_volume, read_volume
+from WeakSegLib.io.volume import check_same_grid, read_label_volume, read_volume
 from WeakSegLib.nets.classifier import PatchClassifier
 from WeakSegLib.tightener.model import classify, intensity_profile
 from WeakSegLib.tightener.patches import extract_patches, patch_grid, patch_labels, slice_plane
@@ -71,7 +72,7 @@ def training_patches(cases: Sequence[TightenerCase], config: TightenerConfig) ->
             boxes = boxes_from_mask(mask.array, "3d", config.axis, config.margin, config.labels, config.per_component)
         except InputError as exc:
             raise InputError(f"{case.mask}: {exc}") from exc
-        array = Normalization.of(config).apply(image.array)
+        array = IntensityMapping.of(config).apply(image.array)
         pad = float(array.min())
         spacings.append(image.spacing)
         profiles.append(intensity_profile(image.array))
@@ -186,7 +187,7 @@ def _train_in(out: Path, cases: Sequence[TightenerCase], config: TightenerConfig
     card = TightenerCard(
         ClassifierSpec(config.network, config.patch, config.context),
         PatchSpec(config.patch, config.stride, max(1, config.patch // 4)),
-        TightenerInput(config.axis, data.spacing, data.intensity, Normalization.of(config)),
+        TightenerInput(config.axis, data.spacing, data.intensity, IntensityMapping.of(config)),
         training={**dataclasses.asdict(config), "cases": [dataclasses.asdict(c) for c in cases],
                   "objects": data.objects, "patches": patch_counts},
         metrics={k: history[-1][k] for k in ("val_accuracy", "val_balanced_accuracy", "loss") if k in history[-1]},

@@ -11,7 +11,7 @@ from configs import SMALL, train_config
 from WeakSegLib.config import TrainCase
 from WeakSegLib.engine.predict.model import load_model
 from WeakSegLib.engine.samples.data import Case, build_samples
-from WeakSegLib.engine.samples.preprocess import Plan, canonicalize
+from WeakSegLib.engine.samples.preprocess import canonicalize
 from WeakSegLib.engine.train.training import CHECKPOINT, start_recipe, train
 from WeakSegLib.errors import InputError
 from WeakSegLib.io.boxes import BoxSet, boxes_from_mask, save_boxes
@@ -328,7 +328,7 @@ def test_boxsup_labels_come_from_candidates_and_masked_volumes_keep_their_mask(b
     ckpt = torch.load(tmp_path / "semi" / CHECKPOINT, weights_only=True)
     _, card = load_model(tmp_path / "semi")
     image = read_volume(boxed["image"])
-    canonical = canonicalize(image, Plan.from_dict(card.input.preprocessing),
+    canonical = canonicalize(image, card.input.preprocessing,
                              {"mask": read_label_volume(boxed["mask"]).array}).labels["mask"]
     n = image.shape[0]
     mask = torch.from_numpy(canonical)

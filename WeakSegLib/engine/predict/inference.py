@@ -22,7 +22,7 @@ from WeakSegLib.engine.predict.devices import resolve_device
 from WeakSegLib.engine.predict.model import load_model
 from WeakSegLib.engine.predict.postprocess import apply as postprocessed
 from WeakSegLib.engine.samples.data import padded_size, stack_context
-from WeakSegLib.engine.samples.preprocess import Plan, canonicalize, to_input_grid
+from WeakSegLib.engine.samples.preprocess import back_to_input, canonicalize
 from WeakSegLib.errors import CancelledError, InputError, OutputError, WeakSegError
 from WeakSegLib.events import EventSink
 from WeakSegLib.io.atomic import Staged, check_output_folder, remove_stale_temporaries
@@ -109,8 +109,10 @@ def predict_volume(model: str | os.PathLike | tuple[torch.nn.Module, ModelCard],
 
     The image is moved to the model's canonical space (RAS, the training spacing, its intensity
     mapping: the card's ``input.preprocessing``, :mod:`WeakSegLib.engine.samples.preprocess`); the class
-    probabilities are resampled back onto the input's grid before the argmax. Models whose card has no
-    ``preprocessing`` take the image as it is.
+    probabilities are resampled back onto the input's grid before the argmax. A model trained before
+    plans existed takes the image as it is stored (its card is read as such a plan:
+    :func:`WeakSegLib.io.canonical.plan_before_plans`), with a warning when the image's spacing differs
+    from the training spacing.
 
     Args:
         model: model folder, or ``(network, card)`` as :func:`WeakSegLib.engine.predict.model.load_model` returns.
@@ -156,15 +158,12 @@ def input_probabilities(network: torch.nn.Module, card: ModelCard, volume: Volum
         flipped = np.ascontiguousarray(np.flip(array, axis))
         return _class_probabilities(network, card, flipped, device, progress, should_stop).flip(axis + 1)
 
-    if inp.preprocessing is not None:
-        canonical = canonicalize(volume, Plan.from_dict(inp.preprocessing)).volume
-        probs_c = network_probabilities(canonical.array)
-        return torch.from_numpy(to_input_grid(probs_c.numpy(), canonical, volume))
-    if inp.spacing and not np.allclose(inp.spacing, volume.spacing, rtol=0.25):
-        (on_event or events.ignore)(events.warning(
-            f"image spacing {tuple(round(s, 3) for s in volume.spacing)} mm differs from the "
-            f"training spacing {tuple(round(s, 3) for s in inp.spacing)} mm"))
-    return network_probabilities(inp.normalization.apply(volume.array))
+    plan = inp.preprocessing
+    for message in plan.warnings(volume):
+        (on_event or events.ignore)(events.warning(message))
+    canonical = canonicalize(volume, plan).volume
+    probs = network_probabilities(canonical.array)
+    return torch.from_numpy(back_to_input(probs.numpy(), canonical, volume, plan))
 
 
 def mirror_axis(card: ModelCard) -> int:

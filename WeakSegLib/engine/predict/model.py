@@ -13,7 +13,6 @@ from typing import Any
 import torch
 
 from WeakSegLib import __version__
-from WeakSegLib.engine.samples.preprocess import Plan
 from WeakSegLib.errors import ModelError, WeakSegError
 from WeakSegLib.io.atomic import atomic_torch_save, atomic_write_json
 from WeakSegLib.io.card import CARD, WEIGHTS, ModelCard, read_card
@@ -94,8 +93,6 @@ def load_model(folder: str | os.PathLike, postprocess: bool = True) -> tuple[tor
     card = read_card(folder)
     where = Path(folder) / CARD
     try:
-        if card.input.preprocessing is not None:
-            Plan.from_dict(card.input.preprocessing, "input.preprocessing")
         network = build_from_card(card)
     except WeakSegError as exc:  # the card is at fault: say so, in one line
         raise ModelError(f"{where}: {exc}") from exc

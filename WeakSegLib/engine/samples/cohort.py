@@ -27,9 +27,7 @@ import numpy as np
 from WeakSegLib.config import TrainCase, TrainConfig
 from WeakSegLib.engine.samples.data import Case, SampleSet, build_samples
 from WeakSegLib.engine.samples.preprocess import (
-    Plan,
     canonicalize,
-    ct_statistics,
     foreground_sample,
     looks_like_ct,
     target_spacing,
@@ -37,6 +35,7 @@ from WeakSegLib.engine.samples.preprocess import (
 from WeakSegLib.engine.samples.store import SliceStore
 from WeakSegLib.errors import InputError
 from WeakSegLib.io.boxes import Box, BoxSet, check_boxes_fit, check_drawn_grid, load_boxes, split_box
+from WeakSegLib.io.canonical import IntensityMapping, Plan
 from WeakSegLib.io.partial import PARTIAL_BACKGROUND
 from WeakSegLib.io.sizes import load_sizes
 from WeakSegLib.io.volume import (
@@ -44,7 +43,6 @@ from WeakSegLib.io.volume import (
     Volume,
     check_not_constant,
     check_same_grid,
-    intensity_map,
     read_header,
     read_label_volume,
     read_volume,
@@ -235,22 +233,22 @@ def read_cohort(cases: Sequence[TrainCase], config: TrainConfig, store_folder: P
     sink: list[Case] | SliceStore = [] if in_memory else SliceStore(store_folder, values, axis=config.axis,
                                                                     context=config.context)
     maps: list[IntensityMap] = []
-    ct_samples: list[np.ndarray] = []
+    samples_inside: list[np.ndarray] = []  # a CT cohort's: intensities inside each case's boxes or masks
     covered: list[bool] = []  # per case: no voxel outside its boxes (or no boxes read)
     for index, (tc, read) in enumerate(zip(cases, reads)):  # pass 2
         image = read_volume(tc.image)
         check_not_constant(image.array, tc.image, "learn from")
         if index == 0:
             plan.modality = _modality(config, image.array)
+            plan.normalization = IntensityMapping.choose(config.normalization, plan.modality, config.percentiles,
+                                                         config.window)
         case, sample, boxes_everywhere = _read_case(tc, read, image, spec, config, plan)
         covered.append(boxes_everywhere or "boxes" not in read)
-        if plan.modality == "ct" and config.normalization in (AUTO, "ct"):
-            ct_samples.append(sample)
+        if plan.normalization.cohort:
+            samples_inside.append(sample)
             maps.append(IntensityMap())  # the cohort's, below
         else:
-            method = "percentile" if config.normalization == AUTO else config.normalization
-            maps.append(intensity_map(case.image, method, percentiles=tuple(config.percentiles),
-                                      window=tuple(config.window)))
+            maps.append(plan.normalization.map_for(case.image))
         if isinstance(sink, list):
             sink.append(case)
         else:
@@ -258,13 +256,9 @@ def read_cohort(cases: Sequence[TrainCase], config: TrainConfig, store_folder: P
     if spec.labels[0] == "boxes" and all(covered):
         raise InputError(f"recipe {spec.name!r} learns the background from outside the boxes, but the boxes cover "
                          "every voxel of every training image: draw each box around its object only")
-    if ct_samples:
-        plan.normalization = ct_statistics(ct_samples, tuple(config.percentiles))
-        cohort_map = IntensityMap(*plan.normalization["clip"], plan.normalization["mean"], plan.normalization["std"])
-        maps = [cohort_map] * len(maps)
-    else:
-        method = "percentile" if config.normalization == AUTO else config.normalization
-        plan.normalization = {"method": method, "percentiles": list(config.percentiles), "window": list(config.window)}
+    if plan.normalization.cohort:  # one map for the cohort, fitted on every case's boxes or masks
+        plan.normalization = plan.normalization.fitted(samples_inside)
+        maps = [plan.normalization.map_for(case.image)] * len(maps)
     if isinstance(sink, list):
         for case, mapping in zip(sink, maps):
             case.image = mapping.apply(case.image)

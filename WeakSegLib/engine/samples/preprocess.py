@@ -1,7 +1,7 @@
 """One canonical space for every case of a cohort: orientation, spacing and intensities made consistent.
 
-A :class:`Plan` is decided once from the training cases (as nnU-Net's experiment planning) and stored
-in the model card; training and prediction apply it to every image:
+A :class:`~WeakSegLib.io.canonical.Plan` is decided once from the training cases (as nnU-Net's experiment
+planning) and stored in the model card; training and prediction apply it to every image:
 
 1. **orientation**: every image is reoriented to RAS (MONAI ``Orientation``): array axis 0 runs
    towards the patient's head, 1 to the front, 2 to the patient's right (arrays keep WeakSeg's ``(z, y, x)``
@@ -24,19 +24,18 @@ coordinates) before the argmax, so thin structures survive.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from WeakSegLib.config import DEFAULT_PERCENTILES, DEFAULT_WINDOW, NORMALIZATIONS
 from WeakSegLib.errors import InputError
 from WeakSegLib.io.boxes import Box
-from WeakSegLib.io.fields import Fields
+from WeakSegLib.io.canonical import Plan
 from WeakSegLib.io.sizes import SizeLabel
-from WeakSegLib.io.volume import Normalization, Volume
+from WeakSegLib.io.volume import Volume
 
 #: LPS (ITK) ↔ RAS (MONAI): the first two world axes flip
 _FLIP = np.diag([-1.0, -1.0, 1.0])
@@ -44,65 +43,6 @@ _FLIP = np.diag([-1.0, -1.0, 1.0])
 AXIAL = 0
 #: voxels sampled per case for the cohort's CT intensity statistics
 _SAMPLES = 100_000
-
-
-@dataclass
-class Plan:
-    """What makes every case of a model alike (module docstring); recorded as the card's
-    ``input.preprocessing``.
-
-    Attributes:
-        spacing: target voxel size in mm, ITK order ``(x, y, z)`` of the RAS grid; None keeps each
-            case's own spacing (only reoriented).
-        modality: ``"ct"`` or ``"mr"``.
-        normalization: how intensities are mapped: ``{"method": "ct", "clip": [lo, hi], "mean": m,
-            "std": s}`` for the cohort's CT statistics, else the fields of
-            :class:`~WeakSegLib.io.volume.Normalization` (per-case).
-    """
-
-    spacing: list[float] | None
-    modality: str
-    normalization: dict = field(default_factory=lambda: asdict(Normalization()))
-    orientation: str = "RAS"
-
-    def normalize(self, array: np.ndarray) -> np.ndarray:
-        """``array`` (a canonical image) as the network sees it."""
-        n = self.normalization
-        if n.get("method") == "ct":
-            lo, hi = n["clip"]
-            return ((np.clip(array.astype(np.float32), lo, hi) - n["mean"]) / n["std"]).astype(np.float32)
-        return Normalization(n.get("method", "percentile"), tuple(n.get("percentiles", DEFAULT_PERCENTILES)),
-                             tuple(n.get("window", DEFAULT_WINDOW))).apply(array)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict, where: str = "plan") -> "Plan":
-        """The plan a card records, every field checked: an :class:`InputError` (prefixed ``where``)
-        names the first bad one."""
-        f = Fields(d, where)
-        spacing = f.numbers("spacing", 3, None, positive=True)
-        modality = f.text("modality", "mr")
-        if modality not in ("ct", "mr"):
-            raise InputError(f"{where}: modality is {modality!r}, not ct or mr")
-        n = f.sub("normalization", {})
-        method = n.text("method", "percentile")
-        if method == "ct":
-            lo, hi = n.numbers("clip", 2)
-            n.number("mean")
-            if lo >= hi:
-                raise InputError(f"{where}: normalization clip {[lo, hi]} is not an interval")
-            n.number("std", positive=True)
-        elif method in NORMALIZATIONS:
-            n.numbers("percentiles", 2, DEFAULT_PERCENTILES)
-            n.numbers("window", 2, DEFAULT_WINDOW)
-        else:
-            raise InputError(f"{where}: normalization method {method!r} is unknown; one of ct, {', '.join(NORMALIZATIONS)}")
-        orientation = f.text("orientation", "RAS")
-        if orientation != "RAS":
-            raise InputError(f"{where}: orientation {orientation!r} is not RAS")
-        return cls(spacing, modality, dict(n.obj), orientation)
 
 
 def looks_like_ct(array: np.ndarray) -> bool:
@@ -203,6 +143,9 @@ def canonicalize(image: Volume, plan: Plan, labels: dict[str, np.ndarray] | None
     from monai.transforms import Compose, Orientationd, Spacingd
 
     labels = dict(labels or {})
+    if plan.keeps_grid:  # a model trained before plans: the image as it is stored
+        return CanonicalCase(image.with_array(plan.normalize(image.array)) if normalize_image else image, labels,
+                             list(boxes) if boxes else None, list(sizes) if sizes else None, [0, 1, 2])
     affine = torch.from_numpy(image.ijk_to_ras())
     layers = box_layers(boxes, image.shape) if boxes else None
     channels = [v for v in labels.values()] + ([*layers] if layers is not None else [])
@@ -258,23 +201,18 @@ def _move_sizes(sizes: Sequence[SizeLabel], axis: int, axis_map: Sequence[int], 
     return out
 
 
-def ct_statistics(samples: Sequence[np.ndarray], percentiles: tuple[float, float] = DEFAULT_PERCENTILES) -> dict:
-    """The cohort's CT mapping from intensities sampled inside the boxes or masks of its cases."""
-    values = np.concatenate([np.asarray(s, np.float64).ravel() for s in samples])
-    if values.size == 0:
-        raise InputError("no voxel inside a box or mask to measure the CT intensities on")
-    lo, hi = np.percentile(values, percentiles)
-    clipped = np.clip(values, lo, hi)
-    return {"method": "ct", "clip": [float(lo), float(hi)], "mean": float(clipped.mean()),
-            "std": float(clipped.std()) or 1.0}
-
-
 def foreground_sample(array: np.ndarray, inside: np.ndarray, seed: int = 0) -> np.ndarray:
     """Up to 100 000 intensities drawn from the voxels of ``array`` where ``inside`` holds."""
     values = array[inside]
     if values.size > _SAMPLES:
         values = np.random.default_rng(seed).choice(values, _SAMPLES, replace=False)
     return values
+
+
+def back_to_input(probabilities: np.ndarray, canonical: Volume, target: Volume, plan: Plan) -> np.ndarray:
+    """Class probabilities ``(C, z, y, x)`` of :func:`canonicalize`'s image brought back onto the grid of
+    ``target``, the image it was made from (:func:`to_input_grid`; as they are for a plan that keeps grids)."""
+    return probabilities if plan.keeps_grid else to_input_grid(probabilities, canonical, target)
 
 
 def to_input_grid(probabilities: np.ndarray, canonical: Volume, target: Volume) -> np.ndarray:

@@ -47,7 +47,7 @@ from WeakSegLib.io.boxes import load_boxes, rasterize
 from WeakSegLib.io.card import CARD, InputSpec, LabelSpec, ModelCard, NetworkSpec, default_color
 from WeakSegLib.io.labels import IGNORE
 from WeakSegLib.io.lock import FolderLock
-from WeakSegLib.io.volume import Normalization, read_label_volume, read_volume
+from WeakSegLib.io.volume import read_label_volume, read_volume
 from WeakSegLib.options import AUTO
 from WeakSegLib.registry import recipe_spec
 
@@ -92,12 +92,9 @@ def new_card(config: TrainConfig, cohort: Cohort) -> ModelCard:
             patch = [min(p, s) for p, s in zip(config.patch_size, patch)]
     else:
         patch = list(samples.largest())
-    normalization = cohort.plan.normalization
     return ModelCard(
         NetworkSpec(config.network, config.spatial_dims, config.context, n_classes + 1, tuple(config.channels)),
-        InputSpec(mode, config.axis, config.context, list(cohort.plan.spacing or []),
-                  Normalization(normalization["method"], tuple(config.percentiles), tuple(config.window)), patch,
-                  cohort.plan.to_dict()),
+        InputSpec(mode, config.axis, config.context, patch, cohort.plan),
         [LabelSpec(v, cohort.label_names[v], default_color(i)) for i, v in enumerate(cohort.label_values)],
         config.recipe, {**dataclasses.asdict(config), "cases": cohort.names, "dataset": cohort.summary})
 

@@ -96,8 +96,7 @@ def test_a_card_whose_context_differs_from_the_network_input_is_refused():
 def test_a_card_without_a_plan_warns_when_the_spacing_differs_from_training(spacing, warned):
     """A card written before the canonical space takes the image as it is: a scan of another voxel size
     is predicted, with a warning that names both spacings."""
-    card = plain_card(2, 0, 1, [1])
-    card.input.spacing = list(spacing)
+    card = plain_card(2, 0, 1, [1], spacing=list(spacing))
     seen = []
     predict_volume((probe(2, 1, 2), card), volume(), device="cpu", on_event=seen.append)
     warnings = [e["message"] for e in seen if e["event"] == "warning"]

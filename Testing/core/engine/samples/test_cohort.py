@@ -1,6 +1,7 @@
 """The cohort pipeline: one canonical space (orientation, spacing, intensities), boxes carried exactly
 through resampling, training from disk equal to training in memory, and prediction onto any grid."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -14,19 +15,12 @@ from WeakSegLib.engine.predict.metrics import dice
 from WeakSegLib.engine.predict.model import load_model
 from WeakSegLib.engine.samples.cohort import _estimate_bytes, _slice_boxes, as_trained, inputs_to_read, read_cohort
 from WeakSegLib.engine.samples.data import SampleSet
-from WeakSegLib.engine.samples.preprocess import (
-    AXIAL,
-    Plan,
-    canonical_spacing,
-    canonicalize,
-    ct_statistics,
-    target_spacing,
-    to_input_grid,
-)
+from WeakSegLib.engine.samples.preprocess import AXIAL, canonical_spacing, canonicalize, target_spacing, to_input_grid
 from WeakSegLib.engine.samples.store import SliceStore, StoreBatches
 from WeakSegLib.engine.train.training import train
 from WeakSegLib.errors import CancelledError, InputError
 from WeakSegLib.io.boxes import Box, BoxSet, boxes_from_mask, save_boxes
+from WeakSegLib.io.canonical import IntensityMapping, Plan
 from WeakSegLib.io.sizes import SizeLabel
 from WeakSegLib.io.volume import Volume, read_volume, write_volume
 from WeakSegLib.registry import recipe_spec
@@ -207,7 +201,7 @@ def test_a_model_trained_at_one_spacing_predicts_a_scan_at_another_onto_its_exac
     write_volume(mask, tmp_path / "mask.nrrd")
     card = train([TrainCase(str(tmp_path / "img.nrrd"), mask=str(tmp_path / "mask.nrrd"))],
                  quick(recipe="full", epochs=6, epoch_batches=12, spacing=[1.0, 1.0, 2.0]), tmp_path / "m")
-    assert card.input.preprocessing["spacing"] == [1.0, 1.0, 2.0] and card.input.axis == AXIAL
+    assert card.input.preprocessing.spacing == [1.0, 1.0, 2.0] and card.input.axis == AXIAL
     spacing = (0.55, 0.6, 1.6)
     other = stored_flipped(resampled(image, spacing))
     other_mask = stored_flipped(resampled(mask, spacing, labels=True))
@@ -273,12 +267,12 @@ def test_the_ct_mapping_is_fitted_on_the_voxels_inside_the_boxes_and_masks(tmp_p
     lo, hi = np.percentile(values, (0.5, 99.5))
     clipped = np.clip(values, lo, hi)
     mapping = read_cohort(cases, TrainConfig(), tmp_path / "store").plan.normalization
-    assert mapping["method"] == "ct"
-    np.testing.assert_allclose([*mapping["clip"], mapping["mean"], mapping["std"]],
+    assert mapping.method == "ct"
+    np.testing.assert_allclose([*mapping.clip, mapping.mean, mapping.std],
                                [lo, hi, clipped.mean(), clipped.std()], rtol=1e-6)
     whole = np.concatenate(everything).astype(np.float64)  # what a mapping over the whole images would see
     w_lo, w_hi = np.percentile(whole, (0.5, 99.5))
-    assert abs(np.clip(whole, w_lo, w_hi).mean() - mapping["mean"]) > 100
+    assert abs(np.clip(whole, w_lo, w_hi).mean() - mapping.mean) > 100
 
 
 def _boxes_one_at_a_time(image, plan, boxes):
@@ -323,7 +317,7 @@ def test_predict_applies_the_ct_mapping_the_card_holds_not_one_of_the_image(spin
     train([TrainCase(spine_ct["image"], mask=spine_ct["mask"])],
           quick(recipe="full", epochs=4, epoch_batches=4, channels=(4, 8, 16)), tmp_path / "m")
     plan = load_model(tmp_path / "m")[1].input.preprocessing
-    assert plan["modality"] == "ct" and plan["normalization"]["method"] == "ct"
+    assert plan.modality == "ct" and plan.normalization.method == "ct"
     image = read_volume(spine_ct["image"])
     labels = predict_volume(tmp_path / "m", image, device="cpu")[0].array
     shifted = predict_volume(tmp_path / "m", image.with_array(image.array + 500), device="cpu")[0].array
@@ -357,11 +351,11 @@ def test_size_labels_move_to_the_nearest_old_slice_scaled_by_the_in_plane_spacin
 
 def test_a_ct_mapping_measured_on_one_intensity_keeps_the_differences():
     """Voxels inside the boxes all of one value (a sd of 0): the mapping only shifts, by that value."""
-    stats = ct_statistics([np.full(50, 40.0)])
-    plan = Plan(None, "ct", stats)
+    mapping = IntensityMapping("ct").fitted([np.full(50, 40.0)])
+    plan = Plan(None, "ct", mapping)
     np.testing.assert_allclose(plan.normalize(np.array([40.0, 41.0, 39.5], np.float32)), [0.0, 0.0, 0.0])
-    stats = {**stats, "clip": [0.0, 100.0]}  # the clip widened by hand: the scale shows
-    np.testing.assert_allclose(Plan(None, "ct", stats).normalize(np.array([40.0, 41.0, 39.5], np.float32)),
+    widened = dataclasses.replace(mapping, clip=(0.0, 100.0))  # the clip widened by hand: the scale shows
+    np.testing.assert_allclose(Plan(None, "ct", widened).normalize(np.array([40.0, 41.0, 39.5], np.float32)),
                                [0.0, 1.0, -0.5])
 
 
