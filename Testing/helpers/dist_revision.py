@@ -17,7 +17,7 @@ from WeakSegLib.config import TrainCase, TrainConfig
 from WeakSegLib.engine.predict.model import build_from_card
 from WeakSegLib.engine.samples.cohort import read_cohort
 from WeakSegLib.engine.train.distributed import join
-from WeakSegLib.engine.train.loop import LoopSettings, run_epochs
+from WeakSegLib.engine.train.loop import Checkpoint, LoopSettings, run_epochs
 from WeakSegLib.engine.train.training import new_card, start_recipe
 
 SMALL = (8, 16, 32, 64, 128)
@@ -46,8 +46,8 @@ def main() -> None:
                                                                  group)
     hooks = recipe.hooks()
     run_epochs(network, optimizer, LoopSettings(len(samples), config.batch_size, config.epochs, config.seed, 1),
-               lambda item, epoch, b: {}, checkpoint=out / f"checkpoint-{group.rank}.pt",
-               fingerprint=config.fingerprint(), device=device, hooks=hooks, group=group)
+               lambda item, epoch, b: {}, Checkpoint(out / f"checkpoint-{group.rank}.pt", config.fingerprint()),
+               device=device, hooks=hooks, group=group)
     hooks.close()
     torch.save(samples.labels.cpu(), out / f"labels-{group.rank}.pt")
     group.leave()

@@ -27,7 +27,7 @@ from WeakSegLib import events
 from WeakSegLib.config import TightenerCase, TightenerConfig
 from WeakSegLib.engine.predict.devices import resolve_device
 from WeakSegLib.engine.predict.model import save_model
-from WeakSegLib.engine.train.loop import LoopSettings, run_epochs, step_generator
+from WeakSegLib.engine.train.loop import Checkpoint, LoopSettings, Reporting, run_epochs, step_generator
 from WeakSegLib.errors import InputError
 from WeakSegLib.events import EventSink
 from WeakSegLib.io.atomic import check_output_folder
@@ -178,12 +178,12 @@ def _train_in(out: Path, cases: Sequence[TightenerCase], config: TightenerConfig
 
     patch_counts = {"total": len(data.labels), "positive": int(data.labels.sum()), "train": len(train_idx),
                     "validation": len(val_idx)}
-    history = run_epochs(network, optimizer, LoopSettings(len(train_idx), config.batch_size, config.epochs, config.seed),
-                         step, checkpoint=out / CHECKPOINT, device=device,
-                         fingerprint={**config.fingerprint(), "cases": [dataclasses.asdict(c) for c in cases]},
-                         epoch_info=epoch_info, emit=emit, should_stop=should_stop, resume=resume,
-                         start_info={"kind": "tighten-train", "out": str(out), "objects": data.objects,
-                                     "patches": patch_counts}, defaults=TightenerConfig().fingerprint())
+    fingerprint = {**config.fingerprint(), "cases": [dataclasses.asdict(c) for c in cases]}
+    checkpoint = Checkpoint(out / CHECKPOINT, fingerprint, TightenerConfig().fingerprint(), resume)
+    start_info = {"kind": "tighten-train", "out": str(out), "objects": data.objects, "patches": patch_counts}
+    settings = LoopSettings(len(train_idx), config.batch_size, config.epochs, config.seed)
+    history = run_epochs(network, optimizer, settings, step, checkpoint, device=device,
+                         reporting=Reporting(emit, start_info, epoch_info, should_stop))
     card = TightenerCard(
         ClassifierSpec(config.network, config.patch, config.context),
         PatchSpec(config.patch, config.stride, max(1, config.patch // 4)),

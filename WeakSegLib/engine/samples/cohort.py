@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -37,7 +37,7 @@ from WeakSegLib.errors import InputError
 from WeakSegLib.io.boxes import Box, BoxSet, check_boxes_fit, check_drawn_grid, load_boxes, split_box
 from WeakSegLib.io.canonical import IntensityMapping, Plan
 from WeakSegLib.io.partial import PARTIAL_BACKGROUND
-from WeakSegLib.io.sizes import load_sizes
+from WeakSegLib.io.sizes import SizeSet, load_sizes
 from WeakSegLib.io.volume import (
     IntensityMap,
     Volume,
@@ -112,13 +112,28 @@ def as_trained(tc: TrainCase, spec: RecipeSpec) -> TrainCase:
     return dataclasses.replace(tc, mask=None, eval_mask=tc.mask)
 
 
-def _label_names(tc: TrainCase, read: Sequence[str], config: TrainConfig, names: dict[int, str]) -> None:
+class _Annotations:
+    """The cases' box and size files, each read once for both passes (they see the same content)."""
+
+    def __init__(self) -> None:
+        self._read: dict[tuple[str, str], BoxSet | SizeSet] = {}
+
+    def __call__(self, kind: str, path: str) -> Any:
+        """The :class:`BoxSet` (``kind`` ``boxes``) or :class:`SizeSet` (``sizes``) of ``path``."""
+        key = (kind, str(path))
+        if key not in self._read:
+            self._read[key] = load_boxes(path) if kind == "boxes" else load_sizes(path)
+        return self._read[key]
+
+
+def _label_names(tc: TrainCase, read: Sequence[str], config: TrainConfig, names: dict[int, str],
+                 annotations: _Annotations) -> None:
     """Pass 1: the label values (and names) the case's training inputs use join ``names`` (first
     name seen wins)."""
     for kind in read:
         if kind in ("boxes", "sizes"):
             path = getattr(tc, kind)
-            given = load_boxes(path) if kind == "boxes" else load_sizes(path)
+            given = annotations(kind, path)
             entries = given.boxes if kind == "boxes" else given.sizes
             values = {e.label for e in entries if config.labels is None or e.label in config.labels}
             if not values:
@@ -135,12 +150,13 @@ def _label_names(tc: TrainCase, read: Sequence[str], config: TrainConfig, names:
 class _CaseReader:
     """Pass 2: the inputs of one case, read and checked against its image's grid."""
 
-    def __init__(self, tc: TrainCase, image: Volume, config: TrainConfig, spec: RecipeSpec) -> None:
-        self.tc, self.image, self.config, self.spec = tc, image, config, spec
+    def __init__(self, tc: TrainCase, image: Volume, config: TrainConfig, spec: RecipeSpec,
+                 annotations: _Annotations) -> None:
+        self.tc, self.image, self.config, self.spec, self.annotations = tc, image, config, spec, annotations
 
     def boxes(self) -> list[Box]:
         tc, config = self.tc, self.config
-        boxset: BoxSet = load_boxes(tc.boxes)
+        boxset: BoxSet = self.annotations("boxes", tc.boxes)
         check_boxes_fit(boxset, self.image.geometry(), str(tc.image))
         boxes = [b for b in boxset.boxes if config.labels is None or b.label in config.labels]
         if self.spec.tight_boxes and config.spatial_dims == 2 and any(b.kind == "3d" for b in boxes):
@@ -157,7 +173,7 @@ class _CaseReader:
 
     def sizes(self):
         tc, config = self.tc, self.config
-        sizeset = load_sizes(tc.sizes)
+        sizeset = self.annotations("sizes", tc.sizes)
         check_drawn_grid({**(sizeset.geometry or {}), "shape": list(sizeset.shape)}, self.image.geometry(), "size",
                          str(tc.image))
         return [e for e in sizeset.sizes if config.labels is None or e.label in config.labels], sizeset.axis
@@ -208,12 +224,13 @@ def read_cohort(cases: Sequence[TrainCase], config: TrainConfig, store_folder: P
     names: dict[int, str] = {}
     warnings: list[str] = []
     reads = []
+    annotations = _Annotations()
     for tc in cases:  # pass 1
         read, unused = inputs_to_read(tc, spec)
         reads.append(read)
         warnings += [f"recipe {spec.name!r} does not use the {INPUT_NAMES[kind]} given for {tc.image} "
                      f"(--{kind}): ignored" for kind in unused]
-        _label_names(tc, read, config, names)
+        _label_names(tc, read, config, names, annotations)
     boxed = sum("boxes" in read for read in reads)  # cases that give boxes (the others: masks)
     if spec.mixes_masks and not boxed:
         raise InputError(f"recipe {spec.name!r} learns from boxes, but no case gives boxes: give --boxes for at least "
@@ -242,7 +259,7 @@ def read_cohort(cases: Sequence[TrainCase], config: TrainConfig, store_folder: P
             plan.modality = _modality(config, image.array)
             plan.normalization = IntensityMapping.choose(config.normalization, plan.modality, config.percentiles,
                                                          config.window)
-        case, sample, boxes_everywhere = _read_case(tc, read, image, spec, config, plan)
+        case, sample, boxes_everywhere = _read_case(tc, read, image, spec, config, plan, annotations)
         covered.append(boxes_everywhere or "boxes" not in read)
         if plan.normalization.cohort:
             samples_inside.append(sample)
@@ -276,10 +293,10 @@ def read_cohort(cases: Sequence[TrainCase], config: TrainConfig, store_folder: P
 
 
 def _read_case(tc: TrainCase, read: Sequence[str], image: Volume, spec: RecipeSpec, config: TrainConfig,
-               plan: Plan) -> tuple[Case, np.ndarray, bool]:
+               plan: Plan, annotations: _Annotations) -> tuple[Case, np.ndarray, bool]:
     """One case in the canonical space (raw intensities), intensities sampled inside its boxes or masks
     (the CT cohort's statistics), and whether its boxes cover every voxel (it shows no background)."""
-    reader = _CaseReader(tc, image, config, spec)
+    reader = _CaseReader(tc, image, config, spec, annotations)
     labels: dict[str, np.ndarray] = {}
     boxes, sizes, size_axis = None, None, 0
     reference = None

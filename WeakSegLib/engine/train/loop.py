@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -59,6 +59,30 @@ class LoopSettings:
     @property
     def batches_per_epoch(self) -> int:
         return self.batches if self.batches is not None else math.ceil(self.samples / self.batch_size)
+
+
+@dataclass
+class Checkpoint:
+    """Where a run keeps its state after every epoch and when it may continue from it: ``path`` (written
+    atomically), ``fingerprint`` (the settings that must match to resume), ``defaults`` (values of
+    settings an older checkpoint may not record, :func:`resume_from`), ``resume`` (read it when present)."""
+
+    path: Path
+    fingerprint: dict
+    defaults: dict | None = None
+    resume: bool = True
+
+
+@dataclass
+class Reporting:
+    """What a run tells and listens to: ``emit`` receives the events, ``start_info`` extends the ``start``
+    event, ``epoch_info`` adds values to each epoch record (:data:`InfoFn`), ``should_stop`` is polled
+    before every batch (True stops the run, keeping the last complete epoch's checkpoint)."""
+
+    emit: EventSink = events.ignore
+    start_info: dict = field(default_factory=dict)
+    epoch_info: InfoFn | None = None
+    should_stop: Callable[[], bool] | None = None
 
 
 def _passes(n: int, count: int, seed: int) -> torch.Tensor:
@@ -157,11 +181,8 @@ def resume_from(checkpoint: Path, network: torch.nn.Module, optimizer: torch.opt
 
 
 def run_epochs(network: torch.nn.Module, optimizer: torch.optim.Optimizer, settings: LoopSettings,
-               step: StepFn, *, checkpoint: Path, fingerprint: dict, device: torch.device,
-               epoch_info: InfoFn | None = None, emit: EventSink | None = None,
-               should_stop: Callable[[], bool] | None = None, resume: bool = True,
-               start_info: dict | None = None, hooks: EpochHooks | None = None,
-               defaults: dict | None = None, load: LoadFn | None = None,
+               step: StepFn, checkpoint: Checkpoint, *, device: torch.device, reporting: Reporting | None = None,
+               hooks: EpochHooks | None = None, load: LoadFn | None = None,
                group: Distributed = SINGLE) -> list[dict]:
     """Train ``network`` for ``settings.epochs`` epochs and return the history (one record per epoch).
 
@@ -173,31 +194,27 @@ def run_epochs(network: torch.nn.Module, optimizer: torch.optim.Optimizer, setti
         network, optimizer: trained in place (the network is put in train mode every epoch).
         settings: sample count, batch size, epochs, seed.
         step: one optimisation step (see :data:`StepFn`).
-        checkpoint: written atomically after every epoch; read first when ``resume`` and present.
-        fingerprint: settings that must match for a checkpoint to be resumed.
-        defaults: values of settings an older checkpoint may not record (see :func:`resume_from`).
+        checkpoint: written after every epoch; read first when it allows resuming and is present.
         device: where the order tensor goes.
-        epoch_info: extra values for each epoch record (see :data:`InfoFn`).
-        emit: receives the events.
-        should_stop: polled before every batch; True stops the run (:class:`CancelledError`), keeping
-            the last complete epoch's checkpoint.
-        start_info: extra fields of the ``start`` event.
+        reporting: events, extra record values, the stop request (default: none).
         hooks: label revisions between epochs, saved with the checkpoint (see :class:`EpochHooks`).
         load: turns each epoch's chunks of sample indices into the step's items (see :data:`LoadFn`);
             default: the chunks themselves, on ``device``.
         group: the processes of a distributed run (:mod:`WeakSegLib.engine.train.distributed`): every rank
             stops at the same batch when any is asked to, after a ``before_epoch`` that revised
-            something on rank 0 the hooks of every rank take rank 0's state, the epoch's loss terms are averaged over the ranks, and rank 0
-            alone writes the checkpoint.
+            something on rank 0 the hooks of every rank take rank 0's state, the epoch's loss terms are
+            averaged over the ranks, and rank 0 alone writes the checkpoint.
     """
-    emit = emit or events.ignore
-    stop = should_stop or (lambda: False)
+    reporting = reporting or Reporting()
+    emit, epoch_info = reporting.emit, reporting.epoch_info
+    stop = reporting.should_stop or (lambda: False)
     first, history = 0, []
-    if resume and checkpoint.exists():
-        first, history = resume_from(checkpoint, network, optimizer, fingerprint, device, hooks, defaults)
+    if checkpoint.resume and checkpoint.path.exists():
+        first, history = resume_from(checkpoint.path, network, optimizer, checkpoint.fingerprint, device, hooks,
+                                     checkpoint.defaults)
     n, n_batches, size = settings.samples, settings.batches_per_epoch, settings.batch_size
     emit(events.start(epochs=settings.epochs, first_epoch=first + 1, samples=n, batches=n_batches, device=str(device),
-                      **(start_info or {})))
+                      **reporting.start_info))
     for epoch in range(first, settings.epochs):
         began = time.perf_counter()
         revised = hooks.before_epoch(epoch) if hooks is not None else None
@@ -212,7 +229,8 @@ def run_epochs(network: torch.nn.Module, optimizer: torch.optim.Optimizer, setti
         sums: dict[str, torch.Tensor] = {}
         for b, item in enumerate(items):
             if group.any(stop(), device):
-                emit(events.cancelled(epoch=epoch + 1, checkpoint=str(checkpoint) if checkpoint.exists() else None))
+                emit(events.cancelled(epoch=epoch + 1, checkpoint=str(checkpoint.path) if checkpoint.path.exists()
+                                      else None))
                 raise CancelledError(f"training cancelled in epoch {epoch + 1}; the checkpoint of epoch {epoch} is kept")
             parts = step(item, epoch, b)
             for k, v in parts.items():
@@ -225,9 +243,9 @@ def run_epochs(network: torch.nn.Module, optimizer: torch.optim.Optimizer, setti
         record["seconds"] = time.perf_counter() - began
         history.append(record)
         if group.main:
-            atomic_torch_save(checkpoint, {"model": network.state_dict(), "optimizer": optimizer.state_dict(),
-                                           "epoch": epoch + 1, "history": history, "config": fingerprint,
-                                           "rng": _rng_state(device),
-                                           **({"hooks": hooks.state_dict()} if hooks is not None else {})})
+            atomic_torch_save(checkpoint.path, {"model": network.state_dict(), "optimizer": optimizer.state_dict(),
+                                                "epoch": epoch + 1, "history": history,
+                                                "config": checkpoint.fingerprint, "rng": _rng_state(device),
+                                                **({"hooks": hooks.state_dict()} if hooks is not None else {})})
         emit(events.epoch(record, settings.epochs))
     return history

@@ -39,7 +39,7 @@ from WeakSegLib.engine.samples.data import SampleSet, flip_batch
 from WeakSegLib.engine.samples.patches import crop_patches
 from WeakSegLib.engine.samples.store import SliceStore, StoreBatches
 from WeakSegLib.engine.train.distributed import SINGLE, Distributed, join
-from WeakSegLib.engine.train.loop import LoopSettings, run_epochs, step_generator
+from WeakSegLib.engine.train.loop import Checkpoint, LoopSettings, Reporting, run_epochs, step_generator
 from WeakSegLib.engine.train.recipe import Recipe, RecipeContext
 from WeakSegLib.events import EventSink
 from WeakSegLib.io.atomic import atomic_write_json, check_output_folder
@@ -327,10 +327,10 @@ def _train_in(out: Path, config: TrainConfig, cohort: Cohort, device: torch.devi
     settings = LoopSettings(len(samples), config.batch_size, config.epochs, config.seed, config.epoch_batches,
                             boxed=samples.boxed(), boxed_fraction=config.boxed_fraction)
     try:
-        history = run_epochs(network, optimizer, settings, step, checkpoint=out / CHECKPOINT,
-                             fingerprint=config.fingerprint(), device=device, epoch_info=epoch_info, emit=emit,
-                             should_stop=should_stop, resume=resume, start_info=start_info, hooks=hooks,
-                             defaults=TrainConfig(recipe=config.recipe).resolved().fingerprint(),
+        checkpoint = Checkpoint(out / CHECKPOINT, config.fingerprint(),
+                                TrainConfig(recipe=config.recipe).resolved().fingerprint(), resume)
+        history = run_epochs(network, optimizer, settings, step, checkpoint, device=device,
+                             reporting=Reporting(emit, start_info, epoch_info, should_stop), hooks=hooks,
                              load=_batches(config, recipe, samples, device, group), group=group)
     finally:
         if hooks is not None:

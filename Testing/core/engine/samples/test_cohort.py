@@ -22,7 +22,7 @@ from WeakSegLib.errors import CancelledError, InputError
 from WeakSegLib.io.boxes import Box, BoxSet, boxes_from_mask, save_boxes
 from WeakSegLib.io.canonical import IntensityMapping, Plan
 from WeakSegLib.io.sizes import SizeLabel
-from WeakSegLib.io.volume import Volume, read_volume, write_volume
+from WeakSegLib.io.volume import Volume, read_label_volume, read_volume, write_volume
 from WeakSegLib.registry import recipe_spec
 
 SMALL = (8, 16, 32, 64, 128)
@@ -134,6 +134,23 @@ def boxed(tmp_path):
 
 def quick(**kw):
     return TrainConfig(**{"epochs": 2, "batch_size": 8, "channels": SMALL, "device": "cpu", "epoch_batches": 3, **kw})
+
+
+def test_each_box_and_size_file_is_read_once_for_both_passes(boxed, tmp_path, monkeypatch):
+    """Pass 1 (label names) and pass 2 (the samples) see one reading of each annotation file."""
+    from WeakSegLib.engine.samples import cohort
+    from WeakSegLib.io.sizes import SizeSet, save_sizes, sizes_from_mask
+
+    mask = read_label_volume(boxed.eval_mask)
+    save_sizes(SizeSet(sizes_from_mask(mask.array, 0), mask.shape, 0, {1: "left", 2: "right"}, mask.geometry()),
+               tmp_path / "sizes.json")
+    reads = []
+    for name in ("load_boxes", "load_sizes"):
+        monkeypatch.setattr(cohort, name, lambda path, real=getattr(cohort, name): reads.append(str(path)) or real(path))
+    read_cohort([boxed], TrainConfig(recipe="box-mask"), tmp_path / "store")
+    sized = dataclasses.replace(boxed, boxes=None, sizes=str(tmp_path / "sizes.json"))
+    read_cohort([sized], TrainConfig(recipe="size"), tmp_path / "store2")
+    assert sorted(reads) == sorted([boxed.boxes, str(tmp_path / "sizes.json")])
 
 
 @pytest.mark.parametrize("context", [1, 3])
