@@ -52,6 +52,15 @@ DEFAULT_WINDOW = (-1000.0, 1000.0)
 #: segmentation networks (:mod:`WeakSegLib.nets.segmentation`) and the UNet's channels per level
 NETWORKS = ("unet", "enet")
 DEFAULT_CHANNELS = (16, 32, 64, 128, 256)
+#: the training modes (a card's ``input.mode``): the network's dimensions and the slices per input. The
+#: command line takes them as ``--dims`` and ``--context``, the Train panel offers the 2D ones ("2D", "2.5D")
+MODES = {"2d": {"spatial_dims": 2, "context": 1}, "2.5d": {"spatial_dims": 2, "context": 3},
+         "3d": {"spatial_dims": 3, "context": 1}}
+
+
+def mode_of(spatial_dims: int, context: int) -> str:
+    """The training mode (:data:`MODES`) of a network of ``spatial_dims`` over ``context`` slices."""
+    return "3d" if spatial_dims == 3 else ("2.5d" if context > 1 else "2d")
 #: patch classifiers of the box tightener (:mod:`WeakSegLib.nets.classifier`)
 CLASSIFIERS = ("light", "vgg16")
 #: how the tightener's probability threshold is chosen on held-out slices

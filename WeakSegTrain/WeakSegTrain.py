@@ -28,6 +28,7 @@ from slicer.util import VTKObservationMixin
 from WeakSegLib import mrml
 from WeakSegLib.app.jobs import GpuProbe
 from WeakSegLib.config import DEFAULT_DEVICE, DEVICES, NETWORKS, TrainConfig
+from WeakSegLib.config import MODES as TRAINING_MODES
 from WeakSegLib.errors import WeakSegError
 from WeakSegLib.io.boxes import Box, BoxSet, check_boxes_fit, load_boxes, save_boxes
 from WeakSegLib.io.dataset import DatasetCase
@@ -45,7 +46,7 @@ from WeakSegPanelLib.selftest import trainSelfTestModel
 #: Parameter-node parameters (saved with the scene) beside the panel's: the open case list and the loaded case.
 DATASET_PARAMETER, CASE_PARAMETER = "DatasetPath", "CurrentCase"
 #: Training modes offered in the panel (any TrainConfig field may be given from a script).
-MODES = {"2D": {"spatial_dims": 2, "context": 1}, "2.5D": {"spatial_dims": 2, "context": 3}}
+MODES = {mode.upper(): dims for mode, dims in TRAINING_MODES.items() if dims["spatial_dims"] == 2}
 #: the most epochs the panel offers (a script may ask for more)
 MAX_PANEL_EPOCHS = 10000
 

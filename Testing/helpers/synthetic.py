@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from WeakSegLib.config import mode_of
 from WeakSegLib.io.canonical import STORED, IntensityMapping, Plan
 from WeakSegLib.io.card import InputSpec, LabelSpec, ModelCard, NetworkSpec
 from WeakSegLib.io.volume import Volume
@@ -55,9 +56,8 @@ def plain_card(dims: int, axis: int, context: int, values: list[int], patch: lis
     """A model card whose plan takes the image as it is stored, intensities unchanged (trained at
     ``spacing``, if given): ``network`` of ``dims`` dimensions over ``context`` slices along ``axis``, one
     class per label of ``values``."""
-    mode = "3d" if dims == 3 else ("2.5d" if context > 1 else "2d")
     plan = Plan(list(spacing) if spacing else None, "mr", IntensityMapping("none"), STORED)
     return ModelCard(NetworkSpec(network, dims, context, len(values) + 1, (4, 8, 16, 32, 64)),
-                     InputSpec(mode, axis, context, patch, plan),
+                     InputSpec(mode_of(dims, context), axis, context, patch, plan),
                      [LabelSpec(v, f"l{v}", [1.0, 0.0, 0.0]) for v in values], "full")
 

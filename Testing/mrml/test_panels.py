@@ -27,7 +27,7 @@ from slicer_conformance import (
 )
 from slicer_widgets import application, child_widget_variables, ctkPathLineEdit, install_qt, load_ui, qMRMLNodeComboBox
 
-from WeakSegLib.config import DEVICES, NETWORKS, PredictOptions
+from WeakSegLib.config import DEVICES, MODES, NETWORKS, PredictOptions
 from WeakSegLib.errors import InputError
 from WeakSegLib.io.boxes import boxes_from_mask
 from WeakSegLib.io.volume import MAX_LABEL
@@ -200,6 +200,10 @@ def _module(name: str):
 
 def _choices(combo) -> list[str]:
     return [combo.itemText(i) for i in range(combo.count())]
+
+
+def test_the_train_panels_modes_are_the_2d_training_modes():
+    assert _module("WeakSegTrain").MODES == {"2D": MODES["2d"], "2.5D": MODES["2.5d"]}
 
 
 EXPECTED_CHOICES = {  # each combo box lists its choices' one home, in that order

@@ -33,6 +33,7 @@ from WeakSegLib.app.jobs import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_OK
 from WeakSegLib.app.progress import ProgressPrinter
 from WeakSegLib.config import (
     DIST_BACKENDS,
+    MODES,
     SPLITS,
     DeviceOption,
     PredictOptions,
@@ -286,7 +287,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from WeakSegLib.engine.train.distributed import env_rank
 
     cases, dataset = _training_cases(args)
-    config = settings_from(args, TrainConfig, recipe=args.recipe, spatial_dims=3 if args.dims == "3d" else 2,
+    config = settings_from(args, TrainConfig, recipe=args.recipe, spatial_dims=MODES[args.dims]["spatial_dims"],
                            axis=AXIAL if args.axis == AUTO else args.axis,
                            recipe_settings=recipe_settings_from(args))
     picked = config.validate().picking(recipe_for(cases, config))
@@ -655,7 +656,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"default {AUTO_RECIPE}: {SLICE_BOX_RECIPE} for per-slice boxes on a 2D network (a cohort of "
                         f"up to {BOXSUP_SLICES_PER_EPOCH}× the slices of an epoch), {DEFAULT_RECIPE} for 3D boxes, "
                         f"3D networks or larger cohorts; {by_input}")
-    t.add_argument("--dims", choices=("2d", "3d"), default="2d")
+    t.add_argument("--dims", choices=[m for m, d in MODES.items() if d["context"] == 1], default=next(iter(MODES)),
+                   help="network dimensions (2d: slices, with --context for 2.5D; 3d: volumes)")
     t.add_argument("--axis", type=_axis, default=AUTO,
                    help="slice axis of the images once reoriented to RAS: 0 axial (auto), 1 coronal, 2 sagittal")
     add_options(t, TrainConfig)

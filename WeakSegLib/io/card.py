@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from WeakSegLib.config import DEFAULT_CHANNELS, POSTPROCESS_STEPS
+from WeakSegLib.config import DEFAULT_CHANNELS, POSTPROCESS_STEPS, mode_of
 from WeakSegLib.errors import InputError, ModelError
 from WeakSegLib.io.canonical import IntensityMapping, Plan, plan_before_plans
 from WeakSegLib.io.fields import Fields, read_versioned
@@ -143,7 +143,7 @@ class ModelCard:
                     else Plan.from_dict(preprocessing, "input.preprocessing"))
         except InputError as exc:
             raise ModelError(f"{where}: {exc}") from exc
-        spec = InputSpec(inp.text("mode", "3d" if network.spatial_dims == 3 else "2d"), inp.whole("axis", low=0, high=2),
+        spec = InputSpec(inp.text("mode", mode_of(network.spatial_dims, 1)), inp.whole("axis", low=0, high=2),
                          inp.whole("context", 1, low=1), inp.items("patch_size", None), plan)
         if network.out_channels != len(labels) + 1:
             raise ModelError(f"{where}: {len(labels)} labels but {network.out_channels} network outputs "

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from WeakSegLib import events
-from WeakSegLib.config import TrainCase, TrainConfig
+from WeakSegLib.config import TrainCase, TrainConfig, mode_of
 from WeakSegLib.engine.predict.devices import autocast_dtype
 from WeakSegLib.engine.predict.inference import predict_probabilities, predict_volume, window_probabilities
 from WeakSegLib.engine.predict.model import build_from_card, load_model, save_model
@@ -84,7 +84,6 @@ def per_case_dice(pred: torch.Tensor, ref: torch.Tensor, valid: torch.Tensor, ca
 def new_card(config: TrainConfig, cohort: Cohort) -> ModelCard:
     """The card of a run before training (history and metrics come at the end)."""
     n_classes = len(cohort.label_values)
-    mode = "3d" if config.spatial_dims == 3 else ("2.5d" if config.context > 1 else "2d")
     samples = cohort.samples
     if isinstance(samples, SampleSet):
         patch = list(samples.images.shape[2:])
@@ -94,7 +93,7 @@ def new_card(config: TrainConfig, cohort: Cohort) -> ModelCard:
         patch = list(samples.largest())
     return ModelCard(
         NetworkSpec(config.network, config.spatial_dims, config.context, n_classes + 1, tuple(config.channels)),
-        InputSpec(mode, config.axis, config.context, patch, cohort.plan),
+        InputSpec(mode_of(config.spatial_dims, config.context), config.axis, config.context, patch, cohort.plan),
         [LabelSpec(v, cohort.label_names[v], default_color(i)) for i, v in enumerate(cohort.label_values)],
         config.recipe, {**dataclasses.asdict(config), "cases": cohort.names, "dataset": cohort.summary})
 

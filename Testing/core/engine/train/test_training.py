@@ -250,3 +250,13 @@ def test_unknown_settings_are_refused():
         TrainConfig(recipe="magic").validate()
     with pytest.raises(InputError, match="context"):
         TrainConfig(spatial_dims=3, context=3).validate()
+
+
+def test_the_training_mode_has_one_vocabulary():
+    """Cards and the command line's --dims come from one table (the Train panel's modes: test_panels)."""
+    from WeakSegLib.app.cli import build_parser
+    from WeakSegLib.config import MODES, mode_of
+
+    assert all(mode_of(**dims) == mode for mode, dims in MODES.items())
+    dims = {a.dest: a for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions}["dims"]
+    assert list(dims.choices) == ["2d", "3d"] and dims.default == "2d"
