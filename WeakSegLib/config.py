@@ -44,6 +44,7 @@ PRECISIONS = (AUTO, "32", "bf16", "16")
 DIST_BACKENDS = (AUTO, "nccl", "gloo")
 #: seconds a rank waits in a collective for the others before it gives up (a rank that died)
 DIST_TIMEOUT_S = 600
+#: the per-image normalisation (and what ``auto`` takes for an MR cohort: each image's own percentiles)
 DEFAULT_NORMALIZATION = "percentile"
 #: percentiles the ``percentile`` normalisation clips to
 DEFAULT_PERCENTILES = (0.5, 99.5)
@@ -56,15 +57,15 @@ DEFAULT_CHANNELS = (16, 32, 64, 128, 256)
 #: command line takes them as ``--dims`` and ``--context``, the Train panel offers the 2D ones ("2D", "2.5D")
 MODES = {"2d": {"spatial_dims": 2, "context": 1}, "2.5d": {"spatial_dims": 2, "context": 3},
          "3d": {"spatial_dims": 3, "context": 1}}
+#: patch classifiers of the box tightener (:mod:`WeakSegLib.nets.classifier`)
+CLASSIFIERS = ("light", "vgg16")
+#: how the tightener's probability threshold is chosen on held-out slices
+THRESHOLD_RULES = ("balanced", "accuracy")
 
 
 def mode_of(spatial_dims: int, context: int) -> str:
     """The training mode (:data:`MODES`) of a network of ``spatial_dims`` over ``context`` slices."""
     return "3d" if spatial_dims == 3 else ("2.5d" if context > 1 else "2d")
-#: patch classifiers of the box tightener (:mod:`WeakSegLib.nets.classifier`)
-CLASSIFIERS = ("light", "vgg16")
-#: how the tightener's probability threshold is chosen on held-out slices
-THRESHOLD_RULES = ("balanced", "accuracy")
 
 
 @dataclass(kw_only=True)
@@ -181,7 +182,7 @@ class TrainConfig:
     def picking(self, recipe: str) -> "TrainConfig":
         """The configuration with ``recipe`` in place of ``auto``: of ``recipe_settings``, only those the
         picked recipe has stay (the others belong to recipes ``auto`` did not pick)."""
-        known = {f.name for f in dataclasses.fields(recipe_spec(recipe).settings or RecipeSettings())}
+        known = {f.name for f in recipe_spec(recipe).setting_fields()}
         kept = {k: v for k, v in self.recipe_settings.items() if self.recipe != AUTO_RECIPE or k in known}
         return dataclasses.replace(self, recipe=recipe, recipe_settings=kept)
 
@@ -246,7 +247,7 @@ class TrainConfig:
             return self
         known: set[str] = set()
         for choice in (recipe_spec(name) for name in auto_choices()):  # each value checked where it is used
-            names = {f.name for f in dataclasses.fields(choice.settings or RecipeSettings())}
+            names = {f.name for f in choice.setting_fields()}
             choice.settings_for({k: v for k, v in self.recipe_settings.items() if k in names})
             known |= names
         unknown = sorted(set(self.recipe_settings) - known)

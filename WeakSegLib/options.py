@@ -39,15 +39,19 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any =
     return field(default=default, metadata=meta)
 
 
+def non_optional(hint: Any) -> Any:
+    """``X | None`` → ``X`` (any other type hint as it is)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if type(None) in typing.get_args(hint) and len(args) == 1 else hint
+
+
 def _typed(name: str, value: Any, hint: Any, what: str) -> Any:
     """``value`` checked against the type ``hint`` of setting ``name`` (lists become tuples where a
     tuple is expected); a wrong type is an :class:`InputError`."""
+    if value is None and non_optional(hint) is not hint:
+        return None
+    hint = non_optional(hint)
     args = typing.get_args(hint)
-    if type(None) in args:
-        if value is None:
-            return None
-        hint = next(a for a in args if a is not type(None))
-        args = typing.get_args(hint)
     origin = typing.get_origin(hint) or hint
     ok = {bool: lambda v: isinstance(v, bool), int: lambda v: isinstance(v, int) and not isinstance(v, bool),
           float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), str: lambda v: isinstance(v, str),

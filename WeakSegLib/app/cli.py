@@ -44,7 +44,7 @@ from WeakSegLib.config import (
     TrainConfig,
 )
 from WeakSegLib.errors import CancelledError, WeakSegError
-from WeakSegLib.options import AUTO
+from WeakSegLib.options import AUTO, non_optional
 from WeakSegLib.registry import (
     AUTO_RECIPE,
     BOXSUP_SLICES_PER_EPOCH,
@@ -86,12 +86,6 @@ def _resolve_axis(axis: int | str, direction) -> int:
     return axial_axis(direction())
 
 
-def _unwrap(hint: Any) -> Any:
-    """``X | None`` → ``X``."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if type(None) in typing.get_args(hint) and len(args) == 1 else hint
-
-
 def _shown(value: Any) -> str:
     return " ".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
 
@@ -120,7 +114,7 @@ def _add_field(parser: Any, f: dataclasses.Field, hint: Any, default: Any, dest:
     ``given_only``: the option sets its destination only when given (argparse's SUPPRESS)."""
     meta = f.metadata
     flag = _flag(f)
-    kind, origin = _unwrap(hint), typing.get_origin(_unwrap(hint))
+    kind, origin = non_optional(hint), typing.get_origin(non_optional(hint))
     kwargs: dict[str, Any] = {"dest": dest, "help": meta["help"]}
     if kind is bool:
         if default:
@@ -181,7 +175,7 @@ def add_recipe_options(parser: argparse.ArgumentParser) -> None:
 
 def recipe_settings_from(args: argparse.Namespace) -> dict[str, Any]:
     """The recipe settings given on the command line (:func:`add_recipe_options`), field → value."""
-    return {name: dict(getattr(args, name)) if _unwrap(hint) is dict else getattr(args, name)
+    return {name: dict(getattr(args, name)) if non_optional(hint) is dict else getattr(args, name)
             for name, (f, hint, users) in _recipe_settings().items() if hasattr(args, name)}
 
 
@@ -191,7 +185,7 @@ def settings_from(args: argparse.Namespace, cls: type, **given: Any) -> Any:
     values = {}
     for f in dataclasses.fields(cls):
         if f.metadata.get("cli") and f.name not in given:
-            value, kind = getattr(args, f.name), _unwrap(hints[f.name])
+            value, kind = getattr(args, f.name), non_optional(hints[f.name])
             if kind is dict:
                 value = dict(value or [])
             elif isinstance(value, list) and typing.get_origin(kind) is tuple:

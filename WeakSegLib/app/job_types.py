@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from WeakSegLib import events
 from WeakSegLib.errors import WeakSegError
 from WeakSegLib.events import EventSink
 from WeakSegLib.io.volume import PREDICTION_SUFFIX
-from WeakSegLib.options import AUTO, from_dict
+from WeakSegLib.options import AUTO, from_dict, non_optional
 
 StopFn = Callable[[], bool] | None
 
@@ -39,6 +38,12 @@ class PredictCase:
     name: str
     image: str
     mask: str | None = None
+
+
+def _done(on_event: EventSink, result: dict) -> dict:
+    """``result``, sent first as the ``done`` event (the result of the jobs whose engine call sends none)."""
+    on_event(events.done(**result))
+    return result
 
 
 @dataclass
@@ -113,8 +118,7 @@ class TightenJob(cfg.DeviceOption, Job):
 
         report = tighten_file(self.model, self.image, self.boxes, self.out, self.settings, device=self.device,
                               on_event=on_event, should_stop=should_stop, report_out=self.report_out)
-        on_event(events.done(**report))
-        return report
+        return _done(on_event, report)
 
 
 @dataclass
@@ -132,8 +136,7 @@ class PredictJob(cfg.PredictOptions, Job):
 
         result = predict_file(self.model, self.image, self.out, prob_out=self.prob_out, device=self.device,
                               on_event=on_event, should_stop=should_stop, postprocess=self.postprocess)
-        on_event(events.done(**result))
-        return result
+        return _done(on_event, result)
 
 
 @dataclass
@@ -161,8 +164,7 @@ class PredictCasesJob(cfg.PredictOptions, Job):
         if references:
             scores = evaluate_cases(self.out_dir, references)
             payload["scores"] = str(atomic_write_json(Path(self.out_dir) / SCORES_FILE, scores.to_dict()))
-        on_event(events.done(**payload))
-        return payload
+        return _done(on_event, payload)
 
 
 @dataclass
@@ -188,8 +190,7 @@ class RankJob(cfg.DeviceOption, Job):
                                       on_event=on_event, should_stop=should_stop)
         payload = {"ranking": out, "ranked": [[r.name, r.score] for r in ranked], "failed": dict(failed),
                    "volumes_mm3": {r.name: sum(r.volume_mm3) for r in ranked}}
-        on_event(events.done(**payload))
-        return payload
+        return _done(on_event, payload)
 
 
 #: every job kind: name → class
@@ -200,8 +201,7 @@ JOBS: dict[str, type[Job]] = {cls.kind: cls for cls in (TrainJob, TightenTrainJo
 def _json_type(hint: Any) -> type:
     """The JSON type a field of type ``hint`` is written as: an object for a settings class, a list, or
     the value's own type (``X | None``: X's)."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    hint = non_optional(hint)
     return dict if dataclasses.is_dataclass(hint) else typing.get_origin(hint) or hint
 
 

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from WeakSegLib.config import DEFAULT_PERCENTILES, DEFAULT_WINDOW, NORMALIZATIONS
+from WeakSegLib.config import DEFAULT_NORMALIZATION, DEFAULT_PERCENTILES, DEFAULT_WINDOW, NORMALIZATIONS
 from WeakSegLib.errors import InputError
 from WeakSegLib.io.fields import Fields
 from WeakSegLib.io.volume import IntensityMap, Volume, intensity_map
@@ -22,8 +22,6 @@ from WeakSegLib.options import AUTO
 
 #: the mapping fitted on a CT cohort (one map for every image) — the method ``auto`` takes for CT
 COHORT_CT = "ct"
-#: what ``auto`` takes for an MR cohort: each image's own percentiles
-PER_IMAGE_DEFAULT = "percentile"
 #: the canonical orientation (MONAI axis codes): array axis 0 towards the head, 1 to the front, 2 to the right
 RAS = "RAS"
 #: the "orientation" of a model trained before plans existed: images taken as stored, never resampled
@@ -44,7 +42,7 @@ class IntensityMapping:
     ``none``) whose statistics each image gives.
     """
 
-    method: str = PER_IMAGE_DEFAULT
+    method: str = DEFAULT_NORMALIZATION
     percentiles: tuple[float, float] = DEFAULT_PERCENTILES
     window: tuple[float, float] = DEFAULT_WINDOW
     clip: tuple[float, float] | None = None
@@ -62,7 +60,7 @@ class IntensityMapping:
                              "-500): give --modality ct, or another normalisation")
         method = normalization
         if normalization == AUTO:
-            method = COHORT_CT if modality == "ct" else PER_IMAGE_DEFAULT
+            method = COHORT_CT if modality == "ct" else DEFAULT_NORMALIZATION
         return cls(method, tuple(percentiles), tuple(window))
 
     @classmethod
@@ -108,7 +106,7 @@ class IntensityMapping:
     def read(cls, n: Fields, where: str) -> "IntensityMapping":
         """The mapping a card records (:meth:`to_dict`), every field checked (``where`` prefixes messages; a
         bad one raises ``n``'s error class)."""
-        method = n.text("method", PER_IMAGE_DEFAULT)
+        method = n.text("method", DEFAULT_NORMALIZATION)
         if method == COHORT_CT:
             lo, hi = n.numbers("clip", 2)
             mean = n.number("mean")

@@ -114,10 +114,14 @@ class RecipeSpec:
         what = " or ".join(INPUT_NAMES[i] for i in labels)
         return f"recipe {self.name!r} trains on {what}: give {sep.join('--' + i for i in labels)} for {image}"
 
+    def setting_fields(self) -> tuple[dataclasses.Field, ...]:
+        """The fields of :attr:`settings` (none for a recipe without settings)."""
+        return dataclasses.fields(self.settings) if self.settings is not None else ()
+
     def settings_for(self, overrides: dict[str, Any]) -> RecipeSettings | None:
         """:attr:`settings` with the values ``overrides`` (field → value, as in a job file) in place,
         type-checked and validated; a name the recipe does not have is an :class:`InputError`."""
-        known = [f.name for f in dataclasses.fields(self.settings)] if self.settings is not None else []
+        known = [f.name for f in self.setting_fields()]
         unknown = sorted(set(overrides) - set(known))
         if unknown:
             raise InputError(f"recipe {self.name!r} has no setting {', '.join(unknown)} (its settings: "
@@ -145,11 +149,10 @@ def register(spec: RecipeSpec) -> RecipeSpec:
     unknown = set(spec.inputs()) - set(INPUT_NAMES)
     if unknown or spec.reference not in (None, "any", "paired") or not set(spec.dims) <= {2, 3}:
         raise ValueError(f"recipe {spec.name!r}: bad inputs {sorted(unknown)}, reference or dims")
-    if spec.settings is not None:
-        known = {f.name: f for s in _REGISTRY.values() if s.settings is not None for f in dataclasses.fields(s.settings)}
-        clash = [f.name for f in dataclasses.fields(spec.settings) if known.get(f.name, f) is not f]
-        if clash:
-            raise ValueError(f"recipe {spec.name!r}: settings {clash} are another family's (inherit them instead)")
+    known = {f.name: f for s in _REGISTRY.values() for f in s.setting_fields()}
+    clash = [f.name for f in spec.setting_fields() if known.get(f.name, f) is not f]
+    if clash:
+        raise ValueError(f"recipe {spec.name!r}: settings {clash} are another family's (inherit them instead)")
     _REGISTRY[spec.name] = spec
     return spec
 
@@ -159,7 +162,7 @@ def settings_fields() -> dict[str, tuple[dataclasses.Field, tuple[tuple[str, Any
     it), in registry order — what the command line's per-family options are made from."""
     out: dict[str, tuple[dataclasses.Field, tuple[tuple[str, Any], ...]]] = {}
     for spec in _REGISTRY.values():
-        for f in dataclasses.fields(spec.settings) if spec.settings is not None else ():
+        for f in spec.setting_fields():
             field, users = out.get(f.name, (f, ()))
             out[f.name] = (field, users + ((spec.name, getattr(spec.settings, f.name)),))
     return out
