@@ -179,6 +179,13 @@ class TrainConfig:
             decay_from=spec.decay_from if self.decay_from is None else self.decay_from,
             recipe_settings={} if settings is None else dataclasses.asdict(settings))
 
+    def for_boxes(self, from_3d: bool) -> "TrainConfig":
+        """The resolved configuration with the recipe's defaults that depend on the boxes decided
+        (:meth:`WeakSegLib.registry.RecipeSettings.for_boxes`): ``from_3d``, some training box is a 3D box."""
+        settings = self.settings()
+        return self if settings is None else dataclasses.replace(
+            self, recipe_settings=dataclasses.asdict(settings.for_boxes(from_3d)))
+
     def picking(self, recipe: str) -> "TrainConfig":
         """The configuration with ``recipe`` in place of ``auto``: of ``recipe_settings``, only those the
         picked recipe has stay (the others belong to recipes ``auto`` did not pick)."""

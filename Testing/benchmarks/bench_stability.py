@@ -9,6 +9,7 @@ of their case — a collapse. Prints the per-run table and the summary (markdown
 
     python Testing/benchmarks/bench_stability.py --epochs 100 --json stability.json
     python Testing/benchmarks/bench_stability.py --cases vertebral-body-ct --seeds 0 --recipes deepcut
+    python Testing/benchmarks/bench_stability.py --recipes polar-mil --settings '{"polar-mil": {"polar_parallel": false}}'
 """
 
 from __future__ import annotations
@@ -31,12 +32,15 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--recipes", nargs="+", default=None, help="default: every box recipe")
     p.add_argument("--margin", type=float, default=0.05, help="a run below the filled boxes minus this collapsed")
+    p.add_argument("--settings", type=json.loads, default={},
+                   help='JSON: per recipe, settings other than its defaults, e.g. {"polar-mil": {"polar_parallel": false}}')
     args = parse(p)
     recipes = args.recipes or box_recipes()
     runs = []  # (case, seed, recipe, dice, filled)
     for seed in args.seeds:
         def one(case: str, folder: Path) -> dict:
-            return compare_recipes(case, recipes, folder, epochs=args.epochs, seed=seed, eval_every=args.epochs)
+            return compare_recipes(case, recipes, folder, epochs=args.epochs, seed=seed, eval_every=args.epochs,
+                                   recipe_settings=args.settings)
         for case in args.cases:  # one case at a time, so that each prints as soon as it is done
             result = run_each([case], one)[case]
             filled = result["results"][FILLED]["dice"]

@@ -117,3 +117,7 @@ def test_train_options_become_the_recipe_settings_given_and_nothing_else():
     assert recipe_settings_from(args) == {"proposal_every": 3, "crf": {"iterations": 2.0}, "size_bounds": [0.3, 0.7],
                                           "polar_parallel": True}
     assert recipe_settings_from(train_parser().parse_args(["--out", "m"])) == {}
+    # a setting whose default is decided by the boxes: either flag gives it, neither leaves it to the boxes
+    off = train_parser().parse_args(["--out", "m", "--recipe", "polar-mil", "--no-polar-parallel"])
+    assert recipe_settings_from(off) == {"polar_parallel": False}
+    assert recipe_settings_from(train_parser().parse_args(["--out", "m", "--recipe", "polar-mil"])) == {}

@@ -116,7 +116,9 @@ def _add_field(parser: Any, f: dataclasses.Field, hint: Any, default: Any, dest:
     flag = _flag(f)
     kind, origin = non_optional(hint), typing.get_origin(non_optional(hint))
     kwargs: dict[str, Any] = {"dest": dest, "help": meta["help"]}
-    if kind is bool:
+    if kind is bool and default is None:  # unset: decided later (e.g. by the boxes); either flag sets it
+        kwargs.update(action=argparse.BooleanOptionalAction, default=None)
+    elif kind is bool:
         if default:
             flag, kwargs["help"] = "--no-" + flag[2:], "do not " + kwargs["help"]
         kwargs.update(action="store_false" if default else "store_true", default=default)

@@ -19,7 +19,7 @@ import dataclasses
 import os
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -54,13 +54,15 @@ def training_case(recipe: str, image: str, boxes: str, mask: str, eval_mask: str
 
 def compare_recipes(case: str, recipes: Sequence[str], out: str | os.PathLike, *, epochs: int = 100,
                     margin: int = 0, seed: int = 0, device: str = DEFAULT_DEVICE, eval_every: int = 1,
-                    quiet: bool = True, epoch_batches: int = TrainConfig.epoch_batches) -> dict:
+                    quiet: bool = True, epoch_batches: int = TrainConfig.epoch_batches,
+                    recipe_settings: Mapping[str, Mapping[str, Any]] | None = None) -> dict:
     """Train each recipe on sample ``case`` from its per-slice (axial) boxes and score it.
 
     Writes into ``out``: the case's ``image.nii.gz``/``mask.nii.gz``, ``boxes.json`` (tight boxes
     widened by ``margin`` voxels), ``model-<recipe>/``, ``prediction-<recipe>.nii.gz`` and
     ``events-<recipe>.jsonl``. ``full`` trains on the mask; every recipe reports Dice per epoch
-    against it (every ``eval_every`` epochs), which no box recipe trains on.
+    against it (every ``eval_every`` epochs), which no box recipe trains on. ``recipe_settings``: per
+    recipe, settings of its family other than its defaults (``{"polar-mil": {"polar_parallel": True}}``).
 
     Returns:
         ``{"sample": materialize(...) dict, "boxes": number of boxes, "mask": the mask Volume,
@@ -76,7 +78,7 @@ def compare_recipes(case: str, recipes: Sequence[str], out: str | os.PathLike, *
     for recipe in recipes:
         tc = training_case(recipe, sample["image"], str(out / "boxes.json"), sample["mask"], eval_mask=sample["mask"])
         config = TrainConfig(recipe=recipe, epochs=epochs, seed=seed, device=device, epoch_batches=epoch_batches,
-                             eval_every=eval_every)
+                             eval_every=eval_every, recipe_settings=dict((recipe_settings or {}).get(recipe, {})))
         printer = ProgressPrinter(str(out / f"events-{recipe}.jsonl"), quiet)
         began = time.perf_counter()
         try:

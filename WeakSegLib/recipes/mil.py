@@ -40,7 +40,8 @@ class GeneralizedMIL(_MIL):
 
 class PolarMIL(_MIL):
     """Rays from a point inside the object (polar MIL; loose boxes), plus the parallel lines when
-    ``polar_parallel``."""
+    ``polar_parallel`` (training decides it from the boxes when the user did not:
+    :meth:`WeakSegLib.config.TrainConfig.for_boxes`; a recipe built with it unset leaves them out)."""
 
     def bags(self) -> list[tuple[str, tuple, float]]:
         settings = self.ctx.settings

@@ -6,7 +6,7 @@ epochs (without the decay the objects erode late in training: vertebral bodies M
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from WeakSegLib.errors import InputError
 from WeakSegLib.options import check_choice, option
@@ -54,7 +54,9 @@ class PolarMILSettings(MILSettings):
     polar_alpha: float = option(1.0, "α of the smooth maximum of a ray")
     polar_centre: str = option("estimated", "where the rays start: the box pixel the network finds most likely, "
                                             "or the box's centre", choices=POLAR_CENTRES)
-    polar_parallel: bool = option(False, "add the crossing-line bags of gmil (right for tight boxes only)")
+    polar_parallel: bool | None = option(None, "add the crossing-line bags of gmil, right for tight boxes only "
+                                               "(default: on when every box was drawn on a slice, off when any "
+                                               "is a 3D box, whose slices are loose)")
 
     def validate(self) -> None:
         super().validate()
@@ -64,11 +66,16 @@ class PolarMILSettings(MILSettings):
         if self.polar_rays < 1 or self.polar_radii < 2 or not 0 < self.polar_weight_min <= 1:
             raise InputError("polar_rays must be ≥ 1, polar_radii ≥ 2 and polar_weight_min in (0, 1]")
 
+    def for_boxes(self, from_3d: bool) -> "PolarMILSettings":
+        """``polar_parallel`` left unset: the crossing lines join the rays when every box is tight."""
+        return self if self.polar_parallel is not None else replace(self, polar_parallel=not from_3d)
+
 
 _MIL = {"lr": 1e-4, "decay_from": 0.5, "panel": True, "dims": (2,)}
 register(RecipeSpec("gmil", "generalised MIL: lines crossing tight boxes at several angles + pairwise smoothness",
                     "WeakSegLib.recipes.mil:GeneralizedMIL", **_MIL, dims_reason="learns from lines in slices",
                     tight_boxes=True, settings=MILSettings()))
-register(RecipeSpec("polar-mil", "polar MIL: rays from inside the object to the sides of loose boxes (3D boxes)",
+register(RecipeSpec("polar-mil", "polar MIL: rays from inside the object to the sides of loose boxes (3D boxes); "
+                                 "gmil's lines too on slice boxes",
                     "WeakSegLib.recipes.mil:PolarMIL", **_MIL, dims_reason="learns from rays in slices",
                     settings=PolarMILSettings()))

@@ -42,6 +42,12 @@ class RecipeSettings:
     def validate(self) -> None:
         """Raise :class:`InputError` naming the first bad setting (default: every value is fine)."""
 
+    def for_boxes(self, from_3d: bool) -> "RecipeSettings":
+        """The settings with the defaults that depend on the boxes decided: ``from_3d``, some training
+        box is a 3D box, whose slices are loose; else every box was drawn on a slice, tight (the
+        convention gmil's refusal and ``auto`` rely on too). Default: nothing depends on them."""
+        return self
+
 
 @dataclass(frozen=True)
 class RecipeSpec:
@@ -71,6 +77,8 @@ class RecipeSpec:
         default_for: the inputs for which the command line picks it when no recipe is given.
         tight_boxes: learns only from boxes tight on every slice it trains on, so the slices of a 3D box
             (loose) are refused before training.
+        caveat: what the recipe's losses cannot rule out, one line given as a warning before every run
+            of it ("" for none).
     """
 
     name: str
@@ -91,6 +99,7 @@ class RecipeSpec:
     panel: bool = False
     default_for: str | None = None
     tight_boxes: bool = False
+    caveat: str = ""
 
     @property
     def mixes_masks(self) -> bool:

@@ -62,6 +62,8 @@ class Cohort:
         names: the image paths.
         warnings: inputs given that the recipe does not use.
         summary: for the card: cases, samples, in memory or not.
+        boxes_from_3d: some case gives a 3D box (its slices are loose boxes); False when every box was
+            drawn on a slice, or no case gives boxes.
     """
 
     samples: SampleSet | SliceStore
@@ -71,6 +73,7 @@ class Cohort:
     names: list[str]
     warnings: list[str] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
+    boxes_from_3d: bool = False
 
 
 def inputs_to_read(tc: TrainCase, spec: RecipeSpec) -> tuple[list[str], list[str]]:
@@ -288,8 +291,10 @@ def read_cohort(cases: Sequence[TrainCase], config: TrainConfig, store_folder: P
                "modality": plan.modality}
     if spec.mixes_masks:  # how many cases train on each kind of label (mixed supervision)
         summary["supervision"] = {"boxes": boxed, "mask": len(reads) - boxed}
+    from_3d = any(box.kind == "3d" for tc, read in zip(cases, reads) if "boxes" in read
+                  for box in annotations("boxes", tc.boxes).boxes)
     return Cohort(samples, plan, values, {v: names.get(v, f"label {v}") for v in values},
-                  [str(tc.image) for tc in cases], warnings, summary)
+                  [str(tc.image) for tc in cases], warnings, summary, from_3d)
 
 
 def _read_case(tc: TrainCase, read: Sequence[str], image: Volume, spec: RecipeSpec, config: TrainConfig,

@@ -149,6 +149,9 @@ def train(cases: Sequence[TrainCase], config: TrainConfig, out_dir: str | os.Pat
     try:
         group.check_batch(config.batch_size)
         emit = (on_event or events.ignore) if group.main else events.ignore
+        caveat = recipe_spec(config.recipe).caveat
+        if caveat:
+            emit(events.warning(f"recipe {config.recipe!r}: {caveat}"))
         out = check_output_folder(out_dir, "model folder")
         # rank 0 holds the folder (a killed run's leftovers removed) before any rank writes into it
         with FolderLock(out, "training") if group.main else contextlib.nullcontext():
@@ -157,6 +160,7 @@ def train(cases: Sequence[TrainCase], config: TrainConfig, out_dir: str | os.Pat
             try:
                 for message in cohort.warnings:
                     emit(events.warning(message))
+                config = config.for_boxes(cohort.boxes_from_3d)
                 card = _train_in(out, config, cohort, device, group, emit, should_stop, resume)
             finally:
                 if isinstance(cohort.samples, SliceStore):

@@ -435,6 +435,21 @@ def test_gmil_refuses_a_3d_box_and_takes_slice_boxes_on_a_2d_network(tmp_path):
         read_cohort([TrainCase(str(image), boxes=str(box3d))], config, tmp_path / "t")
 
 
+@pytest.mark.parametrize("kind, given, want", [("slice", None, True), ("3d", None, False), ("slice", False, False),
+                                               ("3d", True, True)])
+def test_polar_mil_adds_the_crossing_lines_unless_told_only_when_every_box_was_drawn_on_a_slice(
+        tmp_path, kind, given, want):
+    """The crossing lines need tight boxes: on by default for slice boxes, off when a 3D box (loose slices)
+    is given; a value the user gave stays. The card records what the run used."""
+    image, boxes, _ = _one_object_case(tmp_path, kind)
+    case = TrainCase(str(image), boxes=str(boxes))
+    assert read_cohort([case], quick().validate().resolved(), tmp_path / "s").boxes_from_3d == (kind == "3d")
+    settings = {} if given is None else {"polar_parallel": given}
+    card = train([case], quick(recipe="polar-mil", epochs=1, epoch_batches=1, postprocess=False,
+                               recipe_settings=settings), tmp_path / "m")
+    assert card.training["recipe_settings"]["polar_parallel"] is want
+
+
 @pytest.mark.parametrize("context", [1, 3])
 def test_the_memory_estimate_is_the_bytes_the_samples_take(tmp_path, context):
     """One class, an evaluation mask, slices already a multiple of 16 at the plan's spacing: the estimate

@@ -15,6 +15,7 @@ from WeakSegLib.engine.train.training import CHECKPOINT, train
 from WeakSegLib.errors import CancelledError, InputError, ModelError
 from WeakSegLib.io.boxes import BoxSet, boxes_from_mask, save_boxes
 from WeakSegLib.io.volume import read_label_volume, read_volume
+from WeakSegLib.registry import DEFAULT_RECIPE, recipe_spec
 
 
 @pytest.fixture
@@ -24,6 +25,22 @@ def boxed_case(synthetic_case, tmp_path):
     save_boxes(BoxSet(boxes_from_mask(mask.array, "slice", 0), mask.shape, {1: "left", 2: "right"},
                       mask.geometry()), path)
     return dict(synthetic_case, boxes=str(path))
+
+
+def test_a_recipe_that_can_end_empty_says_so_before_its_first_epoch(boxed_case, tmp_path):
+    """tightness+emptiness has no term that holds the object up (docs/methods.md §1): its caveat is a
+    warning before training, in the events the command line and the panels show; the default recipe has none."""
+    case = TrainCase(boxed_case["image"], boxes=boxed_case["boxes"])
+    caveat = recipe_spec("tightness+emptiness").caveat
+    assert "size bounds" in caveat and "\n" not in caveat
+    for recipe, warned in (("tightness+emptiness", True), (DEFAULT_RECIPE, False)):
+        events = []
+        train([case], quick(recipe=recipe, epochs=1, epoch_batches=1), tmp_path / recipe, on_event=events.append)
+        kinds = [e["event"] for e in events]
+        said = [i for i, e in enumerate(events) if e["event"] == "warning" and caveat in e["message"]]
+        assert bool(said) == warned
+        if warned:
+            assert said[0] < kinds.index("epoch") and recipe in events[said[0]]["message"]
 
 
 def test_train_writes_model_and_predicts_on_the_input_grid(boxed_case, tmp_path):
