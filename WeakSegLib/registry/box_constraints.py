@@ -43,8 +43,8 @@ register(RecipeSpec("tightness+emptiness",
                     "tightness prior + background emptiness (no size bounds: may end diffuse, methods §1)",
                     "WeakSegLib.recipes.box_constraints:TightnessEmptiness", panel=True,
                     settings=BoxConstraintSettings(tightness_weight=5e-3),
-                    caveat="no size bounds hold the object up: more than half of its runs in the stability "
-                           "benchmark ended with a faint object, below the filled boxes, some predicting almost "
+                    caveat="no size bounds hold the object up: in the stability benchmark, runs on four of its five "
+                           "cases ended with a faint object below the filled boxes, some predicting almost "
                            "nothing (docs/methods.md §1); tightness+size+emptiness adds the size bounds"))
 register(RecipeSpec("tightness+size+masked-ce", "tightness prior + box-size bounds + masked CE outside the boxes",
                     "WeakSegLib.recipes.box_constraints:TightnessSizeMaskedCE", panel=True,
