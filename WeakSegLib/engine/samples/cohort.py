@@ -62,8 +62,8 @@ class Cohort:
         names: the image paths.
         warnings: inputs given that the recipe does not use.
         summary: for the card: cases, samples, in memory or not.
-        boxes_from_3d: some case gives a 3D box (its slices are loose boxes); False when every box was
-            drawn on a slice, or no case gives boxes.
+        boxes_from_3d: some case trains on a 3D box (its slices are loose boxes); False when every box
+            was drawn on a slice, or no case gives boxes.
     """
 
     samples: SampleSet | SliceStore
@@ -150,6 +150,11 @@ def _label_names(tc: TrainCase, read: Sequence[str], config: TrainConfig, names:
                 names.setdefault(v, f"label {v}")
 
 
+def _has_3d_box(boxes: Sequence[Box]) -> bool:
+    """Some box is a 3D box: its slices are loose boxes (boxes drawn on slices are tight)."""
+    return any(b.kind == "3d" for b in boxes)
+
+
 class _CaseReader:
     """Pass 2: the inputs of one case, read and checked against its image's grid."""
 
@@ -162,7 +167,7 @@ class _CaseReader:
         boxset: BoxSet = self.annotations("boxes", tc.boxes)
         check_boxes_fit(boxset, self.image.geometry(), str(tc.image))
         boxes = [b for b in boxset.boxes if config.labels is None or b.label in config.labels]
-        if self.spec.tight_boxes and config.spatial_dims == 2 and any(b.kind == "3d" for b in boxes):
+        if self.spec.tight_boxes and config.spatial_dims == 2 and _has_3d_box(boxes):
             raise InputError(f"{tc.boxes}: recipe {self.spec.name!r} learns from boxes tight on every slice, and "
                              "the slices of a 3D box are not: draw slice boxes, tighten the 3D box (weakseg tighten), "
                              "or train polar-mil")
@@ -255,6 +260,7 @@ def read_cohort(cases: Sequence[TrainCase], config: TrainConfig, store_folder: P
     maps: list[IntensityMap] = []
     samples_inside: list[np.ndarray] = []  # a CT cohort's: intensities inside each case's boxes or masks
     covered: list[bool] = []  # per case: no voxel outside its boxes (or no boxes read)
+    from_3d = False  # some case trains on a 3D box
     for index, (tc, read) in enumerate(zip(cases, reads)):  # pass 2
         image = read_volume(tc.image)
         check_not_constant(image.array, tc.image, "learn from")
@@ -262,7 +268,8 @@ def read_cohort(cases: Sequence[TrainCase], config: TrainConfig, store_folder: P
             plan.modality = _modality(config, image.array)
             plan.normalization = IntensityMapping.choose(config.normalization, plan.modality, config.percentiles,
                                                          config.window)
-        case, sample, boxes_everywhere = _read_case(tc, read, image, spec, config, plan, annotations)
+        case, sample, boxes_everywhere, case_from_3d = _read_case(tc, read, image, spec, config, plan, annotations)
+        from_3d = from_3d or case_from_3d
         covered.append(boxes_everywhere or "boxes" not in read)
         if plan.normalization.cohort:
             samples_inside.append(sample)
@@ -291,16 +298,15 @@ def read_cohort(cases: Sequence[TrainCase], config: TrainConfig, store_folder: P
                "modality": plan.modality}
     if spec.mixes_masks:  # how many cases train on each kind of label (mixed supervision)
         summary["supervision"] = {"boxes": boxed, "mask": len(reads) - boxed}
-    from_3d = any(box.kind == "3d" for tc, read in zip(cases, reads) if "boxes" in read
-                  for box in annotations("boxes", tc.boxes).boxes)
     return Cohort(samples, plan, values, {v: names.get(v, f"label {v}") for v in values},
                   [str(tc.image) for tc in cases], warnings, summary, from_3d)
 
 
 def _read_case(tc: TrainCase, read: Sequence[str], image: Volume, spec: RecipeSpec, config: TrainConfig,
-               plan: Plan, annotations: _Annotations) -> tuple[Case, np.ndarray, bool]:
+               plan: Plan, annotations: _Annotations) -> tuple[Case, np.ndarray, bool, bool]:
     """One case in the canonical space (raw intensities), intensities sampled inside its boxes or masks
-    (the CT cohort's statistics), and whether its boxes cover every voxel (it shows no background)."""
+    (the CT cohort's statistics), whether its boxes cover every voxel (it shows no background), and
+    whether it trains on a 3D box."""
     reader = _CaseReader(tc, image, config, spec, annotations)
     labels: dict[str, np.ndarray] = {}
     boxes, sizes, size_axis = None, None, 0
@@ -338,4 +344,5 @@ def _read_case(tc: TrainCase, read: Sequence[str], image: Volume, spec: RecipeSp
     for kind in ("mask", "partial"):
         if kind in moved.labels:
             inside |= (moved.labels[kind] > 0) & (moved.labels[kind] != PARTIAL_BACKGROUND)
-    return case, foreground_sample(case.image, inside if inside.any() else np.ones_like(inside)), boxes_everywhere
+    return (case, foreground_sample(case.image, inside if inside.any() else np.ones_like(inside)), boxes_everywhere,
+            _has_3d_box(boxes or []))
